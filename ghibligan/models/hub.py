@@ -1,0 +1,169 @@
+"""Hugging Face Hub integration shared by every ghibligan model.
+
+`GhibliganHubMixin` is `huggingface_hub.PyTorchModelHubMixin` with the library's metadata (library name, pipeline tag,
+licence, model card template) and two changes to its defaults:
+
+* loading is **strict**: a checkpoint whose keys or shapes don't match the model raises an error naming them, a
+  corrupted ``model.safetensors`` raises an error naming the file, and a checkpoint of another class is refused;
+* ``config.json`` also records ``_class_name`` (as diffusers does), so `ghibligan.load_generator` can build the right
+  class from any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+REPO_URL = "https://github.com/ghibligan/ghibligan"
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_class }}{% if repo_id %} — {{ repo_id }}{% endif %}
+
+A [ghibligan]({{ repo_url }}) `{{ model_class }}`: {{ description | default("an image-to-image GAN model.", true) }}
+
+## Use it
+
+```python
+from ghibligan import {{ model_class }}
+
+model = {{ model_class }}.from_pretrained("{{ repo_id | default("path/to/this/folder", true) }}")
+```
+{% if is_generator %}
+or, end to end on PIL images (pre/post-processing, any size, tiling):
+
+```python
+from PIL import Image
+from ghibligan import Cartoonizer
+
+cartoonizer = Cartoonizer.from_pretrained("{{ repo_id | default("path/to/this/folder", true) }}")
+cartoon = cartoonizer(Image.open("photo.jpg")).images[0]
+```
+{% endif %}
+## Configuration
+
+```json
+{{ config_json }}
+```
+{% if training_details %}
+## Training
+
+{{ training_details }}
+{% endif %}
+Weights are stored as safetensors; `config.json` holds the keyword arguments of `{{ model_class }}.__init__`.
+"""
+
+
+class GhibliganHubMixin(
+    PyTorchModelHubMixin,
+    library_name="ghibligan",
+    pipeline_tag="image-to-image",
+    license="apache-2.0",
+    tags=["ghibligan", "image-to-image", "gan"],
+    repo_url=REPO_URL,
+    model_card_template=MODEL_CARD_TEMPLATE,
+):
+    """Mixin for ghibligan models: `save_pretrained`, `from_pretrained` (strict), `push_to_hub`."""
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        super()._save_pretrained(save_directory)
+        config = {"_class_name": type(self).__name__, **(self._hub_mixin_config or {})}
+        (save_directory / constants.CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2))
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        kwargs.setdefault("model_class", type(self).__name__)
+        kwargs.setdefault("config_json", json.dumps(self._hub_mixin_config or {}, sort_keys=True, indent=2))
+        kwargs.setdefault("is_generator", type(self).__name__.endswith("Generator"))
+        return super().generate_model_card(*args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs) -> str:
+        """Upload to the Hub; the model card's snippet names ``repo_id``. See `PyTorchModelHubMixin.push_to_hub`."""
+        model_card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=model_card_kwargs, **kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        config: dict | None = None,
+        **model_kwargs,
+    ):
+        if config is None:
+            raise FileNotFoundError(
+                f"No config.json found for {model_id!r}: a ghibligan checkpoint is a folder (or Hub repo) written by "
+                f"`save_pretrained`, holding config.json and model.safetensors."
+            )
+        check_config(cls, config, source=model_id)
+        model = cls(**model_kwargs)
+        if os.path.isdir(model_id):
+            model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+        else:
+            model_file = hf_hub_download(
+                repo_id=model_id,
+                filename=constants.SAFETENSORS_SINGLE_FILE,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        load_weights(model, model_file, map_location=map_location, strict=strict)
+        return model.eval()
+
+
+def check_config(cls: type, config: dict, source: str) -> None:
+    """Refuse a config written for another class, or holding keys this class does not take."""
+    class_name = config.get("_class_name")
+    if class_name is not None and class_name != cls.__name__:
+        raise ValueError(
+            f"{source!r} holds a {class_name} checkpoint, not a {cls.__name__}. Load it with "
+            f"`ghibligan.{class_name}.from_pretrained(...)` or `ghibligan.load_generator(...)`."
+        )
+    accepted = set(cls._hub_mixin_init_parameters) - {"self"}
+    unknown = sorted(key for key in config if not key.startswith("_") and key not in accepted)
+    if unknown:
+        raise ValueError(
+            f"config.json of {source!r} has keys {unknown} that {cls.__name__} does not take "
+            f"(it takes {sorted(accepted)}). Was it written by another model class or a newer ghibligan?"
+        )
+
+
+def load_weights(
+    model: torch.nn.Module, model_file: str | os.PathLike, map_location: str = "cpu", strict: bool = True
+) -> None:
+    """Load ``model.safetensors`` into ``model``, with errors that name the file and what does not match.
+
+    Tensors are cast to the model's dtype, so a checkpoint stored in fp16 loads into an fp32 model.
+    """
+    if not os.path.isfile(model_file):
+        raise FileNotFoundError(f"Weights file {str(model_file)!r} does not exist.")
+    try:
+        state_dict = load_file(model_file, device=str(map_location))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"Could not read weights from {str(model_file)!r}: {error}. The file is corrupted or not a safetensors "
+            f"file; download or save the checkpoint again."
+        ) from error
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as error:
+        raise ValueError(
+            f"Weights in {str(model_file)!r} do not match {type(model).__name__} built from its config.json:\n{error}"
+        ) from error

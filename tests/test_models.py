@@ -1,0 +1,144 @@
+"""The three architectures: shapes, the reference layout, any input size, the seed variant."""
+
+import pytest
+import torch
+
+from ghibligan import PatchDiscriminator, ResNetGenerator, UNetGenerator
+from ghibligan.models.layers import crop_padding, pad_to_multiple
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_unet_defaults_are_reference_unet_256():
+    model = UNetGenerator()
+    assert n_params(model) == 54_413_955
+    assert model.size_multiple == 256
+    # BatchNorm model: convs followed by BN carry no bias, the last transposed conv does (as in pix2pix).
+    assert model.conv_in.bias is None and model.conv_out.conv.bias is not None
+    # dropout 0.5 in exactly the three decoder blocks above the bottleneck
+    dropouts = [type(block.dropout).__name__ for block in model.up_blocks]
+    assert dropouts == ["Identity", "Dropout", "Dropout", "Dropout", "Identity", "Identity", "Identity"]
+
+
+def test_unet_is_deterministic_in_eval():
+    model = UNetGenerator(ngf=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model(x), model(x))
+
+
+def test_seed_variant_at_512_forward_and_backward():
+    model = UNetGenerator(innermost_kernel=5, attention_heads=8, up_activation="leaky_relu")
+    bottleneck = {}
+    model.mid_block.register_forward_hook(lambda module, args, out: bottleneck.update(shape=out.shape))
+    x = torch.rand(1, 3, 512, 512) * 2 - 1
+    y = model(x)
+    assert y.shape == x.shape
+    assert bottleneck["shape"] == (1, 512, 2, 2)  # 8 stride-2 convs down to 2×2×512
+    assert model.down_blocks[-1].conv.kernel_size == (5, 5)
+    y.abs().mean().backward()
+    assert model.mid_block.attn.in_proj_weight.grad.abs().sum() > 0
+    assert model.conv_in.weight.grad.abs().sum() > 0
+    assert y.min() >= -1 and y.max() <= 1
+
+
+@pytest.mark.parametrize("size", [(64, 64), (128, 96), (200, 72)])
+def test_attention_works_for_any_bottleneck_size(size):
+    model = UNetGenerator(num_downs=5, ngf=8, attention_heads=8).eval()
+    assert model(torch.randn(1, 3, *size)).shape == (1, 3, *size)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        UNetGenerator(ngf=8),
+        UNetGenerator(ngf=8, upsample="resize", norm="instance", innermost_kernel=5, attention_heads=8),
+        ResNetGenerator(ngf=8, n_blocks=2),
+        ResNetGenerator(ngf=8, n_blocks=2, upsample="resize", norm="instance", padding_mode="zeros"),
+    ],
+    ids=["unet", "unet-seed-resize-instance", "resnet", "resnet-resize-instance"],
+)
+@pytest.mark.parametrize("size", [(300, 457), (513, 771), (17, 23), (256, 256)])
+def test_generators_return_the_input_size(model, size):
+    model.eval()
+    x = torch.rand(1, 3, *size) * 2 - 1
+    with torch.inference_mode():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_pad_and_crop_round_trip():
+    x = torch.randn(1, 3, 300, 457)
+    padded, pads = pad_to_multiple(x, 256)
+    assert padded.shape[-2:] == (512, 512)
+    assert torch.equal(crop_padding(padded, pads), x)
+    # the padding mirrors the image (reflect) rather than filling it with zeros
+    left, _, top, _ = pads
+    assert torch.equal(padded[..., top, left - 1], x[..., 0, 1])
+    tiny, tiny_pads = pad_to_multiple(torch.randn(1, 3, 5, 7), 64)  # wider than the image: edge replication
+    assert tiny.shape[-2:] == (64, 64) and crop_padding(tiny, tiny_pads).shape[-2:] == (5, 7)
+
+
+def test_resnet_follows_cartoongan_layout():
+    model = ResNetGenerator()
+    assert len(model.mid_block) == 8
+    assert model.conv_in[0].kernel_size == (7, 7) and model.conv_out.kernel_size == (7, 7)
+    assert [block[0][0].stride for block in model.down_blocks] == [(2, 2), (2, 2)]
+    assert [block[0][0].out_channels for block in model.down_blocks] == [128, 256]
+    assert isinstance(model.up_blocks[0][0], torch.nn.ConvTranspose2d)
+    features = model.down_blocks[1](model.down_blocks[0](model.conv_in(torch.randn(1, 3, 64, 64))))
+    assert features.shape == (1, 256, 16, 16)
+
+
+def test_patchgan_is_70x70_and_conditional():
+    disc = PatchDiscriminator()
+    image, condition = torch.randn(2, 3, 256, 256), torch.randn(2, 3, 256, 256)
+    assert disc(image, condition).shape == (2, 1, 30, 30)  # 70×70 receptive field, stride 8
+    assert disc.layers[0].in_channels == 6
+    # each logit's receptive field: perturbing a pixel far outside a patch leaves that logit unchanged
+    disc.eval()
+    base = disc(image, condition)
+    moved = image.clone()
+    moved[..., 200:, 200:] += 5
+    assert torch.equal(disc(moved, condition)[..., 0, 0], base[..., 0, 0])
+    with pytest.raises(ValueError, match="conditional"):
+        disc(image)
+
+
+def test_cartoongan_discriminator_layout():
+    disc = PatchDiscriminator(condition_channels=0, layout="cartoongan", ndf=64)
+    assert disc(torch.randn(1, 3, 256, 256)).shape == (1, 1, 64, 64)  # two stride-2 convs
+    convs = [m for m in disc.layers if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128, 256, 256, 1]
+    with pytest.raises(ValueError, match="unconditional"):
+        disc(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (UNetGenerator, {"norm": "layer"}, r"`norm` must be one of \['batch', 'instance', 'none'\], got 'layer'"),
+        (UNetGenerator, {"num_downs": 1}, r"`num_downs` must be an integer >= 2, got 1"),
+        (UNetGenerator, {"attention_heads": 3}, r"`attention_heads` \(3\) must divide the bottleneck channels"),
+        (UNetGenerator, {"dropout": 1.5}, r"`dropout` must be in \[0, 1\), got 1.5"),
+        (UNetGenerator, {"upsample": "pixelshuffle"}, r"`upsample` must be one of"),
+        (UNetGenerator, {"innermost_kernel": 7}, r"`innermost_kernel` must be 3, 4 or 5"),
+        (ResNetGenerator, {"n_blocks": -1}, r"`n_blocks` must be an integer >= 0, got -1"),
+        (ResNetGenerator, {"padding_mode": "circularish"}, r"`padding_mode` must be one of"),
+        (PatchDiscriminator, {"layout": "stylegan"}, r"`layout` must be one of \['pix2pix', 'cartoongan'\]"),
+        (PatchDiscriminator, {"ngf": 3}, r"unexpected keyword argument 'ngf'"),
+    ],
+)
+def test_invalid_config_fails_at_construction(cls, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        cls(**kwargs)
+
+
+def test_unet_skip_carries_leaky_relu_of_features_like_the_reference():
+    """pix2pix's in-place LeakyReLU means the concatenated skip is LeakyReLU(x), not x."""
+    model = UNetGenerator(num_downs=5, ngf=8, up_activation="leaky_relu").eval()
+    hidden = torch.randn(1, 8, 16, 16)
+    _, skip = model.down_blocks[0](hidden)
+    assert torch.equal(skip, torch.nn.functional.leaky_relu(hidden, 0.2))
