@@ -24,6 +24,33 @@ def _convert_pix2pix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cartoonize(args: argparse.Namespace) -> int:
+    from .cartoonize import cartoonize_files, plan_jobs
+    from .pipeline import Cartoonizer
+
+    jobs, problems = plan_jobs(args.inputs, args.output, image_format=args.format, recursive=args.recursive)
+    if not jobs:
+        for problem in problems:
+            print(f"ghibligan: {problem}", file=sys.stderr)
+        print("ghibligan: error: nothing to cartoonize", file=sys.stderr)
+        return 2
+    cartoonizer = Cartoonizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    report = cartoonize_files(
+        cartoonizer,
+        jobs,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        max_side=args.max_side,
+        tile=args.tile,
+        smoothing=args.smoothing,
+        smoothing_method=args.smoothing_method,
+        max_pixels=args.max_pixels,
+    )
+    report.failed[:0] = problems
+    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ghibligan", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -47,6 +74,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="norm the reference model was trained with (default: inferred from the weights; an error if it disagrees)",
     )
     convert.set_defaults(func=_convert_pix2pix)
+
+    cartoonize = commands.add_parser(
+        "cartoonize",
+        help="turn photos (files, folders, globs) or videos into cartoons",
+        description="Cartoonize images and videos. Folders keep their relative layout under the output folder. "
+        "A file that cannot be read is reported by name and skipped; the exit code is 1 if any failed. "
+        "Inputs are never overwritten, and existing outputs only with --overwrite.",
+        epilog="examples:\n"
+        "  ghibligan cartoonize photo.jpg -o cartoon.png\n"
+        "  ghibligan cartoonize holiday/ -r -o holiday-toon/ --max-side 1536 --smoothing 0.3\n"
+        "  ghibligan cartoonize 'shots/*.jpg' -o out/ --model you/your-ghibli-unet --dtype bfloat16\n"
+        "  ghibligan cartoonize clip.mp4 -o clip-toon.mp4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cartoonize.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, or globs")
+    cartoonize.add_argument(
+        "-o", "--output", required=True, help="output file (for a single input) or folder (created if needed)"
+    )
+    cartoonize.add_argument(
+        "--model", default=None, help="checkpoint folder or Hub repo id (default: the model bundled with ghibligan)"
+    )
+    cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    cartoonize.add_argument(
+        "--format", default="png", choices=["png", "jpg", "webp"], help="image format in an output folder (png)"
+    )
+    cartoonize.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
+    cartoonize.add_argument(
+        "--max-side", type=int, default=None, help="downscale so the longer side is at most this many pixels"
+    )
+    cartoonize.add_argument(
+        "--smoothing", type=float, default=None, help="edge-preserving smoothing of the output, strength in [0, 1]"
+    )
+    cartoonize.add_argument(
+        "--smoothing-method", default="guided", choices=["guided", "bilateral"], help="smoothing filter (guided)"
+    )
+    cartoonize.add_argument(
+        "--tile", type=int, default=None, help="tile side for large images (default: automatic above 4 MP; 0: never)"
+    )
+    cartoonize.add_argument("--batch-size", type=int, default=4, help="video frames run together (4)")
+    cartoonize.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    cartoonize.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="inference precision (float32)"
+    )
+    cartoonize.add_argument(
+        "--max-pixels",
+        type=int,
+        default=100_000_000,
+        help="refuse images with more pixels than this before decoding them (decompression bombs; 100 MP)",
+    )
+    cartoonize.set_defaults(func=_cartoonize)
     return parser
 
 

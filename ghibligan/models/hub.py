@@ -46,7 +46,7 @@ from PIL import Image
 from ghibligan import Cartoonizer
 
 cartoonizer = Cartoonizer.from_pretrained("{{ repo_id | default("path/to/this/folder", true) }}")
-cartoon = cartoonizer(Image.open("photo.jpg")).images[0]
+cartoon = cartoonizer(Image.open("photo.jpg"))[0]
 ```
 {% endif %}
 ## Configuration

@@ -1,0 +1,239 @@
+"""`Cartoonizer`: photos in, cartoons out — load → preprocess → (tile) → generate → postprocess → PIL.
+
+Examples:
+    ```py
+    >>> from PIL import Image
+    >>> from ghibligan import Cartoonizer
+    >>> cartoonizer = Cartoonizer.from_pretrained()            # the bundled model; or a Hub id / local folder
+    >>> cartoons = cartoonizer(["photo.jpg", Image.open("portrait.png")], max_side=1024, smoothing=0.3)
+    >>> cartoons[0].save("cartoon.png")
+    ```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from .image_io import (
+    DEFAULT_MAX_PIXELS,
+    ImageInput,
+    LoadedImage,
+    load_image,
+    pil_to_tensor,
+    resize_to_max_side,
+    tensor_to_uint8,
+)
+from .models.auto import load_generator
+from .tiling import tiled_apply
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+DEFAULT_MODEL_NAME = "toon-unet"
+SMOOTHING_METHODS = ("guided", "bilateral")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    """CUDA if present, then Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def bundled_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """Folder of a checkpoint shipped inside the package (``ghibligan/pretrained/<name>``)."""
+    path = PRETRAINED_DIR / name
+    if not (path / "config.json").is_file():
+        available = sorted(p.name for p in PRETRAINED_DIR.glob("*") if (p / "config.json").is_file())
+        raise FileNotFoundError(
+            f"No bundled model {name!r} in this install (bundled: {available or 'none'}). "
+            f"Pass a checkpoint folder or Hub repo id instead."
+        )
+    return path
+
+
+def smooth(image: np.ndarray, strength: float, method: str = "guided") -> np.ndarray:
+    """Edge-preserving smoothing of a uint8 RGB image; ``strength`` in [0, 1] (0 leaves it unchanged).
+
+    ``"guided"`` is the guided filter (He et al.) with the image as its own guide: it flattens texture while keeping
+    edges, and is the filter White-box Cartoonization uses for its surface. ``"bilateral"`` is cv2's bilateral filter.
+    """
+    if strength <= 0:
+        return image
+    if method == "guided":
+        radius = 1 + round(6 * strength)
+        eps = (0.02 + 0.15 * strength) ** 2 * 255**2
+        return cv2.ximgproc.guidedFilter(image, image, radius, eps)
+    return cv2.bilateralFilter(image, d=5 + 2 * round(3 * strength), sigmaColor=20 + 100 * strength, sigmaSpace=7)
+
+
+class Cartoonizer:
+    r"""Turn photos into cartoons with a ghibligan generator.
+
+    Args:
+        generator (`nn.Module`): a `UNetGenerator` or `ResNetGenerator` (images in [-1, 1] → [-1, 1]).
+        device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU.
+        dtype (`torch.dtype` or `str`, *optional*, defaults to float32): ``bfloat16`` / ``float16`` run the generator
+            in half precision (faster on recent CPUs and GPUs).
+        tile_size (`int`, *optional*, defaults to 1024): tile side for images above ``auto_tile_pixels``.
+        auto_tile_pixels (`int`, *optional*, defaults to 2048 * 2048): images with more pixels are tiled.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        tile_size: int = 1024,
+        auto_tile_pixels: int = 2048 * 2048,
+    ):
+        self.generator = generator.eval()
+        self.tile_size = tile_size
+        self.auto_tile_pixels = auto_tile_pixels
+        self._progress_bar_config: dict = {}
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.to(device if device is not None else default_device(), dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        tile_size: int = 1024,
+        auto_tile_pixels: int = 2048 * 2048,
+        **kwargs,
+    ) -> Cartoonizer:
+        """Load a generator checkpoint: ``None`` (the bundled model), a local folder or a Hub repo id.
+
+        The generator class (U-Net or ResNet) is read from the checkpoint's config. ``kwargs`` go to
+        `from_pretrained` of that class (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ...).
+        """
+        path = bundled_model_path() if pretrained_model_name_or_path is None else pretrained_model_name_or_path
+        generator = load_generator(path, **kwargs)
+        return cls(generator, device=device, dtype=dtype, tile_size=tile_size, auto_tile_pixels=auto_tile_pixels)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Cartoonizer:
+        """Move the generator to ``device`` and/or cast it to ``dtype``; returns self."""
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"`dtype` must be one of {list(DTYPES)}, got {dtype!r}.")
+            dtype = DTYPES[dtype]
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        memory_format = torch.channels_last if self.device.type != "mps" else torch.contiguous_format
+        self.generator.to(device=self.device, dtype=self.dtype, memory_format=memory_format)
+        return self
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """Options for the tqdm bar shown over several images, e.g. ``disable=True``."""
+        self._progress_bar_config = kwargs
+
+    @property
+    def size_multiple(self) -> int:
+        return int(getattr(self.generator, "size_multiple", 1))
+
+    def check_inputs(self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size) -> None:
+        if max_side is not None and (not isinstance(max_side, int) or max_side < 16):
+            raise ValueError(f"`max_side` must be an integer >= 16 or None, got {max_side!r}.")
+        if tile is not None and (not isinstance(tile, int) or (tile != 0 and tile < 2 * tile_overlap + 16)):
+            raise ValueError(f"`tile` must be 0 (no tiling), None (automatic) or > 2 * tile_overlap, got {tile!r}.")
+        if not isinstance(tile_overlap, int) or tile_overlap < 0:
+            raise ValueError(f"`tile_overlap` must be an integer >= 0, got {tile_overlap!r}.")
+        if smoothing is not None and not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"`smoothing` must be in [0, 1] or None, got {smoothing!r}.")
+        if smoothing_method not in SMOOTHING_METHODS:
+            raise ValueError(f"`smoothing_method` must be one of {list(SMOOTHING_METHODS)}, got {smoothing_method!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+
+    def _generate(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [-1, 1] on any device → (B, 3, H, W) float32 on CPU."""
+        batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.generator(batch).float().cpu()
+
+    def _needs_tiling(self, height: int, width: int, tile: int | None) -> int:
+        """Tile side to use for this image, or 0 for a single pass."""
+        if tile is not None:
+            return tile if tile and max(height, width) > tile else 0
+        return self.tile_size if height * width > self.auto_tile_pixels else 0
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        max_side: int | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 64,
+        smoothing: float | None = None,
+        smoothing_method: str = "guided",
+        batch_size: int = 4,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> list[Image.Image]:
+        r"""Cartoonize one image or a list of them.
+
+        Args:
+            images: paths, PIL images or numpy arrays (HxW[x1|3|4], uint8 / uint16 / float in [0, 1]), or a list.
+            max_side (`int`, *optional*): downscale so the longer side is at most this (never upscales).
+            tile (`int`, *optional*): tile side for tiled inference; ``None`` tiles automatically above
+                ``auto_tile_pixels``, ``0`` never tiles.
+            tile_overlap (`int`, *optional*, defaults to 64): overlap between tiles, blended linearly.
+            smoothing (`float`, *optional*): edge-preserving smoothing of the output, strength in [0, 1].
+            smoothing_method (`str`, *optional*, defaults to `"guided"`): ``"guided"`` or ``"bilateral"``.
+            batch_size (`int`, *optional*, defaults to 4): equal-sized images (or tiles) run together.
+            max_pixels (`int`, *optional*): refuse larger files before decoding them (decompression bombs).
+
+        Returns:
+            `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
+            where the input had alpha.
+        """
+        self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size)
+        single = not isinstance(images, (list, tuple))
+        inputs = [images] if single else list(images)
+        loaded: list[LoadedImage] = [load_image(image, max_pixels=max_pixels) for image in inputs]
+
+        outputs: list[np.ndarray | None] = [None] * len(loaded)
+        pending: dict[tuple[int, int], list[int]] = {}  # size → indices of untiled images, batched together
+        rgbs = [resize_to_max_side(item.rgb, max_side) for item in loaded]
+        progress = tqdm(total=len(loaded), **{"disable": len(loaded) < 2, **self._progress_bar_config})
+        for index, rgb in enumerate(rgbs):
+            width, height = rgb.size
+            tile_side = self._needs_tiling(height, width, tile)
+            if tile_side:
+                tensor = pil_to_tensor(rgb)  # (3, H, W)
+                result = tiled_apply(self._generate, tensor, tile_side, tile_overlap, batch_size)
+                outputs[index] = tensor_to_uint8(result)
+                progress.update()
+            else:
+                pending.setdefault((height, width), []).append(index)
+        for indices in pending.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = torch.stack([pil_to_tensor(rgbs[i]) for i in chunk])  # (B, 3, H, W)
+                for i, result in zip(chunk, self._generate(batch), strict=True):
+                    outputs[i] = tensor_to_uint8(result)
+                progress.update(len(chunk))
+        progress.close()
+
+        cartoons = []
+        for item, rgb, array in zip(loaded, rgbs, outputs, strict=True):
+            if smoothing:
+                array = smooth(array, smoothing, smoothing_method)
+            cartoon = Image.fromarray(array, "RGB")
+            if item.alpha is not None:
+                cartoon.putalpha(item.alpha.resize(rgb.size, Image.Resampling.LANCZOS))
+            cartoons.append(cartoon)
+        return cartoons

@@ -1,0 +1,60 @@
+"""Images and checkpoints that tests make for themselves."""
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ghibligan import ResNetGenerator, UNetGenerator
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth, photo-like uint8 RGB array (gradients + blobs + a little noise), not flat noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([x / max(width, 1), y / max(height, 1), 0.5 + 0.5 * np.sin(x / 17.0 + y / 23.0)], axis=-1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(5, max(width, height) / 3)
+        color = rng.uniform(0, 1, size=3)
+        mask = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
+        image[mask] = 0.6 * image[mask] + 0.4 * color
+    image += rng.normal(0, 0.02, size=image.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def save_tiny_unet(path: Path, **kwargs) -> Path:
+    UNetGenerator(**{"num_downs": 5, "ngf": 8, **kwargs}).save_pretrained(path)
+    return path
+
+
+def save_tiny_resnet(path: Path, **kwargs) -> Path:
+    ResNetGenerator(**{"ngf": 8, "n_blocks": 1, **kwargs}).save_pretrained(path)
+    return path
+
+
+def write_png_with_huge_header(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A PNG whose header claims ``width`` × ``height`` pixels: a decompression bomb's calling card."""
+    Image.new("RGB", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_broken_files(folder: Path) -> list[Path]:
+    """Zero bytes, text named .png, a truncated JPEG, a bomb header. Returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    empty = folder / "empty.jpg"
+    empty.write_bytes(b"")
+    text = folder / "notes.png"
+    text.write_text("this is not an image")
+    truncated = folder / "truncated.jpg"
+    Image.fromarray(photo_like(64, 48)).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    bomb = write_png_with_huge_header(folder / "bomb.png")
+    return [empty, text, truncated, bomb]

@@ -1,0 +1,141 @@
+"""`ghibligan cartoonize`: folders, globs, layout, overwrite policy, bad files, video."""
+
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ghibligan.cli import main
+
+from .helpers import photo_like, save_tiny_unet, write_broken_files
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(save_tiny_unet(tmp_path_factory.mktemp("model") / "ckpt"))
+
+
+def make_album(root):
+    """root/a.jpg, root/b.png (RGBA), root/trip/c.jpg, plus four broken files in root/."""
+    (root / "trip").mkdir(parents=True)
+    Image.fromarray(photo_like(120, 80)).save(root / "a.jpg")
+    rgba = np.dstack([photo_like(64, 64), np.full((64, 64), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(root / "b.png")
+    Image.fromarray(photo_like(90, 70)).save(root / "trip" / "c.jpg")
+    (root / "README.txt").write_text("not a photo, and not picked up from a folder")
+    return write_broken_files(root)
+
+
+def test_folder_with_broken_files(tmp_path, model, capsys):
+    broken = make_album(tmp_path / "album")
+    code = main(["cartoonize", str(tmp_path / "album"), "-r", "-o", str(tmp_path / "out"), "--model", model])
+    err = capsys.readouterr().err
+
+    assert code == 1  # some failed
+    assert Image.open(tmp_path / "out" / "a.png").size == (120, 80)
+    assert Image.open(tmp_path / "out" / "b.png").mode == "RGBA"
+    assert Image.open(tmp_path / "out" / "trip" / "c.png").size == (90, 70)  # relative layout kept
+    assert "3 written, 0 skipped, 4 failed" in err
+    for path in broken:
+        assert path.name in err
+        assert not (tmp_path / "out" / path.with_suffix(".png").name).exists()
+    assert not list((tmp_path / "out").rglob(".tmp-*"))  # no half-written files left behind
+
+
+def test_without_recursive_subfolders_are_ignored(tmp_path, model):
+    make_album(tmp_path / "album")
+    main(["cartoonize", str(tmp_path / "album"), "-o", str(tmp_path / "out"), "--model", model])
+    assert (tmp_path / "out" / "a.png").exists()
+    assert not (tmp_path / "out" / "trip").exists()
+
+
+def test_single_file_overwrite_policy(tmp_path, model, capsys):
+    Image.fromarray(photo_like(50, 40)).save(tmp_path / "photo.jpg")
+    out = tmp_path / "cartoon.jpg"
+    assert main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(out), "--model", model]) == 0
+    assert Image.open(out).format == "JPEG" and Image.open(out).size == (50, 40)
+
+    before = out.stat().st_mtime_ns
+    assert main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(out), "--model", model]) == 0
+    assert "exists (pass --overwrite to replace it)" in capsys.readouterr().out
+    assert out.stat().st_mtime_ns == before
+
+    os.utime(out, ns=(0, 0))
+    assert main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(out), "--model", model, "--overwrite"]) == 0
+    assert out.stat().st_mtime_ns != 0
+
+
+def test_never_writes_over_an_input(tmp_path, model, capsys):
+    Image.fromarray(photo_like(50, 40)).save(tmp_path / "photo.png")
+    original = (tmp_path / "photo.png").read_bytes()
+    code = main(["cartoonize", str(tmp_path), "-o", str(tmp_path), "--model", model, "--overwrite"])
+    assert code == 1
+    assert "refusing to write over an input file" in capsys.readouterr().err
+    assert (tmp_path / "photo.png").read_bytes() == original
+
+
+def test_globs_and_max_side(tmp_path, model):
+    for name in ("x1.jpg", "x2.jpg", "y.jpg"):
+        Image.fromarray(photo_like(400, 300)).save(tmp_path / name)
+    pattern = str(tmp_path / "x*.jpg")
+    assert main(["cartoonize", pattern, "-o", str(tmp_path / "out"), "--model", model, "--max-side", "200"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x1.png", "x2.png"]
+    assert Image.open(tmp_path / "out" / "x1.png").size == (200, 150)
+
+
+def test_nothing_to_do_is_an_error(tmp_path, model, capsys):
+    assert main(["cartoonize", str(tmp_path / "nothing*.jpg"), "-o", str(tmp_path / "o"), "--model", model]) == 2
+    assert "no files match" in capsys.readouterr().err
+
+
+def test_video_keeps_fps_size_and_frame_count(tmp_path, model):
+    source = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (64, 48))
+    for i in range(10):
+        writer.write(np.roll(photo_like(64, 48), 3 * i, axis=1))
+    writer.release()
+
+    assert main(["cartoonize", str(source), "-o", str(tmp_path / "toon.mp4"), "--model", model]) == 0
+    capture = cv2.VideoCapture(str(tmp_path / "toon.mp4"))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 10
+
+
+def test_console_script_end_to_end(tmp_path, model):
+    Image.fromarray(photo_like(60, 45)).save(tmp_path / "p.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ghibligan.cli",
+            "cartoonize",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            model,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "bad.jpg: the file is empty" in result.stderr
+    assert Image.open(tmp_path / "o" / "p.png").size == (60, 45)
+
+
+def test_cartoonize_help_explains_itself():
+    result = subprocess.run(
+        [sys.executable, "-m", "ghibligan.cli", "cartoonize", "--help"], capture_output=True, text=True, check=True
+    )
+    for flag in ("--model", "--max-side", "--smoothing", "--overwrite", "--recursive", "--tile", "--dtype"):
+        assert flag in result.stdout
+    assert "ghibligan cartoonize clip.mp4" in result.stdout
