@@ -51,6 +51,56 @@ def _cartoonize(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _make_pairs(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pairs import make_pairs, photos_from_dataset, photos_from_folder, push_pairs_to_hub
+    from .teachers import make_teacher
+
+    if (args.photos is None) == (args.photos_dataset is None):
+        raise ValueError("Give exactly one photo source: --photos DIR or --photos_dataset ID.")
+    if args.teacher.startswith("diffusers"):
+        options = {
+            "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt,
+            "strength": args.strength,
+            "guidance_scale": args.guidance_scale,
+            "num_inference_steps": args.num_inference_steps,
+            "resolution": args.resolution,
+            "lora_weights": args.lora_weights,
+            "lora_scale": args.lora_scale,
+            "device": args.device,
+            "dtype": {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype),
+            "base_seed": args.seed,
+        }
+        teacher = make_teacher(args.teacher, **{k: v for k, v in options.items() if v is not None})
+    else:
+        teacher = make_teacher(args.teacher)
+    if args.photos is not None:
+        photos = list(photos_from_folder(args.photos, recursive=True))
+        total = len(photos)
+    else:
+        photos = photos_from_dataset(args.photos_dataset, args.image_column, args.split, args.dataset_config_name)
+        total = None
+    report = make_pairs(
+        photos,
+        teacher,
+        args.output_dir,
+        max_side=args.max_side,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
+        total=total,
+    )
+    written = ", ".join(f"{n} {split}" for split, n in sorted(report.written.items())) or "none"
+    print(f"pairs written: {written}; already done: {report.already_done}; failed: {len(report.failed)}")
+    for failure in report.failed:
+        print(f"  failed: {failure}", file=sys.stderr)
+    if args.push_to_hub:
+        print(f"pushed: {push_pairs_to_hub(args.output_dir, args.push_to_hub)}")
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ghibligan", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,6 +174,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse images with more pixels than this before decoding them (decompression bombs; 100 MP)",
     )
     cartoonize.set_defaults(func=_cartoonize)
+
+    pairs = commands.add_parser(
+        "make-pairs",
+        help="make a paired photo → cartoon dataset with a teacher (toon or diffusers img2img)",
+        description="Run a teacher on photos and write (input_image, target_image) pairs as a Hugging Face dataset "
+        "(parquet shards with embedded images, plus a dataset card) that train_accelerate.py reads with "
+        "--train_data_dir OUT. Re-running resumes: photos already done are skipped.",
+        epilog="examples:\n"
+        "  ghibligan make-pairs --photos photos/ --teacher toon:painterly --output_dir pairs/\n"
+        "  ghibligan make-pairs --photos_dataset you/photos --image_column image --teacher diffusers:you/ghibli-sd \\\n"
+        "      --strength 0.45 --prompt 'studio ghibli style' --output_dir pairs/ --push_to_hub you/ghibli-pairs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = pairs.add_argument_group("photos (one of)")
+    source.add_argument("--photos", default=None, help="folder of photos (searched recursively)")
+    source.add_argument("--photos_dataset", default=None, help="Hub (or local) image dataset id, streamed")
+    source.add_argument("--image_column", default="image", help="image column of --photos_dataset (image)")
+    source.add_argument("--split", default="train", help="split of --photos_dataset (train)")
+    source.add_argument("--dataset_config_name", default=None, help="config of --photos_dataset")
+    output = pairs.add_argument_group("output")
+    output.add_argument("--output_dir", required=True, help="dataset folder to write (or resume)")
+    output.add_argument("--teacher", default="toon", help="toon, toon:toon, toon:painterly or diffusers:ID_OR_DIR")
+    output.add_argument("--max_side", type=int, default=1024, help="downscale photos to this longer side (1024)")
+    output.add_argument("--validation_fraction", type=float, default=0.0, help="photos held out as validation (0)")
+    output.add_argument("--shard_size", type=int, default=16, help="pairs per parquet shard; the resume unit (16)")
+    output.add_argument("--batch_size", type=int, default=1, help="photos per teacher call (1)")
+    output.add_argument("--push_to_hub", default=None, metavar="ID", help="upload the dataset to this Hub repo id")
+    diffusion = pairs.add_argument_group("diffusers teacher")
+    diffusion.add_argument("--prompt", default=None, help="what the target should look like")
+    diffusion.add_argument("--negative_prompt", default=None, help="what it should not look like")
+    diffusion.add_argument("--strength", type=float, default=None, help="img2img strength in (0, 1] (0.5)")
+    diffusion.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (7.5)")
+    diffusion.add_argument("--num_inference_steps", type=int, default=None, help="denoising steps (30)")
+    diffusion.add_argument("--resolution", type=int, default=None, help="shorter side the model works at (512)")
+    diffusion.add_argument("--lora_weights", default=None, help="LoRA weights to load (Hub id, folder or file)")
+    diffusion.add_argument("--lora_scale", type=float, default=None, help="LoRA strength (1.0)")
+    diffusion.add_argument("--seed", type=int, default=None, help="base seed mixed into every photo's seed (0)")
+    diffusion.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    diffusion.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="precision")
+    pairs.set_defaults(func=_make_pairs)
     return parser
 
 

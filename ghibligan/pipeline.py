@@ -193,7 +193,8 @@ class Cartoonizer:
             tile_overlap (`int`, *optional*, defaults to 64): overlap between tiles, blended linearly.
             smoothing (`float`, *optional*): edge-preserving smoothing of the output, strength in [0, 1].
             smoothing_method (`str`, *optional*, defaults to `"guided"`): ``"guided"`` or ``"bilateral"``.
-            batch_size (`int`, *optional*, defaults to 4): equal-sized images (or tiles) run together.
+            batch_size (`int`, *optional*, defaults to 4): equal-sized images run together (tiles run one at a time:
+                bounded memory is what tiling is for).
             max_pixels (`int`, *optional*): refuse larger files before decoding them (decompression bombs).
 
         Returns:
@@ -214,7 +215,7 @@ class Cartoonizer:
             tile_side = self._needs_tiling(height, width, tile)
             if tile_side:
                 tensor = pil_to_tensor(rgb)  # (3, H, W)
-                result = tiled_apply(self._generate, tensor, tile_side, tile_overlap, batch_size)
+                result = tiled_apply(self._generate, tensor, tile_side, tile_overlap)  # one tile at a time
                 outputs[index] = tensor_to_uint8(result)
                 progress.update()
             else:

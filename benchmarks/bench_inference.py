@@ -1,0 +1,193 @@
+"""Inference benchmark: end-to-end `Cartoonizer` latency (PIL in → PIL out) and peak memory.
+
+Compares, in one run, the model under test (the bundled model, or ``--model``) with the reference pix2pix
+``unet_256`` architecture (ngf=64, BatchNorm), in float32 and bfloat16: median latency at 256², 512², 1024², a tiled
+3840×2160 photo, and each configuration's peak RSS on the 4K photo (measured in a fresh subprocess each, so peaks
+don't mask each other). Ratios are what to read on a noisy machine; absolute times drift.
+
+    python benchmarks/bench_inference.py                 # prints a Markdown section for BENCHMARKS.md
+    python benchmarks/bench_inference.py --model DIR --repeats 9 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ghibligan import Cartoonizer, UNetGenerator
+from ghibligan.pipeline import bundled_model_path
+
+SIZES = [(256, 256), (512, 512), (1024, 1024)]
+UHD = (3840, 2160)
+# Stand-in for the bundled model until one ships: the fast U-Net its card targets (speed doesn't depend on weights).
+CANDIDATE = {"ngf": 16, "num_downs": 8, "norm": "batch"}
+
+
+def build(name: str, model: str | None, device: str, dtype: str) -> Cartoonizer:
+    if name == "unet_256":
+        pipe = Cartoonizer(UNetGenerator(), device=device, dtype=dtype)
+    elif model is not None:
+        pipe = Cartoonizer.from_pretrained(model, device=device, dtype=dtype)
+    else:
+        try:
+            pipe = Cartoonizer.from_pretrained(bundled_model_path(), device=device, dtype=dtype)
+        except FileNotFoundError:
+            pipe = Cartoonizer(UNetGenerator(**CANDIDATE), device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def photo(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 31 + y / 17)], -1)
+    base += 0.03 * rng.standard_normal(base.shape, dtype=np.float32)
+    return Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8))
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    """Peak (VmHWM) or current (VmRSS) resident memory of this process, from /proc (Linux).
+
+    ru_maxrss is the fallback elsewhere; on Linux it would also count the parent's pages that a forked child briefly
+    shared, since it survives exec. VmHWM belongs to the address space, which exec replaces.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak measures only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child_peak_memory(args: argparse.Namespace) -> None:
+    """Run one 4K cartoonization and print this process's peak RSS (and CUDA peak) as JSON."""
+    pipe = build(args.child, args.model, args.device, args.dtype)
+    image = photo(*UHD)
+    reset_peak_rss()
+    baseline = rss_mb("VmRSS")
+    start = time.perf_counter()
+    pipe(image, tile=0 if args.untiled else None)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
+    print(
+        json.dumps(
+            {"baseline_mb": baseline, "peak_rss_mb": rss_mb("VmHWM"), "cuda_peak_mb": cuda_mb, "seconds": seconds}
+        )
+    )
+
+
+def describe(pipe: Cartoonizer) -> str:
+    config = getattr(pipe.generator, "_hub_mixin_config", {}) or {}
+    params = sum(p.numel() for p in pipe.generator.parameters()) / 1e6
+    keys = ("ngf", "num_downs", "norm", "attention_heads", "upsample", "n_blocks")
+    arguments = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
+    return f"{type(pipe.generator).__name__}({arguments}), {params:.2f} M params"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint to test (default: the bundled model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per size (median reported)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--untiled", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child_peak_memory(args)
+
+    names = ["model", "unet_256"]
+    dtypes = ["float32", "bfloat16"]
+    pipes = {(n, d): build(n, args.model, args.device, d) for n in names for d in dtypes}
+    latency: dict[tuple[str, str, str], float] = {}
+    for width, height in [*SIZES, UHD]:
+        image = photo(width, height)
+        repeats = args.repeats if width <= 512 else max(1, args.repeats // 3) if width <= 1024 else 1
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in pipes}
+        if width <= 1024:
+            for pipe in pipes.values():  # warm-up
+                pipe(image)
+        for _ in range(repeats):
+            for key, pipe in pipes.items():  # interleaved, so drift hits every configuration alike
+                sync(args.device)
+                start = time.perf_counter()
+                pipe(image)
+                sync(args.device)
+                times[key].append(time.perf_counter() - start)
+        for key, values in times.items():
+            latency[(*key, f"{width}×{height}")] = statistics.median(values) * 1000
+        print(f"done {width}×{height}", file=sys.stderr)
+
+    memory = {}
+    runs = [(name, dtype, False) for name in names for dtype in dtypes] + [("model", "float32", True)]
+    for name, dtype, untiled in runs:
+        command = [sys.executable, __file__, "--child", name, "--dtype", dtype, "--device", args.device]
+        command += (["--model", args.model] if args.model else []) + (["--untiled"] if untiled else [])
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        memory[f"{name} {dtype} {'untiled' if untiled else 'tiled'}"] = json.loads(result.stdout)
+
+    sizes = [f"{w}×{h}" for w, h in [*SIZES, UHD]]
+    print(
+        f"### Inference — {date.today()} — {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}\n"
+    )
+    print(
+        f"Command: `python benchmarks/bench_inference.py{' --model ' + args.model if args.model else ''}"
+        f"{' --device ' + args.device if args.device != 'cpu' else ''} --repeats {args.repeats}`\n"
+    )
+    print(f"- model: {describe(pipes[('model', 'float32')])}")
+    print(f"- unet_256: {describe(pipes[('unet_256', 'float32')])}\n")
+    print("Median end-to-end latency in ms (PIL in → PIL out; 3840×2160 is tiled, one run):\n")
+    print(
+        "| size | model fp32 | model bf16 | unet_256 fp32 | unet_256 bf16 | unet_256 fp32 / model fp32 | "
+        "unet_256 fp32 / model bf16 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes:
+        m32, m16 = latency[("model", "float32", size)], latency[("model", "bfloat16", size)]
+        r32, r16 = latency[("unet_256", "float32", size)], latency[("unet_256", "bfloat16", size)]
+        print(f"| {size} | {m32:.1f} | {m16:.1f} | {r32:.1f} | {r16:.1f} | {r32 / m32:.1f}× | {r32 / m16:.1f}× |")
+    print("\nPeak memory cartoonizing one 3840×2160 photo, fresh process each (baseline: RSS with torch, the model")
+    print("and the decoded photo loaded, before the call):\n")
+    print("| configuration | baseline RSS (MB) | peak RSS (MB) | added by the call (MB) | CUDA peak (MB) | seconds |")
+    print("|---|---|---|---|---|---|")
+    for label, result in memory.items():
+        cuda = f"{result['cuda_peak_mb']:.0f}" if result["cuda_peak_mb"] is not None else "–"
+        added = result["peak_rss_mb"] - result["baseline_mb"]
+        print(
+            f"| {label} | {result['baseline_mb']:.0f} | {result['peak_rss_mb']:.0f} | {added:.0f} | {cuda} | "
+            f"{result['seconds']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Render the toon teacher's presets on photos into one montage image (photo | preset 1 | preset 2 ...).
+
+python scripts/teacher_montage.py space/examples/*.jpg -o docs/teacher_montage.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ghibligan.image_io import load_image, resize_to_max_side
+from ghibligan.teachers import PRESETS, ToonTeacher
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photos", nargs="+", help="photo files")
+    parser.add_argument("-o", "--output", required=True, help="montage image to write")
+    parser.add_argument("--cell", type=int, default=320, help="width of each cell in pixels (320)")
+    args = parser.parse_args()
+
+    teachers = [ToonTeacher(preset) for preset in sorted(PRESETS, key=lambda p: p != "toon")]
+    rows = []
+    for path in args.photos:
+        photo = resize_to_max_side(load_image(path).rgb, 1024)
+        cells = [photo]
+        for teacher in teachers:
+            start = time.perf_counter()
+            cells.append(teacher(photo))
+            print(f"{path} {teacher.name}: {(time.perf_counter() - start) * 1000:.0f} ms at {photo.size}")
+        height = round(args.cell * photo.height / photo.width)
+        rows.append(
+            np.concatenate([np.asarray(c.resize((args.cell, height), Image.Resampling.LANCZOS)) for c in cells], 1)
+        )
+    width = rows[0].shape[1]
+    header = Image.new("RGB", (width, 24), "white")
+    draw = ImageDraw.Draw(header)
+    for i, label in enumerate(["photo", *[t.name for t in teachers]]):
+        draw.text((i * args.cell + 8, 6), label, fill="black")
+    montage = np.concatenate([np.asarray(header), *rows], 0)
+    Image.fromarray(montage).save(args.output, quality=88)
+    print(f"wrote {args.output} ({montage.shape[1]}x{montage.shape[0]})")
+
+
+if __name__ == "__main__":
+    main()
