@@ -16,7 +16,7 @@ def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.stack([x / max(width, 1), y / max(height, 1), 0.5 + 0.5 * np.sin(x / 17.0 + y / 23.0)], axis=-1)
     for _ in range(6):
-        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(5, max(width, height) / 3)
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(1, max(width, height) / 3 + 1)
         color = rng.uniform(0, 1, size=3)
         mask = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
         image[mask] = 0.6 * image[mask] + 0.4 * color

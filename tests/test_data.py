@@ -1,0 +1,172 @@
+"""The data layer: sources, column mapping, synchronized augmentation, corrupt samples, balancing, edge smoothing."""
+
+import io
+import logging
+import random
+from collections import Counter
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ghibligan.data import (
+    PairedImageDataset,
+    PairTransform,
+    StreamingPairedDataset,
+    brightness_balanced_sampler,
+    collate_pairs,
+    dataset_brightness,
+    edge_smooth,
+    load_pairs_dataset,
+)
+
+from .helpers import photo_like
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_dataset(columns: dict[str, list[np.ndarray]]) -> datasets.Dataset:
+    data = {name: [{"bytes": png_bytes(a), "path": None} for a in arrays] for name, arrays in columns.items()}
+    features = datasets.Features({name: datasets.Image() for name in columns})
+    return datasets.Dataset.from_dict(data, features=features)
+
+
+def test_hub_schemas_work_by_column_mapping_and_wrong_names_list_the_columns():
+    rows = image_dataset({"raw": [photo_like(40, 40)], "Ghibli": [photo_like(40, 40, seed=1)]})
+    pairs = PairedImageDataset(rows, "raw", "Ghibli", PairTransform(32, center_crop=True))
+    assert pairs[0]["input"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match=r"--input_column 'input_image' not in dataset columns \['raw', 'Ghibli'\]"):
+        PairedImageDataset(rows, "input_image", "Ghibli", PairTransform(32))
+    with pytest.raises(ValueError, match=r"--target_column 'cartoonized_image' not in dataset columns"):
+        PairedImageDataset(rows, "raw", "cartoonized_image", PairTransform(32))
+
+
+def test_input_and_target_get_the_same_random_crop_and_flip():
+    photo = photo_like(90, 70)
+    rows = image_dataset({"input_image": [photo], "target_image": [photo]})
+    pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(48, random_flip=True))
+    crops = set()
+    for _ in range(12):
+        item = pairs[0]
+        assert item["input"].shape == (3, 48, 48)
+        assert torch.equal(item["input"], item["target"])  # same crop, same flip
+        assert item["input"].min() >= -1 and item["input"].max() <= 1
+        crops.add(item["input"].sum().item())
+    assert len(crops) > 3  # and the augmentation is actually random
+
+
+def test_side_by_side_layout_and_direction():
+    left, right = np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)
+    rows = image_dataset({"image": [np.concatenate([left, right], axis=1)]})
+    a_to_b = PairedImageDataset(rows, "image", "", PairTransform(32, center_crop=True), paired_layout="side_by_side")
+    item = a_to_b[0]
+    assert item["input"].max() == -1 and item["target"].min() == 1
+    b_to_a = PairedImageDataset(
+        rows, "image", "", PairTransform(32, center_crop=True), paired_layout="side_by_side", direction="BtoA"
+    )
+    assert b_to_a[0]["input"].min() == 1
+
+
+def test_modes_are_converted_to_rgb():
+    gray = np.asarray(Image.fromarray(photo_like(40, 40)).convert("L"))
+    rgba = np.dstack([photo_like(40, 40), np.full((40, 40), 100, np.uint8)])
+    rows = image_dataset({"input_image": [gray], "target_image": [rgba]})
+    item = PairedImageDataset(rows, "input_image", "target_image", PairTransform(32))[0]
+    assert item["input"].shape == item["target"].shape == (3, 32, 32)
+
+
+def test_corrupt_samples_are_skipped_with_a_warning_naming_them(caplog):
+    good = {"bytes": png_bytes(photo_like(40, 40)), "path": None}
+    broken = {"bytes": png_bytes(photo_like(40, 40))[:60], "path": "broken_17.png"}
+    rows = datasets.Dataset.from_dict(
+        {"input_image": [good, broken, good], "target_image": [good, good, good]},
+        features=datasets.Features({"input_image": datasets.Image(), "target_image": datasets.Image()}),
+    )
+    pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(32))
+    with caplog.at_level(logging.WARNING):
+        loader = torch.utils.data.DataLoader(pairs, batch_size=3, collate_fn=collate_pairs)
+        batch = next(iter(loader))
+    assert batch["input"].shape[0] == 2 and batch["skipped"] == 1
+    assert "broken_17.png" in caplog.text
+
+
+def test_brightness_balancing_rebalances_a_skewed_set():
+    dark = [np.full((16, 16, 3), 20, np.uint8)] * 10
+    bright = [np.full((16, 16, 3), 220, np.uint8)] * 90
+    rows = image_dataset({"input_image": dark + bright, "target_image": dark + bright})
+    pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(16))
+    values = dataset_brightness(pairs)
+    assert sum(v < 0.5 for v in values) == 10
+    sampler = brightness_balanced_sampler(values, num_samples=20_000, seed=0)
+    drawn = Counter(values[i] < 0.5 for i in sampler)
+    assert 0.45 < drawn[True] / 20_000 < 0.55  # 10 % of the data, ~50 % of the draws
+    uniform = Counter(values[i] < 0.5 for i in torch.randint(0, 100, (20_000,)).tolist())
+    assert uniform[True] / 20_000 < 0.15  # what plain shuffling gives
+
+
+def test_edge_smoothing_blurs_only_around_edges():
+    cartoon = np.full((64, 64, 3), 200, np.uint8)
+    cartoon[:, 32:] = 30  # one vertical edge
+    cartoon[5:10, 5:10] = 201  # a faint patch: no Canny edge there
+    smoothed = edge_smooth(cartoon)
+    changed = np.any(smoothed != cartoon, axis=2)
+    assert changed[:, 28:36].any()  # the edge is blurred
+    assert not changed[:, :26].any() and not changed[:, 38:].any()  # flat regions untouched
+    assert np.array_equal(smoothed[5:10, 5:10], cartoon[5:10, 5:10])
+
+
+def test_local_sources(tmp_path):
+    photo, cartoon = photo_like(40, 40), 255 - photo_like(40, 40)
+    # two sibling folders named after the columns
+    for column, array in (("input_image", photo), ("target_image", cartoon)):
+        (tmp_path / "folders" / column).mkdir(parents=True)
+        for name in ("a", "b"):
+            Image.fromarray(array).save(tmp_path / "folders" / column / f"{name}.png")
+    Image.fromarray(photo).save(tmp_path / "folders" / "input_image" / "lonely.png")
+    loaded = load_pairs_dataset(train_data_dir=str(tmp_path / "folders"))["train"]
+    assert len(loaded) == 2 and set(loaded.column_names) == {"input_image", "target_image"}
+    # a save_to_disk folder and a single parquet file
+    rows = image_dataset({"input_image": [photo] * 3, "target_image": [cartoon] * 3})
+    rows.save_to_disk(str(tmp_path / "saved"))
+    assert len(load_pairs_dataset(train_data_dir=str(tmp_path / "saved"))["train"]) == 3
+    rows.to_parquet(str(tmp_path / "rows.parquet"))
+    assert len(load_pairs_dataset(train_data_dir=str(tmp_path / "rows.parquet"))["train"]) == 3
+    with pytest.raises(ValueError, match="Don't know how to read --train_data_dir"):
+        (tmp_path / "empty").mkdir()
+        load_pairs_dataset(train_data_dir=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="exactly one of"):
+        load_pairs_dataset()
+
+
+def test_same_named_folders_do_not_share_a_cache_entry(tmp_path):
+    """datasets caches load_dataset(folder) by the folder's name; our loader must not return another folder's rows."""
+    for count, parent in ((5, "a"), (3, "b")):
+        rows = image_dataset({"input_image": [photo_like(8, 8)] * count, "target_image": [photo_like(8, 8)] * count})
+        (tmp_path / parent / "pairs" / "data").mkdir(parents=True)
+        rows.to_parquet(str(tmp_path / parent / "pairs" / "data" / "train-00000.parquet"))
+    assert len(load_pairs_dataset(train_data_dir=str(tmp_path / "a" / "pairs"))["train"]) == 5
+    assert len(load_pairs_dataset(train_data_dir=str(tmp_path / "b" / "pairs"))["train"]) == 3
+
+
+def test_streaming_source(tmp_path):
+    rows = image_dataset(
+        {"input_image": [photo_like(40, 40, seed=i) for i in range(5)], "target_image": [photo_like(40, 40)] * 5}
+    )
+    rows.to_parquet(str(tmp_path / "rows.parquet"))
+    stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "rows.parquet"), split="train", streaming=True)
+    pairs = PairedImageDataset(stream, "input_image", "target_image", PairTransform(32))
+    items = list(StreamingPairedDataset(pairs))
+    assert len(items) == 5 and items[0]["input"].shape == (3, 32, 32)
+
+
+def test_transform_resizes_a_mismatched_target_and_never_crops_out_of_bounds():
+    transform = PairTransform(64)
+    source, target = Image.fromarray(photo_like(200, 30)), Image.fromarray(photo_like(100, 15))
+    a, b = transform(source, target, random.Random(0))
+    assert a.size == b.size == (64, 64)
