@@ -10,8 +10,8 @@ already in a shard, so an interrupted run of hours loses at most one shard of wo
 
 from __future__ import annotations
 
+import hashlib
 import os
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +66,12 @@ def photos_from_dataset(
 
 
 def split_of(key: str, validation_fraction: float) -> str:
-    """Stable train/validation assignment by the photo's key (same answer in every run)."""
-    return "validation" if (zlib.crc32(key.encode()) % 10_000) < validation_fraction * 10_000 else "train"
+    """Stable train/validation assignment by the photo's key (same answer in every run).
+
+    SHA-256, not crc32: crc32 is linear, so similar keys (001.jpg, 002.jpg, ...) do not spread uniformly.
+    """
+    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 10_000
+    return "validation" if bucket < validation_fraction * 10_000 else "train"
 
 
 def done_sources(output_dir: Path) -> set[str]:

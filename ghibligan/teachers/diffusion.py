@@ -9,7 +9,7 @@ Needs the ``teacher`` extra: ``pip install "ghibligan[teacher]"``.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +20,8 @@ from ..image_io import ImageInput, load_image
 
 def photo_seed(key: str, base_seed: int = 0) -> int:
     """A stable per-photo seed from its name: the same photo gets the same seed in every run and order."""
-    return (zlib.crc32(key.encode("utf-8")) + base_seed) % 2**32
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big")
+    return (digest + base_seed) % 2**32
 
 
 def working_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
