@@ -36,7 +36,7 @@ from .models.auto import load_generator
 from .tiling import tiled_apply
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-DEFAULT_MODEL_NAME = "toon-unet"
+DEFAULT_MODEL_NAME = "toon-painterly-unet"
 SMOOTHING_METHODS = ("guided", "bilateral")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
