@@ -129,6 +129,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--up_activation", default="relu", choices=["relu", "leaky_relu"], help="U-Net decoder activation."
     )
     model.add_argument("--upsample", default="transpose", choices=["transpose", "resize"], help="Upsampling layers.")
+    model.add_argument(
+        "--residual", action="store_true", help="U-Net predicts the change to the photo, not the image (keeps detail)."
+    )
     model.add_argument("--n_blocks", type=int, default=8, help="ResNet residual blocks (8).")
     model.add_argument("--ndf", type=int, default=64, help="Discriminator width (64).")
     model.add_argument("--n_layers_d", type=int, default=3, help="PatchGAN layers (3 = 70×70 patches).")
@@ -373,6 +376,15 @@ def main(args: argparse.Namespace) -> None:
     )
     unwrapped_d = accelerator.unwrap_model(discriminator)
     skipped, logs, values = 0, {}, {}
+
+    def optimizer_step(model, optimizer, scheduler) -> None:
+        """Clip (when asked), step, schedule, zero. Under accumulate(), accelerate skips all but the last micro-step."""
+        if accelerator.sync_gradients and args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
     epoch = global_step // steps_per_epoch if steps_per_epoch else 0
     resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps if steps_per_epoch else 0
     while global_step < max_train_steps:
@@ -401,11 +413,7 @@ def main(args: argparse.Namespace) -> None:
                         fake_logits = [discriminator(fake.detach()), discriminator(batch["target_smoothed"])]
                     loss_d = discriminator_loss(real_logits, fake_logits, args.gan_mode)
                     accelerator.backward(loss_d)
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    optimizer_d.step()
-                    scheduler_d.step()
-                    optimizer_d.zero_grad(set_to_none=True)
+                    optimizer_step(discriminator, optimizer_d, scheduler_d)
                     logs["loss_d"] = loss_d.detach()
 
                 # G step, with D frozen (and used unwrapped, so DDP does not wait for D gradients)
@@ -424,11 +432,7 @@ def main(args: argparse.Namespace) -> None:
                         loss_g = loss_g + args.lambda_content * logs["loss_g_content"]
                 accelerator.backward(loss_g)
                 unwrapped_d.requires_grad_(True)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(generator.parameters(), args.max_grad_norm)
-                optimizer_g.step()
-                scheduler_g.step()
-                optimizer_g.zero_grad(set_to_none=True)
+                optimizer_step(generator, optimizer_g, scheduler_g)
 
             if not accelerator.sync_gradients:
                 continue

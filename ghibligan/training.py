@@ -38,6 +38,7 @@ def build_generator(args) -> torch.nn.Module:
         attention_heads=args.attention_heads,
         up_activation=args.up_activation,
         upsample=args.upsample,
+        residual=args.residual,
     )
 
 

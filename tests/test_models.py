@@ -142,3 +142,13 @@ def test_unet_skip_carries_leaky_relu_of_features_like_the_reference():
     hidden = torch.randn(1, 8, 16, 16)
     _, skip = model.down_blocks[0](hidden)
     assert torch.equal(skip, torch.nn.functional.leaky_relu(hidden, 0.2))
+
+
+def test_residual_unet_predicts_a_change_to_the_input():
+    model = UNetGenerator(num_downs=5, ngf=8, residual=True).eval()
+    torch.nn.init.zeros_(model.conv_out.conv.weight)
+    torch.nn.init.zeros_(model.conv_out.conv.bias)
+    x = torch.rand(1, 3, 50, 70) * 2 - 1
+    assert torch.equal(model(x), x)  # a zero change is the identity, at full resolution
+    with pytest.raises(ValueError, match="residual=True` needs in_channels == out_channels"):
+        UNetGenerator(in_channels=1, out_channels=3, residual=True)

@@ -114,6 +114,10 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         up_activation (`str`, *optional*, defaults to `"relu"`): decoder activation, ``"relu"`` or ``"leaky_relu"``.
         upsample (`str`, *optional*, defaults to `"transpose"`): ``"transpose"`` (transposed conv, as in pix2pix) or
             ``"resize"`` (nearest ×2 then 3×3 conv: no checkerboard artifacts).
+        residual (`bool`, *optional*, defaults to `False`): predict the *change* to the input,
+            ``clamp(input + tanh(decoder), -1, 1)``, instead of the image. The pix2pix U-Net's finest skip is at half
+            resolution, so a plain U-Net must rebuild full-resolution detail; a residual one keeps it for free, which
+            suits photo → stylized-photo teachers. Needs ``in_channels == out_channels``.
 
     Example:
         ```py
@@ -137,6 +141,7 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         attention_heads: int = 0,
         up_activation: str = "relu",
         upsample: str = "transpose",
+        residual: bool = False,
     ):
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -159,7 +164,12 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
             raise ValueError(
                 f"`attention_heads` ({attention_heads}) must divide the bottleneck channels ({channels[-1]} = ngf * 8)."
             )
+        if residual and in_channels != out_channels:
+            raise ValueError(
+                f"`residual=True` needs in_channels == out_channels, got {in_channels} and {out_channels}."
+            )
         self.num_downs = num_downs
+        self.residual = residual
         bias = conv_uses_bias(norm)
 
         # Encoder: level 0 is a bare conv; levels 1..n-1 are LeakyReLU → conv → norm (no norm at the bottleneck).
@@ -202,6 +212,7 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         # 1. pad to a multiple of 2**num_downs
+        original = sample
         sample, pads = pad_to_multiple(sample, self.size_multiple)  # (B, C, H, W)
 
         # 2. encode, keeping each level's skip
@@ -220,5 +231,6 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
             hidden = block(torch.cat([skip, hidden], dim=1))
         hidden = self.conv_out(torch.cat([skips[0], hidden], dim=1))  # (B, out_channels, H, W)
 
-        # 5. tanh, crop back
-        return crop_padding(torch.tanh(hidden), pads)
+        # 5. tanh, crop back (a residual model adds its output to the input)
+        output = crop_padding(torch.tanh(hidden), pads)
+        return (original + output).clamp(-1, 1) if self.residual else output
