@@ -11,6 +11,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ghibligan import Cartoonizer
 from ghibligan.image_io import load_image, resize_to_max_side
 from ghibligan.teachers import PRESETS, ToonTeacher
 
@@ -20,17 +21,24 @@ def main() -> None:
     parser.add_argument("photos", nargs="+", help="photo files")
     parser.add_argument("-o", "--output", required=True, help="montage image to write")
     parser.add_argument("--cell", type=int, default=320, help="width of each cell in pixels (320)")
+    parser.add_argument("--presets", nargs="+", default=sorted(PRESETS, key=lambda p: p != "toon"), help="presets")
+    parser.add_argument("--model", default=None, help="also a generator: 'bundled', a folder or a Hub id")
+    parser.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to this (1024)")
     args = parser.parse_args()
 
-    teachers = [ToonTeacher(preset) for preset in sorted(PRESETS, key=lambda p: p != "toon")]
+    columns = [(teacher.name, teacher) for teacher in map(ToonTeacher, args.presets)]
+    if args.model:
+        model = Cartoonizer.from_pretrained(None if args.model == "bundled" else args.model, device="cpu")
+        model.set_progress_bar_config(disable=True)
+        columns.append((f"model: {args.model}", lambda photo: model(photo)[0]))
     rows = []
     for path in args.photos:
-        photo = resize_to_max_side(load_image(path).rgb, 1024)
+        photo = resize_to_max_side(load_image(path).rgb, args.max_side)
         cells = [photo]
-        for teacher in teachers:
+        for label, render in columns:
             start = time.perf_counter()
-            cells.append(teacher(photo))
-            print(f"{path} {teacher.name}: {(time.perf_counter() - start) * 1000:.0f} ms at {photo.size}")
+            cells.append(render(photo))
+            print(f"{path} {label}: {(time.perf_counter() - start) * 1000:.0f} ms at {photo.size}")
         height = round(args.cell * photo.height / photo.width)
         rows.append(
             np.concatenate([np.asarray(c.resize((args.cell, height), Image.Resampling.LANCZOS)) for c in cells], 1)
@@ -38,7 +46,7 @@ def main() -> None:
     width = rows[0].shape[1]
     header = Image.new("RGB", (width, 24), "white")
     draw = ImageDraw.Draw(header)
-    for i, label in enumerate(["photo", *[t.name for t in teachers]]):
+    for i, label in enumerate(["photo", *[label for label, _ in columns]]):
         draw.text((i * args.cell + 8, 6), label, fill="black")
     montage = np.concatenate([np.asarray(header), *rows], 0)
     Image.fromarray(montage).save(args.output, quality=88)
