@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model from scratch on CPU (about an hour on 2 cores; a GPU is not needed):
+# Reproduce the bundled model from scratch on CPU (about 40 minutes on 2 cores; a GPU is not needed):
 #   1. pairs: photos → toon:painterly targets, 512 px, 12 % of the photos held out (stable by file name)
 #   2. Pix2Pix training of a small U-Net (ngf=16), bf16, brightness-balanced sampling
 #   3. held-out fidelity to the teacher, then export (fp16 safetensors + model card) into the package
