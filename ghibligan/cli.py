@@ -54,7 +54,12 @@ def _cartoonize(args: argparse.Namespace) -> int:
 def _make_pairs(args: argparse.Namespace) -> int:
     import torch
 
-    from .pairs import make_pairs, photos_from_dataset, photos_from_folder, push_pairs_to_hub
+    try:
+        from .pairs import make_pairs, photos_from_dataset, photos_from_folder, push_pairs_to_hub
+    except ImportError as error:
+        raise ValueError(
+            f"make-pairs writes Hugging Face datasets: pip install 'ghibligan[train]' ({error})"
+        ) from error
     from .teachers import make_teacher
 
     if (args.photos is None) == (args.photos_dataset is None):
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"ghibligan: error: {error}", file=sys.stderr)
         return 2
 
