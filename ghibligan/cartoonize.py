@@ -17,10 +17,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_io import ImageLoadError
+from .image_io import IMAGE_EXTENSIONS, ImageLoadError
 from .pipeline import Cartoonizer
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 

@@ -25,10 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import WeightedRandomSampler
 
-from .image_io import ImageLoadError, load_image, pil_to_tensor
+from .image_io import IMAGE_EXTENSIONS, ImageLoadError, load_image, pil_to_tensor
 
 logger = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 # -- sources ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}  # file types read from folders
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: a 12000×8000 photo passes, a 100000×100000 "bomb" header does not
 
 

@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_io import ImageLoadError, load_image, resize_to_max_side
+from .image_io import IMAGE_EXTENSIONS, ImageLoadError, load_image, resize_to_max_side
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 FEATURES = datasets.Features(
     {
         "input_image": datasets.Image(),

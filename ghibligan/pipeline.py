@@ -164,7 +164,7 @@ class Cartoonizer:
         batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
         return self.generator(batch).float().cpu()
 
-    def _needs_tiling(self, height: int, width: int, tile: int | None) -> int:
+    def _tile_side(self, height: int, width: int, tile: int | None) -> int:
         """Tile side to use for this image, or 0 for a single pass."""
         if tile is not None:
             return tile if tile and max(height, width) > tile else 0
@@ -212,7 +212,7 @@ class Cartoonizer:
         progress = tqdm(total=len(loaded), **{"disable": len(loaded) < 2, **self._progress_bar_config})
         for index, rgb in enumerate(rgbs):
             width, height = rgb.size
-            tile_side = self._needs_tiling(height, width, tile)
+            tile_side = self._tile_side(height, width, tile)
             if tile_side:
                 tensor = pil_to_tensor(rgb)  # (3, H, W)
                 result = tiled_apply(self._generate, tensor, tile_side, tile_overlap)  # one tile at a time
