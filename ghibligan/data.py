@@ -217,6 +217,12 @@ class PairedImageDataset(torch.utils.data.Dataset):
             return (a, b) if self.direction == "AtoB" else (b, a)
         return decode_image(row[self.input_column]), decode_image(row[self.target_column])
 
+    def input_image(self, row: dict) -> Image.Image:
+        """Only the input of a row (decodes the target only where both share one side-by-side image)."""
+        if self.paired_layout == "side_by_side":
+            return self.pair(row)[0]
+        return decode_image(row[self.input_column])
+
     def __getitem__(self, index: int) -> dict | None:
         return self.process(self.dataset[index], index)
 
@@ -277,7 +283,7 @@ def dataset_brightness(dataset: PairedImageDataset) -> list[float]:
     values = []
     for index in range(len(dataset)):
         try:
-            values.append(brightness(dataset.pair(dataset.dataset[index])[0]))
+            values.append(brightness(dataset.input_image(dataset.dataset[index])))
         except ImageLoadError:
             values.append(0.5)
     return values
