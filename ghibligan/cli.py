@@ -170,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     cartoonize.add_argument("--batch-size", type=int, default=4, help="video frames run together (4)")
     cartoonize.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     cartoonize.add_argument(
-        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="inference precision (float32)"
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="inference precision (auto: bf16 on GPUs and on CPUs with native bf16, else float32)",
     )
     cartoonize.add_argument(
         "--max-pixels",

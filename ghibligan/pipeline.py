@@ -50,6 +50,23 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def has_native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates it, slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def auto_dtype(device: str | torch.device) -> torch.dtype:
+    """The fastest precision that is safe on ``device``: bf16 on CUDA GPUs and CPUs that support it natively, else
+    fp16 on older CUDA GPUs, else fp32 (MPS and CPUs without native bf16)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and has_native_bf16_cpu():
+        return torch.bfloat16
+    return torch.float32
+
+
 def bundled_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
     """Folder of a checkpoint shipped inside the package (``ghibligan/pretrained/<name>``)."""
     path = PRETRAINED_DIR / name
@@ -84,7 +101,8 @@ class Cartoonizer:
         generator (`nn.Module`): a `UNetGenerator` or `ResNetGenerator` (images in [-1, 1] → [-1, 1]).
         device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU.
         dtype (`torch.dtype` or `str`, *optional*, defaults to float32): ``bfloat16`` / ``float16`` run the generator
-            in half precision (faster on recent CPUs and GPUs).
+            in half precision (faster on recent CPUs and GPUs); ``"auto"`` picks the fastest safe one for the device
+            (see `auto_dtype`), which is what the CLI and the Space use.
         tile_size (`int`, *optional*, defaults to 1024): tile side for images above ``auto_tile_pixels``.
         auto_tile_pixels (`int`, *optional*, defaults to 2048 * 2048): images with more pixels are tiled.
     """
@@ -127,11 +145,13 @@ class Cartoonizer:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Cartoonizer:
         """Move the generator to ``device`` and/or cast it to ``dtype``; returns self."""
-        if isinstance(dtype, str):
-            if dtype not in DTYPES:
-                raise ValueError(f"`dtype` must be one of {list(DTYPES)}, got {dtype!r}.")
-            dtype = DTYPES[dtype]
         self.device = torch.device(device) if device is not None else self.device
+        if dtype == "auto":
+            dtype = auto_dtype(self.device)
+        elif isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"`dtype` must be 'auto' or one of {list(DTYPES)}, got {dtype!r}.")
+            dtype = DTYPES[dtype]
         self.dtype = dtype or self.dtype
         memory_format = torch.channels_last if self.device.type != "mps" else torch.contiguous_format
         self.generator.to(device=self.device, dtype=self.dtype, memory_format=memory_format)

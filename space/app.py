@@ -43,7 +43,7 @@ def model_choices() -> list[str]:
 @functools.lru_cache(maxsize=4)
 def get_cartoonizer(model: str) -> Cartoonizer:
     """Load a model once and keep it: requests reuse it (the cache holds the last four models asked for)."""
-    cartoonizer = Cartoonizer.from_pretrained(None if model == BUNDLED else model)
+    cartoonizer = Cartoonizer.from_pretrained(None if model == BUNDLED else model, dtype="auto")
     cartoonizer.set_progress_bar_config(disable=True)
     return cartoonizer
 

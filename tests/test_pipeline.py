@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ghibligan import Cartoonizer, ImageLoadError, load_image
-from ghibligan.pipeline import smooth
+from ghibligan.pipeline import auto_dtype, smooth
 from ghibligan.tiling import blend_window, tile_starts
 
 from .helpers import photo_like, save_tiny_resnet, save_tiny_unet, write_broken_files, write_png_with_huge_header
@@ -206,6 +206,18 @@ def test_bf16_runs_and_stays_close_to_fp32(unet_dir):
     assert bf16.generator.conv_in.weight.dtype == torch.bfloat16
     difference = np.abs(as_array(bf16(image)[0]) - as_array(fp32))
     assert difference.mean() < 3.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_uses_bf16_only_where_the_cpu_has_it(monkeypatch, unet_dir, native):
+    """bf16 is emulated (slower than fp32) on CPUs without AVX512-BF16/AMX, so "auto" must fall back to fp32 there."""
+    monkeypatch.setattr("ghibligan.pipeline.has_native_bf16_cpu", lambda: native)
+    expected = torch.bfloat16 if native else torch.float32
+    assert auto_dtype("cpu") == expected
+    pipe = Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="auto")
+    assert pipe.dtype == expected and pipe.generator.conv_in.weight.dtype == expected
+    with pytest.raises(ValueError, match="'auto' or one of"):
+        pipe.to(dtype="half")
 
 
 def test_from_pretrained_without_a_bundled_model_says_what_to_do(monkeypatch, tmp_path):
