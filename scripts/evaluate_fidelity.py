@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="write the model here: fp16 safetensors, config, model card")
     parser.add_argument("--teacher", default=None, help="the --teacher value the pairs were made with (for the card)")
     parser.add_argument("--json", default=None, help="also write the metrics here")
+    parser.add_argument("--notes", default=None, help="with --export: a paragraph for the card (what it can't do)")
     parser.add_argument("--reference", default=None, help="also evaluate this checkpoint (e.g. a unet_256 baseline)")
     args = parser.parse_args()
 
@@ -171,6 +172,8 @@ def export(args, metrics: dict) -> None:
         if dark
         else ""
     )
+    extra_rows = "\n".join(row for row in (dark_row, reference_row) if row)
+    notes = f"\n{args.notes}\n" if args.notes else ""
     details = f"""Distilled from the classical toon teacher `{args.teacher}`: trained with ghibligan's own tools to
 reproduce that teacher, **not** on Studio Ghibli images. It is a fast default that shows the pipeline working
 offline; train your own on a Ghibli pairs dataset or a diffusion teacher for a real Ghibli look.
@@ -185,9 +188,8 @@ offline; train your own on a Ghibli pairs dataset or a diffusion teacher for a r
 | held-out PSNR to the teacher | {m["psnr_model"]:.2f} dB (photo: {m["psnr_photo"]:.2f}, {m["psnr_gain_db"]:+.2f} dB) |
 | held-out SSIM to the teacher | {m["ssim_model"]:.4f} (the photo itself: {m["ssim_photo"]:.4f}) |
 | photo→teacher error removed | {100 * m["error_removed"]:.1f} % ({m["images"]} held-out photos at 512 px) |
-{dark_row}
-{reference_row}
-
+{extra_rows}
+{notes}
 Reproduce it from scratch on a CPU (about 15 minutes on 2 cores): `bash scripts/train_bundled_model.sh PHOTOS_DIR`.
 Weights are stored in float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the
 training photos; their licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
