@@ -132,6 +132,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--residual", action="store_true", help="U-Net predicts the change to the photo, not the image (keeps detail)."
     )
+    model.add_argument(
+        "--full_res_channels",
+        type=int,
+        default=0,
+        help="U-Net full-resolution path of this many channels (0 = pix2pix layout; the first conv has stride 2).",
+    )
     model.add_argument("--n_blocks", type=int, default=8, help="ResNet residual blocks (8).")
     model.add_argument("--ndf", type=int, default=64, help="Discriminator width (64).")
     model.add_argument("--n_layers_d", type=int, default=3, help="PatchGAN layers (3 = 70×70 patches).")

@@ -39,6 +39,7 @@ def build_generator(args) -> torch.nn.Module:
         up_activation=args.up_activation,
         upsample=args.upsample,
         residual=args.residual,
+        full_res_channels=args.full_res_channels,
     )
 
 

@@ -152,3 +152,18 @@ def test_residual_unet_predicts_a_change_to_the_input():
     assert torch.equal(model(x), x)  # a zero change is the identity, at full resolution
     with pytest.raises(ValueError, match="residual=True` needs in_channels == out_channels"):
         UNetGenerator(in_channels=1, out_channels=3, residual=True)
+
+
+def test_full_res_path_is_a_full_resolution_conv_branch():
+    """`full_res_channels` adds conv3×3(input) → concat with the decoder → conv3×3: a 5×5 full-resolution reach."""
+    model = UNetGenerator(num_downs=5, ngf=8, full_res_channels=4).eval()
+    assert model.conv_out.conv.out_channels == 4 and model.full_res_out[-1].out_channels == 3
+    torch.nn.init.zeros_(model.conv_out.conv.weight)  # silence the U-Net: only the full-resolution path is left
+    x = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_()
+    model(x)[0, :, 31, 31].sum().backward()
+    reach = (x.grad.abs().sum((0, 1)) > 0).nonzero()
+    assert reach.min(0).values.tolist() == [29, 29] and reach.max(0).values.tolist() == [33, 33]
+    assert model(torch.zeros(1, 3, 45, 61)).shape == (1, 3, 45, 61)  # any size, as before
+    assert n_params(UNetGenerator(ngf=8, full_res_channels=0)) == n_params(UNetGenerator(ngf=8))  # pix2pix layout
+    with pytest.raises(ValueError, match="full_res_channels"):
+        UNetGenerator(full_res_channels=-1)

@@ -118,6 +118,10 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
             ``clamp(input + tanh(decoder), -1, 1)``, instead of the image. The pix2pix U-Net's finest skip is at half
             resolution, so a plain U-Net must rebuild full-resolution detail; a residual one keeps it for free, which
             suits photo → stylized-photo teachers. Needs ``in_channels == out_channels``.
+        full_res_channels (`int`, *optional*, defaults to 0): add a full-resolution path of this many channels: a
+            3×3 conv on the input, concatenated with the decoder's last features and mixed by a final 3×3 conv. The
+            pix2pix U-Net otherwise never convolves at full resolution (its first conv has stride 2), so it can only
+            reach full-resolution texture through that conv; 0 keeps the pix2pix layout.
 
     Example:
         ```py
@@ -142,6 +146,7 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         up_activation: str = "relu",
         upsample: str = "transpose",
         residual: bool = False,
+        full_res_channels: int = 0,
     ):
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -159,6 +164,7 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
                 f"got {innermost_kernel!r}."
             )
         check_positive_int("attention_heads", attention_heads, minimum=0)
+        check_positive_int("full_res_channels", full_res_channels, minimum=0)
         channels = [ngf * min(2**level, 8) for level in range(num_downs)]
         if attention_heads and channels[-1] % attention_heads:
             raise ValueError(
@@ -202,7 +208,14 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
                     dropout=dropout if 4 <= level <= num_downs - 2 else 0.0,
                 )
             )
-        self.conv_out = UNetUpBlock(2 * channels[0], out_channels, "none", True, up_activation, upsample)
+        self.full_res_channels = full_res_channels
+        last_channels = full_res_channels or out_channels
+        self.conv_out = UNetUpBlock(2 * channels[0], last_channels, "none", True, up_activation, upsample)
+        if full_res_channels:
+            self.full_res_in = nn.Sequential(nn.Conv2d(in_channels, full_res_channels, 3, padding=1), nn.LeakyReLU(0.2))
+            self.full_res_out = nn.Sequential(
+                make_activation(up_activation), nn.Conv2d(2 * full_res_channels, out_channels, 3, padding=1)
+            )
         init_gan_weights(self)
 
     @property
@@ -229,7 +242,9 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         hidden = self.up_blocks[0](hidden)
         for block, skip in zip(self.up_blocks[1:], reversed(skips[1:]), strict=True):
             hidden = block(torch.cat([skip, hidden], dim=1))
-        hidden = self.conv_out(torch.cat([skips[0], hidden], dim=1))  # (B, out_channels, H, W)
+        hidden = self.conv_out(torch.cat([skips[0], hidden], dim=1))  # (B, out_channels or full_res_channels, H, W)
+        if self.full_res_channels:
+            hidden = self.full_res_out(torch.cat([self.full_res_in(sample), hidden], dim=1))  # (B, out_channels, H, W)
 
         # 5. tanh, crop back (a residual model adds its output to the input)
         output = crop_padding(torch.tanh(hidden), pads)
