@@ -23,6 +23,9 @@ def test_bundled_checkpoint_is_complete_small_and_described():
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["all"]["images"] >= 5
     assert f"{metrics['all']['psnr_model']:.2f} dB" in card  # the card states what was measured
+    reference = metrics["reference"]  # the unet_256 baseline, same pairs and steps, is stated beside it
+    assert reference["config"]["ngf"] == 64 and f"{reference['all']['psnr_model']:.2f} dB" in card
+    assert json.loads((path / "config.json").read_text())["residual"] is True
 
 
 def test_default_cartoonizer_is_the_bundled_model_in_float32():
