@@ -145,13 +145,14 @@ class Cartoonizer:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Cartoonizer:
         """Move the generator to ``device`` and/or cast it to ``dtype``; returns self."""
-        self.device = torch.device(device) if device is not None else self.device
+        device = torch.device(device) if device is not None else self.device
         if dtype == "auto":
-            dtype = auto_dtype(self.device)
+            dtype = auto_dtype(device)
         elif isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"`dtype` must be 'auto' or one of {list(DTYPES)}, got {dtype!r}.")
             dtype = DTYPES[dtype]
+        self.device = device
         self.dtype = dtype or self.dtype
         memory_format = torch.channels_last if self.device.type != "mps" else torch.contiguous_format
         self.generator.to(device=self.device, dtype=self.dtype, memory_format=memory_format)

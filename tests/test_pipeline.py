@@ -217,7 +217,8 @@ def test_auto_dtype_uses_bf16_only_where_the_cpu_has_it(monkeypatch, unet_dir, n
     pipe = Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="auto")
     assert pipe.dtype == expected and pipe.generator.conv_in.weight.dtype == expected
     with pytest.raises(ValueError, match="'auto' or one of"):
-        pipe.to(dtype="half")
+        pipe.to(device="meta", dtype="half")
+    assert pipe.device == torch.device("cpu")  # a refused call changes nothing
 
 
 def test_from_pretrained_without_a_bundled_model_says_what_to_do(monkeypatch, tmp_path):
