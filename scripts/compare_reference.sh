@@ -10,15 +10,12 @@ PAIRS=${1:-runs/bundled/pairs}
 WORK=${2:-runs/compare}
 STEPS=${STEPS:-1000}
 
-common=(--train_data_dir "$PAIRS" --resolution 256 --train_batch_size 4 --random_flip --balance_brightness
-    --lambda_l1 10000 --max_train_steps "$STEPS" --lr_scheduler linear_decay --mixed_precision bf16 --seed 0
+source scripts/bundled_recipe.sh
+common=(--train_data_dir "$PAIRS" "${TRAINING[@]}" --max_train_steps "$STEPS"
     --checkpointing_steps 250 --checkpoints_total_limit 1 --validation_steps 500 --resume_from_checkpoint latest)
-launch=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no train_accelerate.py)
 
-"${launch[@]}" "${common[@]}" --output_dir "$WORK/bundled-recipe" \
-    --generator unet --ngf 16 --num_downs 8 --norm batch --residual --dropout 0 --ndf 32
-"${launch[@]}" "${common[@]}" --output_dir "$WORK/unet_256" \
-    --generator unet --ngf 64 --num_downs 8 --norm batch --ndf 64
+"${LAUNCH[@]}" "${common[@]}" --output_dir "$WORK/bundled-recipe" "${GENERATOR[@]}"
+"${LAUNCH[@]}" "${common[@]}" --output_dir "$WORK/unet_256" --generator unet --ngf 64 --num_downs 8 --norm batch --ndf 64
 
 python scripts/evaluate_fidelity.py --model "$WORK/bundled-recipe" --pairs "$PAIRS" --split validation \
     --reference "$WORK/unet_256" --json "$WORK/metrics.json"

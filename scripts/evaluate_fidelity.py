@@ -106,6 +106,15 @@ def report(name: str, metrics: dict) -> None:
             )
 
 
+def evaluate_checkpoint(model: str, dtype: str, rows) -> dict:
+    """Load a checkpoint into the pipeline users run, evaluate it on ``rows`` and print the summary."""
+    cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
+    cartoonizer.set_progress_bar_config(disable=True)
+    metrics = evaluate(cartoonizer, rows)
+    report(model, metrics)
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="generator checkpoint folder or Hub id")
@@ -123,15 +132,9 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no {args.split}-*.parquet shards in {args.pairs}/data")
     rows = datasets.load_dataset("parquet", data_files={args.split: files}, split=args.split)
-    cartoonizer = Cartoonizer.from_pretrained(args.model, device="cpu", dtype=args.dtype)
-    cartoonizer.set_progress_bar_config(disable=True)
-    metrics = evaluate(cartoonizer, rows)
-    report(args.model, metrics)
+    metrics = evaluate_checkpoint(args.model, args.dtype, rows)
     if args.reference:
-        reference = Cartoonizer.from_pretrained(args.reference, device="cpu", dtype=args.dtype)
-        reference.set_progress_bar_config(disable=True)
-        reference_metrics = evaluate(reference, rows)
-        report(args.reference, reference_metrics)
+        reference_metrics = evaluate_checkpoint(args.reference, args.dtype, rows)
         config = json.loads((Path(args.reference) / "config.json").read_text())
         steps = json.loads((Path(args.reference) / "training_args.json").read_text())["max_train_steps"]
         metrics["reference"] = {"model": args.reference, "config": config, "steps": steps, **reference_metrics}

@@ -20,12 +20,10 @@ or without more data), so the next step is the model or the loss, not the schedu
 ghibligan make-pairs --photos "$PHOTOS" --teacher toon:painterly --max_side 512 --validation_fraction 0.12 \
     --output_dir "$WORK/pairs"
 
-accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no train_accelerate.py \
-    --train_data_dir "$WORK/pairs" --output_dir "$WORK/model" \
-    --generator unet --ngf 16 --num_downs 8 --norm batch --residual --dropout 0 --ndf 32 --lambda_l1 10000 \
-    --resolution 256 --train_batch_size 4 --random_flip --balance_brightness \
-    --max_train_steps "$STEPS" --lr_scheduler linear_decay --mixed_precision bf16 --seed 0 \
-    --checkpointing_steps 500 --checkpoints_total_limit 2 --validation_steps 500 --resume_from_checkpoint latest
+source scripts/bundled_recipe.sh
+"${LAUNCH[@]}" --train_data_dir "$WORK/pairs" --output_dir "$WORK/model" "${GENERATOR[@]}" "${TRAINING[@]}" \
+    --max_train_steps "$STEPS" --checkpointing_steps 500 --checkpoints_total_limit 2 --validation_steps 500 \
+    --resume_from_checkpoint latest
 
 python scripts/evaluate_fidelity.py --model "$WORK/model" --pairs "$WORK/pairs" --split validation \
     --export ghibligan/pretrained/toon-painterly-unet --teacher toon:painterly ${REFERENCE:+--reference "$REFERENCE"} \

@@ -1,0 +1,8 @@
+# The bundled model's training recipe, sourced by train_bundled_model.sh and compare_reference.sh so the two cannot
+# drift apart: change the recipe here.
+LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no train_accelerate.py)
+# Objective, data sampling and schedule (shared with the unet_256 reference in compare_reference.sh).
+TRAINING=(--resolution 256 --train_batch_size 4 --random_flip --balance_brightness --lambda_l1 10000
+    --lr_scheduler linear_decay --mixed_precision bf16 --seed 0)
+# The bundled generator: a small residual U-Net without dropout (the teacher is deterministic).
+GENERATOR=(--generator unet --ngf 16 --num_downs 8 --norm batch --residual --dropout 0 --ndf 32)
