@@ -146,10 +146,11 @@ def test_unet_skip_carries_leaky_relu_of_features_like_the_reference():
 
 def test_residual_unet_predicts_a_change_to_the_input():
     model = UNetGenerator(num_downs=5, ngf=8, residual=True).eval()
-    torch.nn.init.zeros_(model.conv_out.conv.weight)
-    torch.nn.init.zeros_(model.conv_out.conv.bias)
     x = torch.rand(1, 3, 50, 70) * 2 - 1
-    assert torch.equal(model(x), x)  # a zero change is the identity, at full resolution
+    assert torch.equal(model(x), x)  # the last conv starts at zero: the identity, at full resolution
+    torch.nn.init.normal_(model.conv_out.conv.weight, 0.0, 0.02)
+    assert not torch.equal(model(x), x)  # and the change is what it learns
+    assert not torch.equal(UNetGenerator(num_downs=5, ngf=8).eval()(x), x)  # pix2pix's init for a plain U-Net
     with pytest.raises(ValueError, match="residual=True` needs in_channels == out_channels"):
         UNetGenerator(in_channels=1, out_channels=3, residual=True)
 
@@ -167,3 +168,24 @@ def test_full_res_path_is_a_full_resolution_conv_branch():
     assert n_params(UNetGenerator(ngf=8, full_res_channels=0)) == n_params(UNetGenerator(ngf=8))  # pix2pix layout
     with pytest.raises(ValueError, match="full_res_channels"):
         UNetGenerator(full_res_channels=-1)
+
+
+def test_tone_head_is_a_per_pixel_colour_map_that_starts_as_the_identity():
+    """`tone_head_channels` adds clamp(x + MLP(x)) after the output: pointwise, identity at init, any size."""
+    model = UNetGenerator(num_downs=5, ngf=8, residual=True, tone_head_channels=6).eval()
+    x = torch.rand(1, 3, 45, 61) * 2 - 1
+    assert torch.equal(model(x), x)  # residual U-Net and tone head both start as the identity
+    head = model.tone_head
+    torch.nn.init.normal_(head.mlp[-1].weight)
+    image = torch.rand(1, 3, 8, 8) * 2 - 1
+    pixels = image.flatten(2).transpose(1, 2).reshape(-1, 3, 1, 1)  # each pixel as a 1×1 image
+    by_pixel = head(pixels).reshape(1, 64, 3).transpose(1, 2).reshape(1, 3, 8, 8)
+    torch.testing.assert_close(head(image), by_pixel)  # a function of each pixel's own colour
+    assert not torch.equal(head(image), image)
+    tall = torch.rand(2, 3, 150, 20) * 2 - 1  # inference runs 64 rows at a time: the same result as all at once
+    torch.testing.assert_close(head.eval()(tall), head.train()(tall))
+    widths = [layer.out_channels for layer in head.mlp if isinstance(layer, torch.nn.Conv2d)]
+    assert widths == [6, 6, 3] and all(layer.kernel_size == (1, 1) for layer in head.mlp[::2])
+    assert UNetGenerator(ngf=8, tone_head_channels=0).tone_head is None
+    with pytest.raises(ValueError, match="tone_head_channels"):
+        UNetGenerator(tone_head_channels=-2)
