@@ -54,9 +54,11 @@ from ghibligan.training import (
     build_discriminator,
     build_generator,
     checkpoint_step,
+    fit_tone_head,
     lr_lambda,
     resolve_resume,
     save_checkpoint,
+    tone_head_samples,
     validation_grid,
 )
 
@@ -137,6 +139,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="U-Net full-resolution path of this many channels (0 = pix2pix layout; the first conv has stride 2).",
+    )
+    model.add_argument(
+        "--tone_head_channels",
+        type=int,
+        default=0,
+        help="U-Net per-pixel colour MLP of this width on the output: learns sharp tone curves (flat levels). 0 = off.",
+    )
+    model.add_argument(
+        "--tone_head_init_steps",
+        type=int,
+        default=3000,
+        help="Fit the tone head pixel by pixel to the training pairs for this many steps before training (seconds).",
     )
     model.add_argument("--n_blocks", type=int, default=8, help="ResNet residual blocks (8).")
     model.add_argument("--ndf", type=int, default=64, help="Discriminator width (64).")
@@ -308,6 +322,11 @@ def main(args: argparse.Namespace) -> None:
     validation_pairs = PairedImageDataset(
         validation_rows, transform=PairTransform(args.resolution, center_crop=True), **pair_kwargs
     )
+    tone_head = getattr(generator, "tone_head", None)
+    if tone_head is not None and args.tone_head_init_steps and not args.pretrained_model_name_or_path:
+        samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
+        loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
+        logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
     sampler = None
     if args.balance_brightness:
         sampler = brightness_balanced_sampler(dataset_brightness(train_pairs), seed=args.seed)

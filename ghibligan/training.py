@@ -8,6 +8,7 @@ so an interrupted save never becomes "latest".
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import StreamingPairedDataset
 from .image_io import tensor_to_uint8
 from .models import PatchDiscriminator, ResNetGenerator, UNetGenerator, load_generator
 
@@ -40,7 +42,48 @@ def build_generator(args) -> torch.nn.Module:
         upsample=args.upsample,
         residual=args.residual,
         full_res_channels=args.full_res_channels,
+        tone_head_channels=args.tone_head_channels,
     )
+
+
+def tone_head_samples(pairs, streaming: bool, count: int = 256, seed: int = 0) -> list[dict]:
+    """``count`` random crops of the training pairs (the first ``count`` rows when streaming), unreadable ones left
+    out. Drawn with ``seed`` and the global torch RNG that `set_seed` seeded: the same on every process."""
+    if streaming:
+        return [s for s in itertools.islice(iter(StreamingPairedDataset(pairs)), count) if s is not None]
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randint(len(pairs), (count,), generator=generator).tolist()
+    return [sample for sample in (pairs[i] for i in indices) if sample is not None]
+
+
+def fit_tone_head(
+    tone_head: torch.nn.Module, samples: list[dict], steps: int, seed: int = 0, learning_rate: float = 1e-2
+) -> float:
+    """Fit a generator's per-pixel tone head to training pairs pixel by pixel (photo colour → target colour).
+
+    A warm start for ``UNetGenerator(tone_head_channels=N)``: the teacher's colour mapping (grading, flat levels) is
+    mostly a function of each pixel's own colour, which a small MLP learns in seconds, while a U-Net — whose only
+    full-resolution nonlinearity is its final tanh — learns it slowly and coarsely. Joint training then refines the
+    head on the U-Net's outputs. Returns the final L1 loss.
+    """
+    if not samples:
+        raise ValueError("fit_tone_head: no readable training pairs to fit the tone head on.")
+    photos = torch.cat([sample["input"].flatten(1).T for sample in samples])  # (pixels, 3) in [-1, 1]
+    targets = torch.cat([sample["target"].flatten(1).T for sample in samples])
+    device = next(tone_head.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(tone_head.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=learning_rate / 10)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        batch = torch.randint(len(photos), (16384,), generator=generator)
+        photo, target = (t[batch].T[None, :, :, None].to(device) for t in (photos, targets))  # a (1, 3, N, 1) image
+        loss = torch.nn.functional.l1_loss(tone_head(photo), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return loss.item()
 
 
 def build_discriminator(args) -> PatchDiscriminator:

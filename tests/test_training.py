@@ -17,7 +17,9 @@ from safetensors.torch import save_file
 
 from ghibligan import Cartoonizer, UNetGenerator
 from ghibligan.cli import main as ghibligan_main
+from ghibligan.models.unet import ToneHead
 from ghibligan.models.vgg import VGG19Features
+from ghibligan.training import fit_tone_head
 
 from .helpers import photo_like
 
@@ -126,12 +128,14 @@ def test_two_cpu_processes_train_ddp_with_identical_weights(pairs, tmp_path):
     out = tmp_path / "run"
     result = launch(
         ["--train_data_dir", pairs, "--output_dir", out, *TINY_UNET, "--norm", "instance", "--max_train_steps", "4",
-         "--checkpointing_steps", "4", "--validation_steps", "4", "--report_to", "none"],
+         "--checkpointing_steps", "4", "--validation_steps", "4", "--report_to", "none", "--residual",
+         "--tone_head_channels", "4", "--tone_head_init_steps", "20"],
         processes=2,
     )  # fmt: skip
     assert "[RANK 0]" in result.stderr and "[RANK 1]" in result.stderr
     assert "Distributed environment: DistributedType.MULTI_CPU" in result.stderr
     assert "batch 1 × 2 processes" in result.stderr
+    assert "Tone head fitted to the training pairs pixel by pixel" in result.stderr  # on each rank, identically:
     assert "Generator weights identical on all 2 processes" in result.stderr
     assert {p.name for p in (out / "checkpoint-4").glob("random_states_*.pkl")} == {
         "random_states_0.pkl", "random_states_1.pkl"
@@ -190,3 +194,20 @@ def test_bad_arguments_are_refused_with_a_reason(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "--resolution must be a multiple of 8" in result.stderr
+
+
+def test_fit_tone_head_learns_a_per_pixel_posterization():
+    """The warm start fits clamp(x + MLP(x)) to a pointwise target (two flat levels per channel) from a few crops."""
+    torch.manual_seed(0)
+
+    def posterize(image):
+        return torch.where(image > 0, 0.5, -0.5)
+
+    samples = [{"input": p, "target": posterize(p)} for p in (torch.rand(8, 3, 16, 16) * 2 - 1)]
+    head, test = ToneHead(3, 16), torch.rand(1, 3, 32, 32) * 2 - 1
+    before = (head(test) - posterize(test)).abs().mean().item()  # the identity: 0.25 on average
+    fit_tone_head(head, samples, steps=1000)
+    after = (head(test) - posterize(test)).abs().mean().item()
+    assert after < 0.4 * before, (before, after)
+    with pytest.raises(ValueError, match="no readable training pairs"):
+        fit_tone_head(head, [], steps=1)
