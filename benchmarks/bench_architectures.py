@@ -22,7 +22,7 @@ from PIL import Image
 from ghibligan import Cartoonizer, UNetGenerator
 
 CANDIDATES = {
-    "ngf=16 transpose (bundled)": {"ngf": 16, "residual": True},
+    "ngf=16 transpose (previous bundled)": {"ngf": 16, "residual": True},
     "ngf=16 resize": {"ngf": 16, "residual": True, "upsample": "resize"},
     "ngf=24 transpose": {"ngf": 24, "residual": True},
     "ngf=24 resize": {"ngf": 24, "residual": True, "upsample": "resize"},
@@ -31,6 +31,14 @@ CANDIDATES = {
     },
     "ngf=16 transpose + full_res_channels=8": {"ngf": 16, "residual": True, "full_res_channels": 8},
     "ngf=32 transpose": {"ngf": 32, "residual": True},
+    "ngf=16 transpose + tone_head_channels=16": {"ngf": 16, "residual": True, "tone_head_channels": 16},
+    "ngf=16 transpose + tone_head_channels=32": {"ngf": 16, "residual": True, "tone_head_channels": 32},
+    "ngf=16, 5 levels": {"ngf": 16, "residual": True, "num_downs": 5},
+    "ngf=16, 5 levels + tone_head_channels=16": {"ngf": 16, "residual": True, "num_downs": 5, "tone_head_channels": 16},
+    "ngf=16, 5 levels + tone_head_channels=32 (bundled)": {
+        "ngf": 16, "residual": True, "num_downs": 5, "tone_head_channels": 32,
+    },
+    "ngf=16, 4 levels + tone_head_channels=16": {"ngf": 16, "residual": True, "num_downs": 4, "tone_head_channels": 16},
 }  # fmt: skip
 
 
@@ -45,7 +53,7 @@ def main() -> None:
     for name, config in CANDIDATES.items():
         for dtype in ("float32", "bfloat16"):
             torch.manual_seed(0)
-            generator = UNetGenerator(num_downs=8, norm="batch", dropout=0.0, **config)
+            generator = UNetGenerator(**{"num_downs": 8, "norm": "batch", "dropout": 0.0, **config})
             pipe = Cartoonizer(generator, device="cpu", dtype=dtype)
             pipe.set_progress_bar_config(disable=True)
             pipes[name, dtype] = pipe
@@ -64,7 +72,7 @@ def main() -> None:
     )
     print(f"Command: `python benchmarks/bench_architectures.py --size {args.size} --rounds {args.rounds}`\n")
     size = f"{args.size}²"
-    print(f"| generator (residual U-Net, 8 levels, BN) | params (M) | {size} fp32 (ms) | {size} bf16 (ms) |")
+    print(f"| residual U-Net, BN (8 levels unless named) | params (M) | {size} fp32 (ms) | {size} bf16 (ms) |")
     print("|---|---|---|---|")
     for name in CANDIDATES:
         params = sum(p.numel() for p in pipes[name, "float32"].generator.parameters()) / 1e6
