@@ -4,5 +4,7 @@ LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision b
 # Objective, data sampling and schedule (shared with the unet_256 reference in compare_reference.sh).
 TRAINING=(--resolution 256 --train_batch_size 4 --random_flip --balance_brightness --lambda_l1 10000
     --lr_scheduler linear_decay --mixed_precision bf16 --seed 0)
-# The bundled generator: a small residual U-Net without dropout (the teacher is deterministic).
-GENERATOR=(--generator unet --ngf 16 --num_downs 8 --norm batch --residual --dropout 0 --ndf 32)
+# The bundled generator: a small, shallow residual U-Net without dropout (the teacher is deterministic and local), and
+# a per-pixel tone head for the teacher's flat colour levels, fitted pixel by pixel before training.
+GENERATOR=(--generator unet --ngf 16 --num_downs 5 --norm batch --residual --dropout 0 --tone_head_channels 32
+    --tone_head_init_steps 3000 --ndf 32)

@@ -156,6 +156,11 @@ def export(args, metrics: dict) -> None:
         f"Pix2Pix: vanilla GAN + {training['lambda_l1']:g}·L1 (the teacher is deterministic, so L1 leads and the GAN "
         f"term is a light touch), brightness-balanced sampling"
     )
+    if config.get("tone_head_channels"):
+        objective += (
+            f"; the per-pixel tone head was first fitted to the pairs pixel by pixel "
+            f"({training.get('tone_head_init_steps', 0)} steps, seconds)"
+        )
     rows = {
         split: sum(pq.read_metadata(p).num_rows for p in Path(args.pairs, "data").glob(f"{split}-*.parquet"))
         for split in ("train", "validation")

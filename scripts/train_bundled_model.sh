@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the bundled model from scratch on CPU (about 15 minutes on 2 cores; a GPU is not needed):
 #   1. pairs: photos → toon:painterly targets, 512 px, 12 % of the photos held out (stable by file name)
-#   2. Pix2Pix training of a small residual U-Net (ngf=16, no dropout), λ_L1 = 10000, bf16, brightness-balanced
+#   2. Pix2Pix training of a small residual U-Net (ngf=16, 5 levels, no dropout) with a per-pixel tone head fitted
+#      pixel by pixel first, λ_L1 = 10000, bf16, brightness-balanced
 #   3. held-out fidelity to the teacher, then export (fp16 safetensors + model card) into the package
 #
 #   bash scripts/train_bundled_model.sh [PHOTOS_DIR] [WORK_DIR]      (STEPS=1000 by default)
@@ -12,10 +13,10 @@ cd "$(dirname "$0")/.."
 PHOTOS=${1:-../shared/photos}
 WORK=${2:-runs/bundled}
 STEPS=${STEPS:-1000}
-NOTES="**What it does not do yet.** It learns the teacher's warm grading, lifted shadows and softening, but only a
-faint trace of its flat, hard-edged colour levels: outputs look like a warmly graded, softened photo rather than
-cel-flat regions. Training longer does not help (held-out fidelity peaks near step 500 and then slowly declines, with
-or without more data), so the next step is the model or the loss, not the schedule."
+NOTES="**What it does not do yet.** It draws the teacher's flat colour levels in skies, walls and backgrounds, but fur,
+foliage and other fine texture come out less flat than the teacher's, and dark photos fare a little worse (see the
+dark row). It is one seed of one recipe: the tone head's pixel fit varies with the crops drawn, and with a 16-wide head
+runs ranged from 76.7 to 78.3 % of the error removed (BENCHMARKS.md)."
 
 ghibligan make-pairs --photos "$PHOTOS" --teacher toon:painterly --max_side 512 --validation_fraction 0.12 \
     --output_dir "$WORK/pairs"

@@ -25,7 +25,10 @@ def test_bundled_checkpoint_is_complete_small_and_described():
     assert f"{metrics['all']['psnr_model']:.2f} dB" in card  # the card states what was measured
     reference = metrics["reference"]  # the unet_256 baseline, same pairs and steps, is stated beside it
     assert reference["config"]["ngf"] == 64 and f"{reference['all']['psnr_model']:.2f} dB" in card
-    assert json.loads((path / "config.json").read_text())["residual"] is True
+    assert reference["all"]["error_removed"] < metrics["all"]["error_removed"]  # it beats the reference it states
+    config = json.loads((path / "config.json").read_text())
+    assert config["residual"] is True and config["tone_head_channels"] > 0
+    assert f"tone_head_channels={config['tone_head_channels']}" in card  # the card names the architecture shipped
 
 
 def test_default_cartoonizer_is_the_bundled_model_in_float32():
