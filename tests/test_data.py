@@ -21,6 +21,7 @@ from ghibligan.data import (
     edge_smooth,
     load_pairs_dataset,
 )
+from ghibligan.training import tone_head_samples
 
 from .helpers import photo_like
 
@@ -170,3 +171,21 @@ def test_transform_resizes_a_mismatched_target_and_never_crops_out_of_bounds():
     source, target = Image.fromarray(photo_like(200, 30)), Image.fromarray(photo_like(100, 15))
     a, b = transform(source, target, random.Random(0))
     assert a.size == b.size == (64, 64)
+
+
+def test_tone_head_samples_from_a_dataset_and_from_a_stream(tmp_path):
+    """The tone head's warm-start crops: random rows (with repeats) of a dataset, the first rows of a stream."""
+    rows = image_dataset(
+        {"input_image": [photo_like(40, 40, seed=i) for i in range(5)], "target_image": [photo_like(40, 40)] * 5}
+    )
+    pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(32))
+    torch.manual_seed(0)
+    first = tone_head_samples(pairs, streaming=False, count=7, seed=3)
+    torch.manual_seed(0)
+    again = tone_head_samples(pairs, streaming=False, count=7, seed=3)
+    assert len(first) == 7 and first[0]["input"].shape == first[0]["target"].shape == (3, 32, 32)
+    assert all(torch.equal(a["input"], b["input"]) for a, b in zip(first, again, strict=True))  # same on every rank
+    rows.to_parquet(str(tmp_path / "rows.parquet"))
+    stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "rows.parquet"), split="train", streaming=True)
+    streamed = tone_head_samples(PairedImageDataset(stream, "input_image", "target_image", PairTransform(32)), True, 3)
+    assert len(streamed) == 3 and streamed[2]["input"].shape == (3, 32, 32)
