@@ -255,6 +255,7 @@ def main(args: argparse.Namespace) -> None:
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    resume_path = resolve_resume(output_dir, args.resume_from_checkpoint)  # resolved now: a bad path fails at once
 
     # 2. models: G, D, and VGG for CartoonGAN's content loss (fails here, at start, if its weights are missing)
     generator, discriminator = build_generator(args), build_discriminator(args)
@@ -322,8 +323,9 @@ def main(args: argparse.Namespace) -> None:
     validation_pairs = PairedImageDataset(
         validation_rows, transform=PairTransform(args.resolution, center_crop=True), **pair_kwargs
     )
+    # warm start of a new tone head (a fine-tuned or resumed one has its weights already)
     tone_head = getattr(generator, "tone_head", None)
-    if tone_head is not None and args.tone_head_init_steps and not args.pretrained_model_name_or_path:
+    if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_path):
         samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
         loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
         logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
@@ -377,7 +379,6 @@ def main(args: argparse.Namespace) -> None:
 
     # 8. resume: models, optimizers, schedulers, scaler and RNG states from the newest complete checkpoint
     global_step = 0
-    resume_path = resolve_resume(output_dir, args.resume_from_checkpoint)
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
         global_step = checkpoint_step(resume_path)

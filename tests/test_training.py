@@ -74,7 +74,9 @@ def test_pix2pix_on_make_pairs_output_checkpoints_validates_resumes_and_saves(pa
     out = tmp_path / "run"
     common = ["--train_data_dir", pairs, "--output_dir", out, *TINY_UNET, "--train_batch_size", "2"]
     common += ["--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--validation_steps", "3"]
+    common += ["--tone_head_channels", "4", "--tone_head_init_steps", "20"]
     first = launch([*common, "--max_train_steps", "6"])
+    assert "Tone head fitted to the training pairs pixel by pixel" in first.stderr
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # limit 2
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-0000003.png", "step-0000006.png"]
     grid = Image.open(out / "validation" / "step-0000006.png")
@@ -93,6 +95,7 @@ def test_pix2pix_on_make_pairs_output_checkpoints_validates_resumes_and_saves(pa
 
     resumed = launch([*common, "--max_train_steps", "8", "--resume_from_checkpoint", "latest"])
     assert "Resuming from checkpoint checkpoint-6 (step 6)" in resumed.stderr
+    assert "Tone head fitted" not in resumed.stderr  # the checkpoint holds the trained head: no warm start again
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
 
 
