@@ -11,6 +11,8 @@ licence, model card template) and two changes to its defaults:
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 from pathlib import Path
@@ -72,16 +74,26 @@ class GhibliganHubMixin(
     repo_url=REPO_URL,
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
-    """Mixin for ghibligan models: `save_pretrained`, `from_pretrained` (strict), `push_to_hub`."""
+    """Mixin for ghibligan models: `save_pretrained`, `from_pretrained` (strict), `push_to_hub`, `config`."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's ``__init__`` kwargs, defaults included, as written to ``config.json`` (a copy)."""
+        return copy.deepcopy(dict(self._hub_mixin_config or {}))
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """Names of the ``__init__`` kwargs a ``config.json`` of this class may hold."""
+        return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
 
     def _save_pretrained(self, save_directory: Path) -> None:
         super()._save_pretrained(save_directory)
-        config = {"_class_name": type(self).__name__, **(self._hub_mixin_config or {})}
+        config = {"_class_name": type(self).__name__, **self.config}
         (save_directory / constants.CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2))
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         kwargs.setdefault("model_class", type(self).__name__)
-        kwargs.setdefault("config_json", json.dumps(self._hub_mixin_config or {}, sort_keys=True, indent=2))
+        kwargs.setdefault("config_json", json.dumps(self.config, sort_keys=True, indent=2))
         kwargs.setdefault("is_generator", type(self).__name__.endswith("Generator"))
         return super().generate_model_card(*args, **kwargs)
 
@@ -136,7 +148,7 @@ def check_config(cls: type, config: dict, source: str) -> None:
             f"{source!r} holds a {class_name} checkpoint, not a {cls.__name__}. Load it with "
             f"`ghibligan.{class_name}.from_pretrained(...)` or `ghibligan.load_generator(...)`."
         )
-    accepted = set(cls._hub_mixin_init_parameters) - {"self"}
+    accepted = set(cls.config_keys())
     unknown = sorted(key for key in config if not key.startswith("_") and key not in accepted)
     if unknown:
         raise ValueError(
