@@ -277,3 +277,23 @@ def test_build_discriminator_follows_each_paper():
     assert build_discriminator("cartoongan", condition_channels=3, n_layers=None).config["condition_channels"] == 3
     with pytest.raises(ValueError, match=r"PatchDiscriminator does not take \['ngf'\]"):
         build_discriminator(ngf=8)
+
+
+def test_vgg19_features_load_from_a_file_or_folder_and_fail_naming_the_source(tmp_path):
+    from safetensors.torch import save_file
+
+    from ghibligan.models.vgg import VGG19Features
+
+    source = VGG19Features()
+    torch.nn.init.normal_(source.features[0].weight)
+    save_file(dict(source.state_dict()), tmp_path / "model.safetensors")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    for weights in (tmp_path / "model.safetensors", tmp_path):
+        loaded = VGG19Features.from_pretrained(weights)
+        assert torch.equal(loaded(x), source(x)) and not loaded.training
+        assert not any(p.requires_grad for p in loaded.parameters())
+    with pytest.raises(RuntimeError, match=r"no such file .*missing\.safetensors.*pass `weights`"):
+        VGG19Features.from_pretrained(tmp_path / "missing.safetensors")
+    save_file({"encoder.weight": torch.zeros(3)}, tmp_path / "other.safetensors")
+    with pytest.raises(RuntimeError, match=r"other\.safetensors' is not a VGG19 checkpoint"):
+        VGG19Features.from_pretrained(tmp_path / "other.safetensors")
