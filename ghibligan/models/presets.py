@@ -82,7 +82,8 @@ def _preset(name: str) -> GeneratorPreset:
 
 
 def preset_config(preset: str | None = None, /, **overrides: Any) -> tuple[type[nn.Module], dict[str, Any]]:
-    """The class and complete ``__init__`` kwargs of ``preset`` (default ``"unet_256"``) updated by ``overrides``.
+    """The class of ``preset`` (default ``"unet_256"``) and its kwargs updated by ``overrides`` (the class defaults fill
+    in the rest; ``build_generator(...).config`` has them all).
 
     ``None`` values in ``overrides`` are ignored (an unset command-line flag keeps the preset's value). An override
     the class does not take raises a `ValueError` naming it and the keys the class takes.
@@ -121,7 +122,7 @@ def build_discriminator(layout: str = "pix2pix", **kwargs: Any) -> PatchDiscrimi
     (``condition_channels=0``) unless ``kwargs`` say otherwise.
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    unknown = sorted(set(kwargs) - set(PatchDiscriminator.config_keys()) - {"layout"})
+    unknown = sorted(set(kwargs) - set(PatchDiscriminator.config_keys()))
     if unknown:
         raise ValueError(
             f"PatchDiscriminator does not take {unknown}: it takes {sorted(PatchDiscriminator.config_keys())}."
