@@ -484,17 +484,20 @@ def main(args: argparse.Namespace) -> None:
         logger.warning(f"{skipped} unreadable samples were skipped (each named in a warning above).")
 
     # 10. check that every process holds the same weights, then save and push (main process only)
-    checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(generator).parameters()]).sum()
-    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
-    if not torch.allclose(checksums, checksums[0].expand_as(checksums)):
-        raise RuntimeError(f"Generator weights differ between processes: checksums {checksums.tolist()}")
-    logger.info(
-        f"Generator weights identical on all {accelerator.num_processes} processes (checksum {checksums[0].item():.6f})"
-    )
+    check_identical_weights(accelerator, generator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final_model(args, accelerator, objective, generator, discriminator, values, global_step)
     accelerator.end_training()
+
+
+def check_identical_weights(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Raise if DDP let the processes' copies of ``model`` drift apart (compares a checksum of the weights)."""
+    checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(model).parameters()]).sum()
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+    if not torch.allclose(checksums, checksums[0].expand_as(checksums)):
+        raise RuntimeError(f"Weights differ between processes: checksums {checksums.tolist()}")
+    logger.info(f"Weights identical on all {accelerator.num_processes} processes (checksum {checksums[0].item():.6f})")
 
 
 def log_validation(args, accelerator: Accelerator, generator, pairs: list, step: int) -> None:

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 PAIRED_LAYOUTS = ("separate", "side_by_side")
 DIRECTIONS = ("AtoB", "BtoA")
 DEFAULT_VALIDATION_FRACTION = 0.05
+# What Pillow raises on broken image data (truncated, not an image, a decompression bomb)
+PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 # -- sources ---------------------------------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ def decode_image(value) -> Image.Image:
             try:
                 image = Image.open(io.BytesIO(value["bytes"]))
                 image.load()
-            except Exception as error:  # Pillow raises several types for broken data
+            except PILLOW_DECODE_ERRORS as error:
                 raise ImageLoadError(f"{value.get('path') or 'embedded image'}: cannot decode ({error}).") from error
             return load_image(image).rgb
         value = value.get("path")
