@@ -433,11 +433,11 @@ def main(args: argparse.Namespace) -> None:
         logger.info(f"No checkpoint to resume from in {output_dir} yet: starting a new run.")
 
     # 9. the loop
+    content_only = sum(not objective.is_adversarial(step) for step in range(max_train_steps))
     logger.info(
-        f"Training {objective.description} for {max_train_steps} steps "
-        f"({getattr(objective, 'init_steps', 0)} content-only), batch {args.train_batch_size} × "
-        f"{accelerator.num_processes} processes × {args.gradient_accumulation_steps} accumulation, "
-        f"resolution {args.resolution}"
+        f"Training {objective.description} for {max_train_steps} steps ({content_only} content-only), batch "
+        f"{args.train_batch_size} × {accelerator.num_processes} processes × {args.gradient_accumulation_steps} "
+        f"accumulation, resolution {args.resolution}"
     )
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
