@@ -3,9 +3,9 @@
 
 Examples:
 
-    # Pix2Pix on pairs made by `ghibligan make-pairs` (one CPU or GPU)
+    # Pix2Pix on pairs made by `ghibligan make-pairs` (one CPU or GPU), pix2pix's unet_256 at half width
     accelerate launch train_accelerate.py --train_data_dir pairs/ --output_dir toon-unet \\
-        --generator unet --ngf 32 --resolution 256 --train_batch_size 4 --max_train_steps 20000 \\
+        --preset unet_256 --ngf 32 --resolution 256 --train_batch_size 4 --max_train_steps 20000 \\
         --checkpointing_steps 1000 --validation_steps 500 --mixed_precision bf16
 
     # A Hub pairs dataset whose columns are named differently, pushed to the Hub at the end
@@ -14,11 +14,14 @@ Examples:
         --output_dir ghibli-unet --push_to_hub --hub_model_id you/ghibli-unet
 
     # CartoonGAN: content-only initialization, then edge-promoting adversarial training
-    accelerate launch train_accelerate.py --objective cartoongan --generator resnet --train_data_dir pairs/ \\
+    accelerate launch train_accelerate.py --objective cartoongan --preset cartoongan_resnet --train_data_dir pairs/ \\
         --vgg_weights vgg19/model.safetensors --init_steps 2000 --max_train_steps 40000 --output_dir cartoongan
 
     # Resume a run that stopped (or crashed) from its newest checkpoint
     accelerate launch train_accelerate.py ... --output_dir toon-unet --resume_from_checkpoint latest
+
+    # Any checkpoint is also a model
+    python -c "from ghibligan import Cartoonizer; Cartoonizer.from_pretrained('toon-unet/checkpoint-1000/generator')"
 
 Two CPU processes (a real DDP run without a GPU):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 train_accelerate.py ...
@@ -27,6 +30,7 @@ Two CPU processes (a real DDP run without a GPU):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -39,30 +43,33 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ghibligan.checkpoints import checkpoint_step, resolve_resume, save_checkpoint
 from ghibligan.data import (
+    DIRECTIONS,
+    PAIRED_LAYOUTS,
     PairedImageDataset,
-    PairTransform,
     StreamingPairedDataset,
     brightness_balanced_sampler,
+    build_pair_datasets,
     collate_pairs,
     dataset_brightness,
-    load_pairs_dataset,
 )
-from ghibligan.losses import GAN_MODES, content_loss, discriminator_loss, generator_adversarial_loss
+from ghibligan.losses import GAN_MODES, CartoonGANObjective, Objective, Pix2PixObjective
+from ghibligan.models import load_generator
+from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
 from ghibligan.models.vgg import DEFAULT_VGG19_WEIGHTS, VGG19Features
-from ghibligan.training import (
-    build_discriminator,
-    build_generator,
-    checkpoint_step,
-    fit_tone_head,
-    lr_lambda,
-    resolve_resume,
-    save_checkpoint,
-    tone_head_samples,
-    validation_grid,
-)
+from ghibligan.training import fit_tone_head, lr_lambda, tone_head_samples, training_step, validate
 
 logger = get_logger(__name__)
+
+OBJECTIVES: dict[str, type[Objective]] = {"pix2pix": Pix2PixObjective, "cartoongan": CartoonGANObjective}
+# --generator, the shorthand of earlier versions: the preset of each generator class
+GENERATOR_SHORTHANDS = {"unet": "unet_256", "resnet": "cartoongan_resnet"}
+# Model flags that override the preset's __init__ kwargs (None: not given, keep the preset's value)
+GENERATOR_OVERRIDES = (
+    "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
+    "residual", "tone_head_channels", "n_blocks",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,17 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument(
         "--paired_layout",
         default="separate",
-        choices=["separate", "side_by_side"],
+        choices=PAIRED_LAYOUTS,
         help="'side_by_side': one image per row holding A|B, as in the pix2pix datasets (read from --input_column).",
     )
-    data.add_argument("--direction", default="AtoB", choices=["AtoB", "BtoA"], help="With side_by_side: A→B or B→A.")
+    data.add_argument("--direction", default="AtoB", choices=DIRECTIONS, help="With side_by_side: A→B or B→A.")
     data.add_argument(
         "--validation_split",
         default=None,
         help="A fraction of the training rows held out for validation (e.g. 0.05), or the name of a split "
         "(default: the dataset's 'validation' split if it has one, else 0.05).",
     )
-    data.add_argument("--num_validation_images", type=int, default=4, help="Rows in the validation grid (4).")
+    data.add_argument("--num_validation_images", type=int, default=4, help="Whole images validated and shown (4).")
+    data.add_argument(
+        "--validation_max_side", type=int, default=1024, help="Downscale validation images to this longer side (1024)."
+    )
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only this many training rows.")
     data.add_argument("--streaming", action="store_true", help="Stream --dataset_name instead of downloading it.")
     data.add_argument("--resolution", type=int, default=256, help="Square training crops of this size (256).")
@@ -111,48 +121,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0).")
     data.add_argument("--cache_dir", default=None, help="Where datasets caches downloads.")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--objective", default="pix2pix", choices=["pix2pix", "cartoongan"], help="Training objective.")
+    model = parser.add_argument_group(
+        "model", "A preset, or a checkpoint to fine-tune; the flags below --preset change the preset's values."
+    )
+    model.add_argument("--objective", default="pix2pix", choices=sorted(OBJECTIVES), help="Training objective.")
     model.add_argument(
-        "--generator", default="unet", choices=["unet", "resnet"], help="U-Net (pix2pix) or ResNet (CartoonGAN)."
+        "--preset",
+        default=None,
+        choices=sorted(GENERATOR_PRESETS),
+        help="Generator recipe (default: unet_256). "
+        + "; ".join(f"{name}: {preset.description}" for name, preset in GENERATOR_PRESETS.items()),
+    )
+    model.add_argument(
+        "--generator",
+        default=None,
+        choices=sorted(GENERATOR_SHORTHANDS),
+        help="Shorthand for a preset: unet = unet_256, resnet = cartoongan_resnet.",
     )
     model.add_argument(
         "--pretrained_model_name_or_path", default=None, help="Fine-tune this generator checkpoint (folder or Hub id)."
     )
-    model.add_argument("--ngf", type=int, default=64, help="Generator width (64).")
-    model.add_argument("--num_downs", type=int, default=8, help="U-Net depth (8 = unet_256).")
-    model.add_argument("--norm", default="batch", choices=["batch", "instance", "none"], help="Norm layers (batch).")
-    model.add_argument("--dropout", type=float, default=0.5, help="U-Net decoder dropout (0.5).")
+    model.add_argument("--ngf", type=int, default=None, help="Generator width (unet_256: 64).")
+    model.add_argument("--num_downs", type=int, default=None, help="U-Net depth (unet_256: 8).")
     model.add_argument(
-        "--innermost_kernel", type=int, default=4, help="U-Net last encoder kernel (4; the seed used 5)."
+        "--norm", default=None, choices=["batch", "instance", "none"], help="Norm layers of G and D (batch)."
     )
-    model.add_argument("--attention_heads", type=int, default=0, help="U-Net bottleneck attention heads (0 = off).")
+    model.add_argument("--dropout", type=float, default=None, help="U-Net decoder dropout (unet_256: 0.5).")
+    model.add_argument("--innermost_kernel", type=int, default=None, help="U-Net last encoder kernel (4).")
+    model.add_argument("--attention_heads", type=int, default=None, help="U-Net bottleneck attention heads (0 = off).")
     model.add_argument(
-        "--up_activation", default="relu", choices=["relu", "leaky_relu"], help="U-Net decoder activation."
-    )
-    model.add_argument("--upsample", default="transpose", choices=["transpose", "resize"], help="Upsampling layers.")
-    model.add_argument(
-        "--residual", action="store_true", help="U-Net predicts the change to the photo, not the image (keeps detail)."
+        "--up_activation", default=None, choices=["relu", "leaky_relu"], help="U-Net decoder activation (relu)."
     )
     model.add_argument(
-        "--full_res_channels",
-        type=int,
-        default=0,
-        help="U-Net full-resolution path of this many channels (0 = pix2pix layout; the first conv has stride 2).",
+        "--upsample", default=None, choices=["transpose", "resize"], help="Upsampling layers (transpose)."
+    )
+    model.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="U-Net predicts the change to the photo, not the image (keeps detail).",
     )
     model.add_argument(
         "--tone_head_channels",
         type=int,
-        default=0,
+        default=None,
         help="U-Net per-pixel colour MLP of this width on the output: learns sharp tone curves (flat levels). 0 = off.",
     )
     model.add_argument(
         "--tone_head_init_steps",
         type=int,
         default=3000,
-        help="Fit the tone head pixel by pixel to the training pairs for this many steps before training (seconds).",
+        help="Fit a new tone head pixel by pixel to the training pairs for this many steps before training (seconds).",
     )
-    model.add_argument("--n_blocks", type=int, default=8, help="ResNet residual blocks (8).")
+    model.add_argument("--n_blocks", type=int, default=None, help="ResNet residual blocks (cartoongan_resnet: 8).")
     model.add_argument("--ndf", type=int, default=64, help="Discriminator width (64).")
     model.add_argument("--n_layers_d", type=int, default=3, help="PatchGAN layers (3 = 70×70 patches).")
     model.add_argument(
@@ -202,7 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("checkpoints, logging, output")
     run.add_argument("--output_dir", required=True, help="Checkpoints, logs, validation grids and the final model.")
     run.add_argument(
-        "--checkpointing_steps", type=int, default=500, help="Save the training state every N steps (500)."
+        "--checkpointing_steps",
+        type=int,
+        default=500,
+        help="Save the training state, and the generator under checkpoint-N/generator, every N steps (500).",
     )
     run.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder to resume from.")
@@ -228,14 +252,91 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     if args.streaming and args.balance_brightness:
         parser.error("--balance_brightness needs the whole dataset; it cannot be combined with --streaming")
+    if args.streaming and args.init_epochs is not None:
+        parser.error("--init_epochs needs a dataset with a length; with --streaming use --init_steps")
     if args.resolution % 8 or args.resolution < 32:
         parser.error(f"--resolution must be a multiple of 8 and >= 32, got {args.resolution}")
-    if args.objective == "cartoongan" and args.init_steps is not None and args.init_epochs is not None:
+    if args.objective != "cartoongan" and (args.init_steps is not None or args.init_epochs is not None):
+        parser.error("--init_steps and --init_epochs are CartoonGAN's initialization phase: add --objective cartoongan")
+    if args.init_steps is not None and args.init_epochs is not None:
         parser.error("give --init_steps or --init_epochs, not both")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.preset is not None and args.generator is not None:
+        parser.error("give --preset or its shorthand --generator, not both")
+    args.preset = args.preset or GENERATOR_SHORTHANDS.get(args.generator)
+    given = [name for name in GENERATOR_OVERRIDES if getattr(args, name) is not None and name != "norm"]
+    if args.pretrained_model_name_or_path and (given or args.preset):
+        parser.error(
+            f"--pretrained_model_name_or_path fine-tunes a checkpoint as it is: leave out "
+            f"{' '.join('--' + name for name in given) or '--preset/--generator'}"
+        )
+    if not args.pretrained_model_name_or_path:
+        cls, _ = preset_config(args.preset)
+        foreign = [name for name in given if name not in cls.config_keys()]
+        if foreign:
+            parser.error(
+                f"{' '.join('--' + name for name in foreign)}: not an option of {cls.__name__}, the generator of "
+                f"--preset {args.preset or 'unet_256'}"
+            )
     return args
+
+
+def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The generator (a preset with the flags' overrides, or the checkpoint to fine-tune) and the discriminator
+    of the objective; BatchNorm becomes SyncBatchNorm across GPUs."""
+    if args.pretrained_model_name_or_path:
+        generator = load_generator(args.pretrained_model_name_or_path).train()
+    else:
+        generator = build_generator(args.preset, **{name: getattr(args, name) for name in GENERATOR_OVERRIDES})
+    objective_class = OBJECTIVES[args.objective]
+    discriminator = build_discriminator(
+        args.discriminator_layout or objective_class.discriminator_layout,
+        condition_channels=objective_class.discriminator_condition_channels,
+        ndf=args.ndf,
+        n_layers=args.n_layers_d,
+        norm=args.norm or generator.config.get("norm", "batch"),
+    )
+    has_batch_norm = any(isinstance(m, torch.nn.BatchNorm2d) for m in [*generator.modules(), *discriminator.modules()])
+    if accelerator.num_processes > 1 and has_batch_norm:
+        if accelerator.device.type == "cuda":
+            generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+            discriminator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+        else:
+            logger.warning(
+                "BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs); use --norm instance."
+            )
+    return generator, discriminator
+
+
+def build_objective(args, device: torch.device) -> Objective:
+    """The objective the flags describe. CartoonGAN loads VGG19 here, so missing weights fail at start."""
+    if args.objective == "pix2pix":
+        return Pix2PixObjective(gan_mode=args.gan_mode, lambda_l1=args.lambda_l1)
+    try:
+        vgg = VGG19Features.from_pretrained(args.vgg_weights).to(device)
+    except RuntimeError as error:
+        raise RuntimeError(f"--vgg_weights {args.vgg_weights!r}: {error}") from error
+    return CartoonGANObjective(
+        vgg=vgg, gan_mode=args.gan_mode, lambda_content=args.lambda_content, init_steps=args.init_steps or 0
+    )
+
+
+def build_train_dataloader(args, train_pairs: PairedImageDataset) -> torch.utils.data.DataLoader:
+    """Shuffled (or brightness-balanced) batches of training crops; unreadable samples are dropped and counted."""
+    sampler = None
+    if args.balance_brightness:
+        sampler = brightness_balanced_sampler(dataset_brightness(train_pairs), seed=args.seed)
+    return torch.utils.data.DataLoader(
+        StreamingPairedDataset(train_pairs) if args.streaming else train_pairs,
+        batch_size=args.train_batch_size,
+        shuffle=not args.streaming and sampler is None,
+        sampler=sampler,
+        collate_fn=collate_pairs,
+        num_workers=args.dataloader_num_workers,
+        drop_last=True,
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -257,21 +358,9 @@ def main(args: argparse.Namespace) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
     resume_path = resolve_resume(output_dir, args.resume_from_checkpoint)  # resolved now: a bad path fails at once
 
-    # 2. models: G, D, and VGG for CartoonGAN's content loss (fails here, at start, if its weights are missing)
-    generator, discriminator = build_generator(args), build_discriminator(args)
-    vgg = (
-        VGG19Features.from_pretrained(args.vgg_weights).to(accelerator.device)
-        if args.objective == "cartoongan"
-        else None
-    )
-    if accelerator.num_processes > 1 and args.norm == "batch":
-        if accelerator.device.type == "cuda":
-            generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-            discriminator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
-        else:
-            logger.warning(
-                "BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs); use --norm instance."
-            )
+    # 2. models and the objective (CartoonGAN's VGG fails here, at start, if its weights are missing)
+    generator, discriminator = build_models(args, accelerator)
+    objective = build_objective(args, accelerator.device)
 
     # 3. optimizers
     def adam(model):
@@ -279,97 +368,54 @@ def main(args: argparse.Namespace) -> None:
 
     optimizer_g, optimizer_d = adam(generator), adam(discriminator)
 
-    # 4. data
-    splits = load_pairs_dataset(
-        args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split, args.streaming,
-        args.input_column, args.target_column, args.cache_dir,
-    )  # fmt: skip
-    if args.split not in splits:
-        raise ValueError(f"--split {args.split!r} not in the dataset's splits {list(splits)}.")
-    train_rows = splits[args.split]
-    validation_split = args.validation_split or ("validation" if "validation" in splits else "0.05")
-    try:
-        fraction = float(validation_split)
-    except ValueError:
-        fraction = None
-    if fraction is None:
-        if validation_split not in splits:
-            raise ValueError(f"--validation_split {validation_split!r}: no such split in {list(splits)}.")
-        validation_rows = splits[validation_split]
-    elif args.streaming:
-        validation_rows = train_rows.take(args.num_validation_images)
-    elif 1 <= round(fraction * len(train_rows)) < len(train_rows):
-        parts = train_rows.train_test_split(test_size=round(fraction * len(train_rows)), seed=args.seed)
-        train_rows, validation_rows = parts["train"], parts["test"]
-    else:
-        logger.warning("No rows held out for validation: the validation grid shows training rows.")
-        validation_rows = train_rows
-    if args.max_train_samples is not None:
-        train_rows = (
-            train_rows.take(args.max_train_samples)
-            if args.streaming
-            else train_rows.select(range(min(args.max_train_samples, len(train_rows))))
-        )
-    pair_kwargs = dict(
+    # 4. data: training crops, whole validation images, and a warm start for a new tone head
+    train_pairs, validation_pairs = build_pair_datasets(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        split=args.split,
+        validation_split=args.validation_split,
+        num_validation_rows=args.num_validation_images,
+        max_train_samples=args.max_train_samples,
+        streaming=args.streaming,
         input_column=args.input_column,
         target_column=args.target_column,
         paired_layout=args.paired_layout,
         direction=args.direction,
-        edge_smoothing=args.objective == "cartoongan",
+        resolution=args.resolution,
+        center_crop=args.center_crop,
+        random_flip=args.random_flip,
+        edge_smoothing=objective.needs_smoothed_targets,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
     )
-    train_pairs = PairedImageDataset(
-        train_rows, transform=PairTransform(args.resolution, args.center_crop, args.random_flip), **pair_kwargs
-    )
-    validation_pairs = PairedImageDataset(
-        validation_rows, transform=PairTransform(args.resolution, center_crop=True), **pair_kwargs
-    )
-    # warm start of a new tone head (a fine-tuned or resumed one has its weights already)
-    tone_head = getattr(generator, "tone_head", None)
+    validation_images = validation_pairs.whole_pairs(args.num_validation_images) if accelerator.is_main_process else []
+    tone_head = getattr(generator, "tone_head", None)  # a fine-tuned or resumed one is trained already
     if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_path):
         samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
         loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
         logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
-    sampler = None
-    if args.balance_brightness:
-        sampler = brightness_balanced_sampler(dataset_brightness(train_pairs), seed=args.seed)
-    train_dataloader = torch.utils.data.DataLoader(
-        StreamingPairedDataset(train_pairs) if args.streaming else train_pairs,
-        batch_size=args.train_batch_size,
-        shuffle=not args.streaming and sampler is None,
-        sampler=sampler,
-        collate_fn=collate_pairs,
-        num_workers=args.dataloader_num_workers,
-        drop_last=True,
-    )
+    train_dataloader = accelerator.prepare(build_train_dataloader(args, train_pairs))  # sharded across processes
 
-    # 5. schedule: steps per epoch, total steps, CartoonGAN's initialization phase
-    if not args.streaming and len(train_dataloader) < accelerator.num_processes:
+    # 5. schedule, in optimizer steps per process (None per epoch: a stream has no length)
+    steps_per_epoch = None if args.streaming else math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
         raise ValueError(
             f"{len(train_pairs)} training rows make no full batch of {args.train_batch_size} on each of "
             f"{accelerator.num_processes} processes: lower --train_batch_size or add data."
         )
-    steps_per_epoch = (
-        None
-        if args.streaming
-        else math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    )
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    init_steps = 0
-    if args.objective == "cartoongan":
-        init_steps = (
-            args.init_steps if args.init_steps is not None else (args.init_epochs or 0) * (steps_per_epoch or 0)
-        )
+    if args.init_epochs is not None:
+        objective = dataclasses.replace(objective, init_steps=args.init_epochs * steps_per_epoch)
     # accelerate steps a prepared scheduler once per process per optimizer step: count in those units
     decay_start = None if args.lr_decay_start is None else args.lr_decay_start * accelerator.num_processes
     schedule = lr_lambda(args.lr_scheduler, max_train_steps * accelerator.num_processes, decay_start)
     scheduler_g = torch.optim.lr_scheduler.LambdaLR(optimizer_g, schedule)
     scheduler_d = torch.optim.lr_scheduler.LambdaLR(optimizer_d, schedule)
 
-    # 6. prepare: DDP, devices, mixed precision, sharded data
-    generator, discriminator, optimizer_g, optimizer_d, train_dataloader, scheduler_g, scheduler_d = (
-        accelerator.prepare(
-            generator, discriminator, optimizer_g, optimizer_d, train_dataloader, scheduler_g, scheduler_d
-        )
+    # 6. prepare: DDP, devices, mixed precision
+    generator, discriminator, optimizer_g, optimizer_d, scheduler_g, scheduler_d = accelerator.prepare(
+        generator, discriminator, optimizer_g, optimizer_d, scheduler_g, scheduler_d
     )
 
     # 7. trackers (main process), with the arguments as the run's config
@@ -384,38 +430,23 @@ def main(args: argparse.Namespace) -> None:
         global_step = checkpoint_step(resume_path)
         logger.info(f"Resuming from checkpoint {resume_path.name} (step {global_step})")
     elif args.resume_from_checkpoint:
-        logger.info("No checkpoint to resume from in %s yet: starting a new run.", output_dir)
+        logger.info(f"No checkpoint to resume from in {output_dir} yet: starting a new run.")
 
-    # 9. the loop (per-process batches per epoch, now that prepare() sharded the data)
-    if steps_per_epoch:
-        steps_per_epoch = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
-    validation_batch = next(iter(torch.utils.data.DataLoader(
-        validation_pairs, batch_size=args.num_validation_images, collate_fn=collate_pairs
-    )))  # fmt: skip
+    # 9. the loop
+    content_only = sum(not objective.is_adversarial(step) for step in range(max_train_steps))
     logger.info(
-        f"Training {args.objective} for {max_train_steps} steps ({init_steps} content-only), batch "
+        f"Training {objective.description} for {max_train_steps} steps ({content_only} content-only), batch "
         f"{args.train_batch_size} × {accelerator.num_processes} processes × {args.gradient_accumulation_steps} "
         f"accumulation, resolution {args.resolution}"
     )
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
-    unwrapped_d = accelerator.unwrap_model(discriminator)
-    skipped, logs, values = 0, {}, {}
-
-    def optimizer_step(model, optimizer, scheduler) -> None:
-        """Clip (when asked), step, schedule, zero. Under accumulate(), accelerate skips all but the last micro-step."""
-        if accelerator.sync_gradients and args.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    skipped, values = 0, {}
     epoch = global_step // steps_per_epoch if steps_per_epoch else 0
     resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps if steps_per_epoch else 0
     while global_step < max_train_steps:
-        if hasattr(train_dataloader, "set_epoch"):
-            train_dataloader.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
         batches = (
             accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
         )
@@ -424,58 +455,27 @@ def main(args: argparse.Namespace) -> None:
             skipped += batch.pop("skipped")
             if "input" not in batch:  # every sample of this batch was unreadable
                 continue
-            photo, target = batch["input"], batch["target"]  # (B, 3, R, R) in [-1, 1]
-            adversarial = args.objective == "pix2pix" or global_step >= init_steps
-            with accelerator.accumulate(generator, discriminator):
-                fake = generator(photo)
-
-                # D step: real pairs/cartoons → real, G's outputs (and smoothed-edge cartoons) → fake
-                if adversarial:
-                    if args.objective == "pix2pix":
-                        real_logits = discriminator(target, photo)
-                        fake_logits = [discriminator(fake.detach(), photo)]
-                    else:
-                        real_logits = discriminator(target)
-                        fake_logits = [discriminator(fake.detach()), discriminator(batch["target_smoothed"])]
-                    loss_d = discriminator_loss(real_logits, fake_logits, args.gan_mode)
-                    accelerator.backward(loss_d)
-                    optimizer_step(discriminator, optimizer_d, scheduler_d)
-                    logs["loss_d"] = loss_d.detach()
-
-                # G step, with D frozen (and used unwrapped, so DDP does not wait for D gradients)
-                unwrapped_d.requires_grad_(False)
-                loss_g = torch.zeros((), device=accelerator.device)
-                with accelerator.autocast():  # the unwrapped D and VGG are outside prepare()'s autocast
-                    if adversarial:
-                        fake_logits = unwrapped_d(fake, photo) if args.objective == "pix2pix" else unwrapped_d(fake)
-                        logs["loss_g_gan"] = generator_adversarial_loss(fake_logits.float(), args.gan_mode)
-                        loss_g = loss_g + logs["loss_g_gan"]
-                    if args.objective == "pix2pix":
-                        logs["loss_g_l1"] = torch.nn.functional.l1_loss(fake.float(), target)
-                        loss_g = loss_g + args.lambda_l1 * logs["loss_g_l1"]
-                    else:
-                        logs["loss_g_content"] = content_loss(vgg, fake, photo).float()
-                        loss_g = loss_g + args.lambda_content * logs["loss_g_content"]
-                accelerator.backward(loss_g)
-                unwrapped_d.requires_grad_(True)
-                optimizer_step(generator, optimizer_g, scheduler_g)
-
+            logs = training_step(
+                accelerator, objective, generator, discriminator, (optimizer_g, optimizer_d),
+                (scheduler_g, scheduler_d), batch, global_step, args.max_grad_norm,
+            )  # fmt: skip
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
             progress.update(1)
-            values = {k: accelerator.reduce(v.detach().float(), "mean").item() for k, v in logs.items()}
+            values = {k: accelerator.reduce(v.float(), "mean").item() for k, v in logs.items()}
             values["lr"] = scheduler_g.get_last_lr()[0]
             progress.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k != "lr"})
             accelerator.log(values, step=global_step)
 
             if global_step % args.checkpointing_steps == 0:
-                path = save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                unwrapped = accelerator.unwrap_model(generator)
+                path = save_checkpoint(accelerator, output_dir, global_step, unwrapped, args.checkpoints_total_limit)
                 logger.info(f"Saved {path.name}")
             if accelerator.is_main_process and (
                 global_step % args.validation_steps == 0 or global_step == max_train_steps
             ):
-                log_validation(accelerator, generator, validation_batch, output_dir, global_step)
+                log_validation(args, accelerator, generator, validation_images, global_step)
             if global_step >= max_train_steps:
                 break
         epoch += 1
@@ -484,28 +484,32 @@ def main(args: argparse.Namespace) -> None:
         logger.warning(f"{skipped} unreadable samples were skipped (each named in a warning above).")
 
     # 10. check that every process holds the same weights, then save and push (main process only)
-    checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(generator).parameters()]).sum()
-    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
-    if not torch.allclose(checksums, checksums[0].expand_as(checksums)):
-        raise RuntimeError(f"Generator weights differ between processes: checksums {checksums.tolist()}")
-    logger.info(
-        f"Generator weights identical on all {accelerator.num_processes} processes (checksum {checksums[0].item():.6f})"
-    )
+    check_identical_weights(accelerator, generator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_final_model(args, accelerator, generator, discriminator, values, global_step)
+        save_final_model(args, accelerator, objective, generator, discriminator, values, global_step)
     accelerator.end_training()
 
 
-def log_validation(accelerator, generator, batch, output_dir: Path, step: int) -> None:
-    """Save the (input | output | target) grid and log it with the validation metrics."""
-    device = accelerator.device
-    with accelerator.autocast():
-        grid, metrics = validation_grid(
-            accelerator.unwrap_model(generator), batch["input"].to(device), batch["target"].to(device)
-        )
-    (output_dir / "validation").mkdir(parents=True, exist_ok=True)
-    grid.save(output_dir / "validation" / f"step-{step:07d}.png")
+def check_identical_weights(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Raise if DDP let the processes' copies of ``model`` drift apart (compares a checksum of the weights)."""
+    checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(model).parameters()]).sum()
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+    if not torch.allclose(checksums, checksums[0].expand_as(checksums)):
+        raise RuntimeError(f"Weights differ between processes: checksums {checksums.tolist()}")
+    logger.info(f"Weights identical on all {accelerator.num_processes} processes (checksum {checksums[0].item():.6f})")
+
+
+def log_validation(args, accelerator: Accelerator, generator, pairs: list, step: int) -> None:
+    """Cartoonize the whole validation images; save the (photo | output | target) grid and log it with L1 / PSNR."""
+    if not pairs:
+        logger.warning("No readable validation images: skipping validation.")
+        return
+    grid, metrics = validate(
+        accelerator.unwrap_model(generator), pairs, accelerator.device, args.validation_max_side, args.resolution
+    )
+    (Path(args.output_dir) / "validation").mkdir(parents=True, exist_ok=True)
+    grid.save(Path(args.output_dir) / "validation" / f"step-{step:07d}.png")
     accelerator.log(metrics, step=step)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -515,11 +519,13 @@ def log_validation(accelerator, generator, batch, output_dir: Path, step: int) -
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Image(grid, caption="input | output | target")]}, step=step)
+            tracker.log({"validation": [wandb.Image(grid, caption="photo | output | target")]}, step=step)
     logger.info(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
-def save_final_model(args, accelerator, generator, discriminator, final_losses: dict, steps: int) -> None:
+def save_final_model(
+    args, accelerator: Accelerator, objective: Objective, generator, discriminator, final_losses: dict, steps: int
+) -> None:
     """G into output_dir (config.json, model.safetensors, model card), D into output_dir/discriminator; push."""
     output_dir = Path(args.output_dir)
     generator = accelerator.unwrap_model(generator)  # SyncBatchNorm keys are BatchNorm2d's: it reloads as such
@@ -529,9 +535,7 @@ def save_final_model(args, accelerator, generator, discriminator, final_losses: 
             "| | |",
             "| --- | --- |",
             f"| dataset | `{source}` (`{args.input_column}` → `{args.target_column}`) |",
-            f"| objective | {args.objective} ({args.gan_mode} GAN"
-            + (f", λ_L1 = {args.lambda_l1:g})" if args.objective == "pix2pix" else f", ω = {args.lambda_content:g})")
-            + " |",
+            f"| objective | {objective.description} |",
             f"| steps | {steps} × batch {args.train_batch_size} × {accelerator.num_processes} processes |",
             f"| resolution | {args.resolution} |",
             f"| mixed precision | {accelerator.mixed_precision} |",

@@ -139,7 +139,7 @@ def cartoonize_files(
             report.failed.append(f"{job.source}: refusing to write over an input file ({job.target})")
             continue
         if job.target.exists() and not overwrite:
-            report.skipped.append(f"{job.target} exists (pass --overwrite to replace it)")
+            report.skipped.append(f"{job.target} exists (`overwrite=True`, or --overwrite, replaces it)")
             continue
         job.target.parent.mkdir(parents=True, exist_ok=True)
         tmp = job.target.with_name(f".tmp-{job.target.name}")

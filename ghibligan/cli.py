@@ -1,11 +1,14 @@
-"""The ``ghibligan`` command line: one subcommand per task."""
+"""The ``ghibligan`` command line: one subcommand per task.
+
+Flags are spelled like the training script's (``--max_side``, ``--output_dir``); the hyphenated spellings of earlier
+versions (``--max-side``) still work, unlisted. Each command imports torch and the models only when it runs, so
+``ghibligan --help`` is fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from . import __version__
 
 DESCRIPTION = """\
 ghibligan turns photos into cartoon / Studio-Ghibli-style images with image-to-image GANs
@@ -19,13 +22,14 @@ def _convert_pix2pix(args: argparse.Namespace) -> int:
     from .convert import convert_pix2pix
 
     model = convert_pix2pix(args.checkpoint, args.output_dir, norm=args.norm)
-    config = model._hub_mixin_config
+    config = model.config
     print(f"Wrote UNetGenerator({', '.join(f'{k}={v!r}' for k, v in sorted(config.items()))}) to {args.output_dir}")
     return 0
 
 
 def _cartoonize(args: argparse.Namespace) -> int:
     from .cartoonize import cartoonize_files, plan_jobs
+    from .image_io import DEFAULT_MAX_PIXELS
     from .pipeline import Cartoonizer
 
     jobs, problems = plan_jobs(args.inputs, args.output, image_format=args.format, recursive=args.recursive)
@@ -44,7 +48,7 @@ def _cartoonize(args: argparse.Namespace) -> int:
         tile=args.tile,
         smoothing=args.smoothing,
         smoothing_method=args.smoothing_method,
-        max_pixels=args.max_pixels,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
     )
     report.failed[:0] = problems
     print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
@@ -52,7 +56,7 @@ def _cartoonize(args: argparse.Namespace) -> int:
 
 
 def _make_pairs(args: argparse.Namespace) -> int:
-    import torch
+    from pathlib import Path
 
     try:
         from .pairs import make_pairs, photos_from_dataset, photos_from_folder, push_pairs_to_hub
@@ -60,10 +64,13 @@ def _make_pairs(args: argparse.Namespace) -> int:
         raise ValueError(
             f"make-pairs writes Hugging Face datasets: pip install 'ghibligan[train]' ({error})"
         ) from error
+    from .pipeline import DTYPES
     from .teachers import make_teacher
 
     if (args.photos is None) == (args.photos_dataset is None):
         raise ValueError("Give exactly one photo source: --photos DIR or --photos_dataset ID.")
+    if args.photos is not None and not Path(args.photos).is_dir():
+        raise FileNotFoundError(f"--photos {args.photos!r} is not a folder.")
     if args.teacher.startswith("diffusers"):
         options = {
             "prompt": args.prompt,
@@ -75,7 +82,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
             "lora_weights": args.lora_weights,
             "lora_scale": args.lora_scale,
             "device": args.device,
-            "dtype": {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype),
+            "dtype": DTYPES.get(args.dtype),
             "base_seed": args.seed,
         }
         teacher = make_teacher(args.teacher, **{k: v for k, v in options.items() if v is not None})
@@ -106,11 +113,38 @@ def _make_pairs(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add ``--name_with_underscores``, and its hyphenated spelling of earlier versions as a hidden alias."""
+    parser.add_argument(name, **kwargs)
+    alias = {key: value for key, value in kwargs.items() if key in ("type", "choices", "action")}
+    parser.add_argument(
+        name.replace("_", "-"), dest=name.lstrip("-"), default=argparse.SUPPRESS, help=argparse.SUPPRESS, **alias
+    )
+
+
+def _torch_dtype(name: str) -> str:
+    """argparse ``type`` of a precision flag: a key of `pipeline.DTYPES` (imported here, so --help stays fast)."""
+    from .pipeline import DTYPES
+
+    if name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"{name!r}: choose one of {', '.join(DTYPES)}")
+    return name
+
+
+def _inference_dtype(name: str) -> str:
+    """``auto`` or a key of `pipeline.DTYPES`."""
+    from .pipeline import DTYPES
+
+    if name != "auto" and name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"{name!r}: choose auto or one of {', '.join(DTYPES)}")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ghibligan", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"ghibligan {__version__}")
+    parser.add_argument("--version", action="store_true", help="show the version and exit")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     convert = commands.add_parser(
@@ -138,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Inputs are never overwritten, and existing outputs only with --overwrite.",
         epilog="examples:\n"
         "  ghibligan cartoonize photo.jpg -o cartoon.png\n"
-        "  ghibligan cartoonize holiday/ -r -o holiday-toon/ --max-side 1536 --smoothing 0.3\n"
+        "  ghibligan cartoonize holiday/ -r -o holiday-toon/ --max_side 1536 --smoothing 0.3\n"
         "  ghibligan cartoonize 'shots/*.jpg' -o out/ --model you/your-ghibli-unet --dtype bfloat16\n"
         "  ghibligan cartoonize clip.mp4 -o clip-toon.mp4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -155,31 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="png", choices=["png", "jpg", "webp"], help="image format in an output folder (png)"
     )
     cartoonize.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
-    cartoonize.add_argument(
-        "--max-side", type=int, default=None, help="downscale so the longer side is at most this many pixels"
+    _add_option(
+        cartoonize,
+        "--max_side",
+        type=int,
+        default=None,
+        help="downscale so the longer side is at most this many pixels",
     )
     cartoonize.add_argument(
         "--smoothing", type=float, default=None, help="edge-preserving smoothing of the output, strength in [0, 1]"
     )
-    cartoonize.add_argument(
-        "--smoothing-method", default="guided", choices=["guided", "bilateral"], help="smoothing filter (guided)"
+    _add_option(
+        cartoonize, "--smoothing_method", default="guided", choices=["guided", "bilateral"], help="smoothing filter"
     )
     cartoonize.add_argument(
         "--tile", type=int, default=None, help="tile side for large images (default: automatic above 4 MP; 0: never)"
     )
-    cartoonize.add_argument("--batch-size", type=int, default=4, help="video frames run together (4)")
+    _add_option(cartoonize, "--batch_size", type=int, default=4, help="video frames run together (4)")
     cartoonize.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     cartoonize.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="inference precision (auto: bf16 on GPUs and on CPUs with native bf16, else float32)",
+        type=_inference_dtype,
+        help="inference precision: auto, float32, bfloat16 or float16 (auto: bf16 on GPUs and on CPUs with native "
+        "bf16, else float32)",
     )
-    cartoonize.add_argument(
-        "--max-pixels",
+    _add_option(
+        cartoonize,
+        "--max_pixels",
         type=int,
-        default=100_000_000,
-        help="refuse images with more pixels than this before decoding them (decompression bombs; 100 MP)",
+        default=None,
+        help="refuse images with more pixels than this before decoding them (decompression bombs; default: "
+        "ghibligan.image_io.DEFAULT_MAX_PIXELS, 100 MP)",
     )
     cartoonize.set_defaults(func=_cartoonize)
 
@@ -220,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--lora_scale", type=float, default=None, help="LoRA strength (1.0)")
     diffusion.add_argument("--seed", type=int, default=None, help="base seed mixed into every photo's seed (0)")
     diffusion.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    diffusion.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="precision")
+    diffusion.add_argument(
+        "--dtype", default=None, type=_torch_dtype, help="precision: float32, float16 or bfloat16 (the teacher's)"
+    )
     pairs.set_defaults(func=_make_pairs)
     return parser
 
@@ -228,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "version", False):
+        from . import __version__
+
+        print(f"ghibligan {__version__}")
+        return 0
     if not hasattr(args, "func"):
         parser.print_help()
         return 0

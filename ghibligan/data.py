@@ -29,6 +29,12 @@ from .image_io import IMAGE_EXTENSIONS, ImageLoadError, load_image, pil_to_tenso
 
 logger = logging.getLogger(__name__)
 
+PAIRED_LAYOUTS = ("separate", "side_by_side")
+DIRECTIONS = ("AtoB", "BtoA")
+DEFAULT_VALIDATION_FRACTION = 0.05
+# What Pillow raises on broken image data (truncated, not an image, a decompression bomb)
+PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
 
 # -- sources ---------------------------------------------------------------------------------------------------------
 
@@ -60,10 +66,10 @@ def load_pairs_dataset(
 
     path = Path(train_data_dir)
     if not path.exists():
-        raise FileNotFoundError(f"--train_data_dir {train_data_dir!r} does not exist.")
+        raise FileNotFoundError(f"`train_data_dir` {train_data_dir!r} does not exist.")
     if path.is_file():
         if path.suffix != ".parquet":
-            raise ValueError(f"--train_data_dir {train_data_dir!r}: a file must be .parquet (or pass a folder).")
+            raise ValueError(f"`train_data_dir` {train_data_dir!r}: a file must be .parquet (or pass a folder).")
         return datasets.load_dataset("parquet", data_files={split: [str(path.resolve())]}, cache_dir=cache_dir)
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():  # save_to_disk
         loaded = datasets.load_from_disk(str(path))
@@ -77,7 +83,7 @@ def load_pairs_dataset(
     if (path / input_column).is_dir() and (path / target_column).is_dir():
         return datasets.DatasetDict({split: _sibling_folders(path, input_column, target_column)})
     raise ValueError(
-        f"Don't know how to read --train_data_dir {train_data_dir!r}: expected parquet files, a save_to_disk folder, "
+        f"Don't know how to read `train_data_dir` {train_data_dir!r}: expected parquet files, a save_to_disk folder, "
         f"an imagefolder with metadata.jsonl, or two sub-folders {input_column!r} and {target_column!r} holding "
         f"images with matching names."
     )
@@ -109,7 +115,121 @@ def check_columns(dataset, columns: dict[str, str]) -> None:
         return
     for argument, column in columns.items():
         if column not in existing:
-            raise ValueError(f"{argument} {column!r} not in dataset columns {existing}.")
+            raise ValueError(f"`{argument}` {column!r} not in dataset columns {existing}.")
+
+
+# -- train / validation ----------------------------------------------------------------------------------------------
+
+
+def split_train_validation(
+    splits: datasets.DatasetDict | datasets.IterableDatasetDict,
+    split: str = "train",
+    validation_split: str | float | None = None,
+    num_validation_rows: int = 4,
+    max_train_samples: int | None = None,
+    seed: int = 0,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Dataset | datasets.IterableDataset]:
+    """The training rows and the validation rows of a loaded dataset.
+
+    Args:
+        splits: what `load_pairs_dataset` returned.
+        split: the split to train on.
+        validation_split: the name of a split, or a fraction of the training rows to hold out (a float, or a string
+            such as ``"0.05"``). Defaults to the ``validation`` split when there is one, else a 5 % hold-out. A stream
+            cannot be split: its first ``num_validation_rows`` training rows are shown instead.
+        num_validation_rows: rows a streamed dataset shows for validation.
+        max_train_samples: keep only this many training rows (after the hold-out).
+        seed: seed of the hold-out split.
+    """
+    if split not in splits:
+        raise ValueError(f"`split` {split!r} not in the dataset's splits {list(splits)}.")
+    train_rows = splits[split]
+    streaming = isinstance(train_rows, datasets.IterableDataset)
+    if validation_split is None:
+        validation_split = (
+            "validation" if "validation" in splits and split != "validation" else DEFAULT_VALIDATION_FRACTION
+        )
+    try:
+        fraction = float(validation_split)
+    except ValueError:
+        fraction = None
+    if fraction is None:
+        if validation_split not in splits:
+            raise ValueError(
+                f"`validation_split` {validation_split!r} is neither a split of the dataset {list(splits)} "
+                "nor a fraction such as 0.05."
+            )
+        validation_rows = splits[validation_split]
+    elif not 0 <= fraction < 1:
+        raise ValueError(f"`validation_split` must be a fraction in [0, 1) or a split name, got {validation_split!r}.")
+    elif streaming:
+        validation_rows = train_rows.take(num_validation_rows)
+    elif 1 <= round(fraction * len(train_rows)) < len(train_rows):
+        parts = train_rows.train_test_split(test_size=round(fraction * len(train_rows)), seed=seed)
+        train_rows, validation_rows = parts["train"], parts["test"]
+    else:
+        logger.warning("No rows held out for validation: validation shows training rows.")
+        validation_rows = train_rows
+    if max_train_samples is not None:
+        if max_train_samples < 1:
+            raise ValueError(f"`max_train_samples` must be >= 1 or None, got {max_train_samples}.")
+        if streaming:
+            train_rows = train_rows.take(max_train_samples)
+        else:
+            train_rows = train_rows.select(range(min(max_train_samples, len(train_rows))))
+    return train_rows, validation_rows
+
+
+def build_pair_datasets(
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    split: str = "train",
+    validation_split: str | float | None = None,
+    num_validation_rows: int = 4,
+    max_train_samples: int | None = None,
+    streaming: bool = False,
+    input_column: str = "input_image",
+    target_column: str = "target_image",
+    paired_layout: str = "separate",
+    direction: str = "AtoB",
+    resolution: int = 256,
+    center_crop: bool = False,
+    random_flip: bool = False,
+    edge_smoothing: bool = False,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> tuple[PairedImageDataset, PairedImageDataset]:
+    """Load a paired dataset (`load_pairs_dataset`), split it (`split_train_validation`) and wrap both parts.
+
+    Returns:
+        `(train, validation)`: training crops of ``resolution`` with the synchronized augmentation, and whole
+        validation images (no transform; read them with `PairedImageDataset.whole_pairs`).
+    """
+    splits = load_pairs_dataset(
+        dataset_name=dataset_name,
+        dataset_config_name=dataset_config_name,
+        train_data_dir=train_data_dir,
+        split=split,
+        streaming=streaming,
+        input_column=input_column,
+        target_column=target_column,
+        cache_dir=cache_dir,
+    )
+    train_rows, validation_rows = split_train_validation(
+        splits, split, validation_split, num_validation_rows, max_train_samples, seed
+    )
+    columns = dict(input_column=input_column, target_column=target_column, paired_layout=paired_layout)
+    train = PairedImageDataset(
+        train_rows,
+        transform=PairTransform(resolution, center_crop=center_crop, random_flip=random_flip),
+        direction=direction,
+        edge_smoothing=edge_smoothing,
+        **columns,
+    )
+    validation = PairedImageDataset(validation_rows, direction=direction, **columns)
+    return train, validation
 
 
 # -- images ----------------------------------------------------------------------------------------------------------
@@ -122,7 +242,7 @@ def decode_image(value) -> Image.Image:
             try:
                 image = Image.open(io.BytesIO(value["bytes"]))
                 image.load()
-            except Exception as error:  # Pillow raises several types for broken data
+            except PILLOW_DECODE_ERRORS as error:
                 raise ImageLoadError(f"{value.get('path') or 'embedded image'}: cannot decode ({error}).") from error
             return load_image(image).rgb
         value = value.get("path")
@@ -179,7 +299,9 @@ class PairedImageDataset(torch.utils.data.Dataset):
     """Map-style dataset of ``{"input", "target"[, "target_smoothed"]}`` tensors, or None for a corrupt sample.
 
     Args:
-        dataset: a `datasets.Dataset` with the two image columns (or one side-by-side column).
+        dataset: a `datasets.Dataset` with the two image columns (or one side-by-side column); a streamed
+            `datasets.IterableDataset` is read through `StreamingPairedDataset` or `whole_pairs`.
+        transform: the synchronized crop / flip; ``None`` gives whole images (the target resized to the input's size).
         paired_layout: ``"separate"`` (two columns) or ``"side_by_side"`` (one image holding A|B, pix2pix style).
         direction: ``"AtoB"`` or ``"BtoA"`` for the side-by-side layout.
         edge_smoothing: also return the edge-smoothed target (CartoonGAN).
@@ -187,17 +309,21 @@ class PairedImageDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        dataset: datasets.Dataset,
+        dataset: datasets.Dataset | datasets.IterableDataset,
         input_column: str,
         target_column: str,
-        transform: PairTransform,
+        transform: PairTransform | None = None,
         paired_layout: str = "separate",
         direction: str = "AtoB",
         edge_smoothing: bool = False,
     ):
-        columns = {"--input_column": input_column}
+        if paired_layout not in PAIRED_LAYOUTS:
+            raise ValueError(f"`paired_layout` must be one of {list(PAIRED_LAYOUTS)}, got {paired_layout!r}.")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"`direction` must be one of {list(DIRECTIONS)}, got {direction!r}.")
+        columns = {"input_column": input_column}
         if paired_layout == "separate":
-            columns["--target_column"] = target_column
+            columns["target_column"] = target_column
         check_columns(dataset, columns)
         for column in columns.values():  # decode ourselves, so one corrupt file cannot crash the epoch
             if dataset.features and isinstance(dataset.features.get(column), datasets.Image):
@@ -217,6 +343,23 @@ class PairedImageDataset(torch.utils.data.Dataset):
             return (a, b) if self.direction == "AtoB" else (b, a)
         return decode_image(row[self.input_column]), decode_image(row[self.target_column])
 
+    def whole_pairs(self, limit: int) -> list[tuple[Image.Image, Image.Image]]:
+        """The first ``limit`` readable rows as whole (input, target) RGB images, the target at the input's size.
+        Unreadable rows are skipped with a warning naming them. Works on streamed datasets too."""
+        found = []
+        for index, row in enumerate(self.dataset):
+            if len(found) == limit:
+                break
+            try:
+                source, target = self.pair(row)
+            except ImageLoadError as error:
+                logger.warning("Skipping sample %d: %s", index, error)
+                continue
+            if target.size != source.size:
+                target = target.resize(source.size, Image.Resampling.BICUBIC)
+            found.append((source, target))
+        return found
+
     def input_image(self, row: dict) -> Image.Image:
         """Only the input of a row (decodes the target only where both share one side-by-side image)."""
         if self.paired_layout == "side_by_side":
@@ -233,9 +376,13 @@ class PairedImageDataset(torch.utils.data.Dataset):
         except ImageLoadError as error:
             logger.warning("Skipping sample %d: %s", index, error)
             return None
-        # torch's RNG: seeded by set_seed, distinct per DataLoader worker and epoch
-        rng = random.Random(int(torch.randint(0, 2**62, ())))
-        source, target = self.transform(source, target, rng)
+        if self.transform is None:
+            if target.size != source.size:
+                target = target.resize(source.size, Image.Resampling.BICUBIC)
+        else:
+            # torch's RNG: seeded by set_seed, distinct per DataLoader worker and epoch
+            rng = random.Random(int(torch.randint(0, 2**62, ())))
+            source, target = self.transform(source, target, rng)
         item = {"input": pil_to_tensor(source), "target": pil_to_tensor(target)}
         if self.edge_smoothing:
             item["target_smoothed"] = pil_to_tensor(Image.fromarray(edge_smooth(np.asarray(target))))

@@ -1,16 +1,23 @@
-"""The objectives: adversarial (vanilla / lsgan / hinge), pix2pix's cGAN + λ·L1, CartoonGAN's content loss.
+"""The objectives: adversarial losses (vanilla / lsgan / hinge), and the two training objectives as objects.
 
-pix2pix (Isola et al., 2017): D judges (input, target) as real and (input, G(input)) as fake; G minimises
+`Pix2PixObjective` (Isola et al., 2017): D judges (input, target) as real and (input, G(input)) as fake; G minimises
 adversarial + λ·L1(G(input), target) with λ = 100.
 
-CartoonGAN (Chen et al., 2018): D judges cartoons as real and both G(photo) and edge-smoothed cartoons as fake
-(edge-promoting adversarial loss); G minimises adversarial + ω·L1(VGG(G(photo)), VGG(photo)) at conv4_4, ω = 10.
+`CartoonGANObjective` (Chen et al., 2018): D judges cartoons as real and both G(photo) and edge-smoothed cartoons as
+fake (edge-promoting adversarial loss); G minimises adversarial + ω·L1(VGG(G(photo)), VGG(photo)) at conv4_4, ω = 10,
+after ``init_steps`` of the content loss alone (the paper's initialization phase).
+
+Both are stateless: the training loop hands them the models and the batch, gets back a loss to backpropagate and a
+dict of the terms to log, and never needs to know which objective it runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 GAN_MODES = ("vanilla", "lsgan", "hinge")
 
@@ -42,8 +49,123 @@ def generator_adversarial_loss(fake_logits: torch.Tensor, mode: str) -> torch.Te
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def content_loss(vgg: torch.nn.Module, generated: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+def content_loss(vgg: nn.Module, generated: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
     """CartoonGAN's content loss: L1 between VGG19 conv4_4 features of G(photo) and of the photo (no grad)."""
     with torch.no_grad():
         target = vgg(photo)
     return F.l1_loss(vgg(generated), target)
+
+
+def _check_gan_mode(gan_mode: str) -> None:
+    if gan_mode not in GAN_MODES:
+        raise ValueError(f"`gan_mode` must be one of {list(GAN_MODES)}, got {gan_mode!r}.")
+
+
+@dataclass(frozen=True)
+class Pix2PixObjective:
+    r"""pix2pix's conditional GAN + λ·L1 objective.
+
+    Args:
+        gan_mode (`str`, *optional*, defaults to `"vanilla"`): ``"vanilla"``, ``"lsgan"`` or ``"hinge"``.
+        lambda_l1 (`float`, *optional*, defaults to 100.0): weight λ of the L1 distance to the target.
+    """
+
+    gan_mode: str = "vanilla"
+    lambda_l1: float = 100.0
+
+    # How the rest of the run adapts to this objective: D sees the input photo beside the image it judges.
+    discriminator_condition_channels = 3
+    discriminator_layout = "pix2pix"
+    needs_smoothed_targets = False
+
+    def __post_init__(self):
+        _check_gan_mode(self.gan_mode)
+
+    @property
+    def description(self) -> str:
+        return f"pix2pix ({self.gan_mode} GAN, λ_L1 = {self.lambda_l1:g})"
+
+    def is_adversarial(self, step: int) -> bool:
+        """Whether D trains and G gets the adversarial term at ``step``: always, for pix2pix."""
+        return True
+
+    def discriminator_loss(
+        self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D's loss on real (photo, target) and fake (photo, G(photo)) pairs; ``fake`` is detached here."""
+        photo, target = batch["input"], batch["target"]  # (B, 3, R, R) in [-1, 1]
+        loss = discriminator_loss(discriminator(target, photo), [discriminator(fake.detach(), photo)], self.gan_mode)
+        return loss, {"loss_d": loss.detach()}
+
+    def generator_loss(
+        self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor, adversarial: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """adversarial(D(photo, G(photo))) + λ·L1(G(photo), target); ``adversarial=False`` leaves out the first."""
+        l1 = F.l1_loss(fake.float(), batch["target"].float())
+        logs = {"loss_g_l1": l1.detach()}
+        loss = self.lambda_l1 * l1
+        if adversarial:
+            gan = generator_adversarial_loss(discriminator(fake, batch["input"]).float(), self.gan_mode)
+            logs["loss_g_gan"] = gan.detach()
+            loss = loss + gan
+        return loss, logs
+
+
+@dataclass(frozen=True)
+class CartoonGANObjective:
+    r"""CartoonGAN's edge-promoting adversarial loss + ω·VGG19 content loss, after a content-only initialization.
+
+    Args:
+        vgg (`nn.Module`): frozen VGG19 features up to conv4_4 (`ghibligan.models.vgg.VGG19Features`), on the
+            training device.
+        gan_mode (`str`, *optional*, defaults to `"vanilla"`): ``"vanilla"``, ``"lsgan"`` or ``"hinge"``.
+        lambda_content (`float`, *optional*, defaults to 10.0): weight ω of the content loss.
+        init_steps (`int`, *optional*, defaults to 0): steps of the content loss alone before D trains.
+    """
+
+    vgg: nn.Module
+    gan_mode: str = "vanilla"
+    lambda_content: float = 10.0
+    init_steps: int = 0
+
+    # D is unconditional and also sees the edge-smoothed cartoons (``batch["target_smoothed"]``) as fake.
+    discriminator_condition_channels = 0
+    discriminator_layout = "cartoongan"
+    needs_smoothed_targets = True
+
+    def __post_init__(self):
+        _check_gan_mode(self.gan_mode)
+        if self.init_steps < 0:
+            raise ValueError(f"`init_steps` must be >= 0, got {self.init_steps}.")
+
+    @property
+    def description(self) -> str:
+        return f"cartoongan ({self.gan_mode} GAN, ω = {self.lambda_content:g})"
+
+    def is_adversarial(self, step: int) -> bool:
+        """False during the first ``init_steps`` steps, when G learns to reconstruct content only."""
+        return step >= self.init_steps
+
+    def discriminator_loss(
+        self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D's loss: cartoons are real; G(photo) and the cartoons with smoothed edges are fake."""
+        fakes = [discriminator(fake.detach()), discriminator(batch["target_smoothed"])]
+        loss = discriminator_loss(discriminator(batch["target"]), fakes, self.gan_mode)
+        return loss, {"loss_d": loss.detach()}
+
+    def generator_loss(
+        self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor, adversarial: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """adversarial(D(G(photo))) + ω·content(G(photo), photo); ``adversarial=False`` is the initialization phase."""
+        content = content_loss(self.vgg, fake, batch["input"]).float()
+        logs = {"loss_g_content": content.detach()}
+        loss = self.lambda_content * content
+        if adversarial:
+            gan = generator_adversarial_loss(discriminator(fake).float(), self.gan_mode)
+            logs["loss_g_gan"] = gan.detach()
+            loss = loss + gan
+        return loss, logs
+
+
+Objective = Pix2PixObjective | CartoonGANObjective

@@ -46,7 +46,7 @@ def photos_from_folder(folder: str | os.PathLike, recursive: bool = True) -> Ite
     """(key, path) for every image under ``folder``; the key is the path relative to it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--photos {str(folder)!r} is not a folder.")
+        raise FileNotFoundError(f"`folder` {str(folder)!r} is not a folder.")
     files = folder.rglob("*") if recursive else folder.glob("*")
     for path in sorted(f for f in files if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS):
         yield path.relative_to(folder).as_posix(), path
@@ -59,7 +59,7 @@ def photos_from_dataset(
     dataset = datasets.load_dataset(name, config_name, split=split, streaming=True)
     columns = list(dataset.features or {})
     if columns and image_column not in columns:
-        raise ValueError(f"--image_column {image_column!r} not in dataset columns {columns}.")
+        raise ValueError(f"`image_column` {image_column!r} not in dataset columns {columns}.")
     for index, row in enumerate(dataset):
         yield f"{name}/{split}/{index}", row[image_column]
 

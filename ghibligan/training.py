@@ -1,49 +1,85 @@
-"""Pieces of the training run that `train_accelerate.py` composes: models from arguments, the learning-rate schedule,
-atomic checkpoints with a total limit, resumption, and validation grids.
+"""The training loop's pieces, composed by `train_accelerate.py`: one GAN step, the tone head's warm start, the
+learning-rate schedule, and validation through the `Cartoonizer` on whole images.
 
-Checkpoints are ``output_dir/checkpoint-{step}`` folders written by `Accelerator.save_state` (models, optimizers,
-schedulers, grad scaler, every process's RNG state). They are written under a ``.tmp`` name and renamed once complete,
-so an interrupted save never becomes "latest".
+`training_step` is the pix2pix recipe (Isola et al., 2017) for any objective of `ghibligan.losses`: a D step on real
+and fake, then a G step with D frozen. Checkpoints live in `ghibligan.checkpoints`.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
-import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from torch import nn
 
 from .data import StreamingPairedDataset
-from .image_io import tensor_to_uint8
-from .models import PatchDiscriminator, ResNetGenerator, UNetGenerator, load_generator
+from .image_io import pil_to_tensor, resize_to_max_side
+from .losses import Objective
+from .pipeline import Cartoonizer
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
+def training_step(
+    accelerator,
+    objective: Objective,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
+    schedulers: tuple[torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.LRScheduler],
+    batch: dict[str, torch.Tensor],
+    step: int,
+    max_grad_norm: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """One GAN step on ``batch`` (one micro-step under gradient accumulation): D on real and fake, then G with D frozen.
 
-def build_generator(args) -> torch.nn.Module:
-    """The generator the arguments ask for, or the one at ``--pretrained_model_name_or_path`` to fine-tune."""
-    if args.pretrained_model_name_or_path:
-        return load_generator(args.pretrained_model_name_or_path).train()
-    if args.generator == "resnet":
-        return ResNetGenerator(ngf=args.ngf, n_blocks=args.n_blocks, norm=args.norm, upsample=args.upsample)
-    return UNetGenerator(
-        num_downs=args.num_downs,
-        ngf=args.ngf,
-        norm=args.norm,
-        dropout=args.dropout,
-        innermost_kernel=args.innermost_kernel,
-        attention_heads=args.attention_heads,
-        up_activation=args.up_activation,
-        upsample=args.upsample,
-        residual=args.residual,
-        full_res_channels=args.full_res_channels,
-        tone_head_channels=args.tone_head_channels,
-    )
+    Args:
+        accelerator (`accelerate.Accelerator`): the run's accelerator; the models, optimizers and schedulers are the
+            ones it prepared, the (G, D) pairs in that order.
+        objective (`Pix2PixObjective` or `CartoonGANObjective`): the losses; its ``is_adversarial(step)`` says
+            whether D trains at this step (CartoonGAN's initialization phase trains G on content only).
+        batch (`dict`): ``input`` and ``target`` crops (B, 3, R, R) in [-1, 1] (and ``target_smoothed`` for CartoonGAN).
+        step (`int`): the optimizer steps done so far.
+        max_grad_norm (`float`, *optional*, defaults to 0.0): clip gradient norms to this (0: no clipping).
+
+    Returns:
+        `dict[str, torch.Tensor]`: the logged loss terms, detached.
+    """
+    optimizer_g, optimizer_d = optimizers
+    scheduler_g, scheduler_d = schedulers
+    unwrapped_d = accelerator.unwrap_model(discriminator)
+    adversarial = objective.is_adversarial(step)
+    logs: dict[str, torch.Tensor] = {}
+
+    def optimizer_step(model: nn.Module, optimizer, scheduler) -> None:
+        # Under accumulate(), accelerate skips the optimizer step on all but the last micro-step.
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with accelerator.accumulate(generator, discriminator):
+        fake = generator(batch["input"])  # (B, 3, R, R)
+        if adversarial:  # D step: real → real, G's outputs (and, for CartoonGAN, smoothed-edge cartoons) → fake
+            loss_d, logs_d = objective.discriminator_loss(discriminator, batch, fake)
+            accelerator.backward(loss_d)
+            optimizer_step(discriminator, optimizer_d, scheduler_d)
+            logs.update(logs_d)
+        # G step with D frozen, used unwrapped so DDP does not wait for D's gradients; the unwrapped D (and VGG)
+        # run outside the autocast that prepare() puts around the prepared models' forward.
+        unwrapped_d.requires_grad_(False)
+        try:
+            with accelerator.autocast():
+                loss_g, logs_g = objective.generator_loss(unwrapped_d, batch, fake, adversarial=adversarial)
+            accelerator.backward(loss_g)
+        finally:
+            unwrapped_d.requires_grad_(True)
+        optimizer_step(generator, optimizer_g, scheduler_g)
+        logs.update(logs_g)
+    return logs
 
 
 def tone_head_samples(pairs, streaming: bool, count: int = 256, seed: int = 0) -> list[dict]:
@@ -86,77 +122,12 @@ def fit_tone_head(
     return loss.item()
 
 
-def build_discriminator(args) -> PatchDiscriminator:
-    """pix2pix: conditional 70×70 PatchGAN; CartoonGAN: its own unconditional layout (unless overridden)."""
-    layout = args.discriminator_layout or ("cartoongan" if args.objective == "cartoongan" else "pix2pix")
-    return PatchDiscriminator(
-        condition_channels=3 if args.objective == "pix2pix" else 0,
-        ndf=args.ndf,
-        n_layers=args.n_layers_d,
-        norm=args.norm,
-        layout=layout,
-    )
-
-
 def lr_lambda(schedule: str, total_steps: int, decay_start: int | None):
     """Multiplier of the base learning rate at each step: constant, or pix2pix's constant-then-linear-to-zero."""
     if schedule == "constant":
         return lambda step: 1.0
     start = total_steps // 2 if decay_start is None else decay_start
     return lambda step: 1.0 - max(0, step - start) / max(1, total_steps - start + 1)
-
-
-# -- checkpoints -----------------------------------------------------------------------------------------------------
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete ``checkpoint-{step}`` folders, oldest first (``.tmp`` folders of interrupted saves are ignored)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
-
-
-def checkpoint_step(path: str | Path) -> int:
-    match = CHECKPOINT_PATTERN.match(Path(path).name)
-    if not match:
-        raise ValueError(f"{str(path)!r} is not a checkpoint folder (expected a name like checkpoint-500).")
-    return int(match.group(1))
-
-
-def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | None) -> Path | None:
-    """``latest`` → the newest complete checkpoint in ``output_dir`` (None if there is none yet), else that path."""
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume_from_checkpoint)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a folder.")
-    checkpoint_step(path)
-    return path
-
-
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None) -> Path:
-    """Save the full training state atomically, then delete the oldest checkpoints beyond ``total_limit``."""
-    output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f"checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its RNG state here
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        if total_limit:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
 
 
 # -- validation ------------------------------------------------------------------------------------------------------
@@ -169,21 +140,41 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validation_grid(
-    generator: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+def validate(
+    generator: nn.Module,
+    pairs: list[tuple[Image.Image, Image.Image]],
+    device: str | torch.device = "cpu",
+    max_side: int | None = None,
+    cell_size: int = 256,
 ) -> tuple[Image.Image, dict[str, float]]:
-    """Rows of (input | output | target) and the outputs' L1 / PSNR to the targets (and the inputs' own, for scale)."""
-    was_training = generator.training
-    generator.eval()
-    outputs = generator(inputs).float().clamp(-1, 1)
-    generator.train(was_training)
-    rows = [
-        np.concatenate([tensor_to_uint8(inputs[i]), tensor_to_uint8(outputs[i]), tensor_to_uint8(targets[i])], axis=1)
-        for i in range(len(inputs))
-    ]
-    metrics = {
-        "val/l1": torch.mean(torch.abs(outputs - targets.float())).item(),
-        "val/psnr": psnr(outputs, targets),
-        "val/psnr_input": psnr(inputs, targets),
-    }
-    return Image.fromarray(np.concatenate(rows, axis=0)), metrics
+    """Cartoonize whole validation photos as users will (`Cartoonizer` on a copy of ``generator``, in float32).
+
+    Args:
+        generator (`nn.Module`): the generator being trained (unwrapped); it is copied, not changed.
+        pairs (`list`): whole (photo, target) images, e.g. from `PairedImageDataset.whole_pairs`.
+        max_side (`int`, *optional*): downscale photo and target first, so the longer side is at most this.
+        cell_size (`int`, *optional*, defaults to 256): side of each image's square cell in the grid.
+
+    Returns:
+        `(grid, metrics)`: rows of (photo | output | target), each fitted into a ``cell_size`` square, and the mean
+        ``val/l1`` and ``val/psnr`` of the outputs against the targets at full size (``val/psnr_input``: the photos'
+        own PSNR, for scale).
+    """
+    if not pairs:
+        raise ValueError("`pairs` is empty: no readable validation images.")
+    cartoonizer = Cartoonizer(copy.deepcopy(generator), device=device, dtype=torch.float32)
+    cartoonizer.set_progress_bar_config(disable=True)
+    photos = [resize_to_max_side(photo, max_side) for photo, _ in pairs]
+    targets = [resize_to_max_side(target, max_side) for _, target in pairs]
+    outputs = cartoonizer(photos)
+    metrics: dict[str, list[float]] = {"val/l1": [], "val/psnr": [], "val/psnr_input": []}
+    rows = []
+    for photo, output, target in zip(photos, outputs, targets, strict=True):
+        photo_t, output_t, target_t = (pil_to_tensor(image) for image in (photo, output, target))  # (3, H, W)
+        metrics["val/l1"].append(torch.mean(torch.abs(output_t - target_t)).item())
+        metrics["val/psnr"].append(psnr(output_t, target_t))
+        metrics["val/psnr_input"].append(psnr(photo_t, target_t))
+        cells = [np.asarray(ImageOps.pad(image, (cell_size, cell_size))) for image in (photo, output, target)]
+        rows.append(np.concatenate(cells, axis=1))
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    return grid, {name: float(np.mean(values)) for name, values in metrics.items()}

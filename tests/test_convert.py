@@ -36,9 +36,7 @@ def test_converted_reference_checkpoint_matches_outputs(tmp_path, num_downs, ngf
     assert main(["convert-pix2pix", str(tmp_path / "latest_net_G.pth"), str(tmp_path / "converted")]) == 0
     model = UNetGenerator.from_pretrained(tmp_path / "converted")
 
-    assert model._hub_mixin_config["num_downs"] == num_downs
-    assert model._hub_mixin_config["ngf"] == ngf
-    assert model._hub_mixin_config["norm"] == norm
+    assert model.config == {**UNetGenerator().config, "num_downs": num_downs, "ngf": ngf, "norm": norm}
     x = torch.rand(2, 3, size, size) * 2 - 1
     with torch.no_grad():
         # the reference mutates its input in place (in-place LeakyReLU on the skip path): give it a copy

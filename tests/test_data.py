@@ -16,6 +16,7 @@ from ghibligan.data import (
     PairTransform,
     StreamingPairedDataset,
     brightness_balanced_sampler,
+    build_pair_datasets,
     collate_pairs,
     dataset_brightness,
     edge_smooth,
@@ -42,9 +43,9 @@ def test_hub_schemas_work_by_column_mapping_and_wrong_names_list_the_columns():
     rows = image_dataset({"raw": [photo_like(40, 40)], "Ghibli": [photo_like(40, 40, seed=1)]})
     pairs = PairedImageDataset(rows, "raw", "Ghibli", PairTransform(32, center_crop=True))
     assert pairs[0]["input"].shape == (3, 32, 32)
-    with pytest.raises(ValueError, match=r"--input_column 'input_image' not in dataset columns \['raw', 'Ghibli'\]"):
+    with pytest.raises(ValueError, match=r"`input_column` 'input_image' not in dataset columns \['raw', 'Ghibli'\]"):
         PairedImageDataset(rows, "input_image", "Ghibli", PairTransform(32))
-    with pytest.raises(ValueError, match=r"--target_column 'cartoonized_image' not in dataset columns"):
+    with pytest.raises(ValueError, match=r"`target_column` 'cartoonized_image' not in dataset columns"):
         PairedImageDataset(rows, "raw", "cartoonized_image", PairTransform(32))
 
 
@@ -138,7 +139,7 @@ def test_local_sources(tmp_path):
     assert len(load_pairs_dataset(train_data_dir=str(tmp_path / "saved"))["train"]) == 3
     rows.to_parquet(str(tmp_path / "rows.parquet"))
     assert len(load_pairs_dataset(train_data_dir=str(tmp_path / "rows.parquet"))["train"]) == 3
-    with pytest.raises(ValueError, match="Don't know how to read --train_data_dir"):
+    with pytest.raises(ValueError, match="Don't know how to read `train_data_dir`"):
         (tmp_path / "empty").mkdir()
         load_pairs_dataset(train_data_dir=str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="exactly one of"):
@@ -189,3 +190,50 @@ def test_tone_head_samples_from_a_dataset_and_from_a_stream(tmp_path):
     stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "rows.parquet"), split="train", streaming=True)
     streamed = tone_head_samples(PairedImageDataset(stream, "input_image", "target_image", PairTransform(32)), True, 3)
     assert len(streamed) == 3 and streamed[2]["input"].shape == (3, 32, 32)
+
+
+def write_pairs(folder, counts: dict[str, int]) -> str:
+    """A make-pairs-like folder: ``data/{split}-00000.parquet`` with ``count`` rows of distinct photos per split."""
+    (folder / "data").mkdir(parents=True)
+    offset = 0
+    for split, count in counts.items():
+        photos = [photo_like(48, 40, seed=offset + i) for i in range(count)]
+        offset += count
+        rows = image_dataset({"input_image": photos, "target_image": [255 - p for p in photos]})
+        rows.to_parquet(str(folder / "data" / f"{split}-00000.parquet"))
+    return str(folder)
+
+
+def test_build_pair_datasets_holds_out_validation_rows_by_fraction_or_by_split(tmp_path):
+    folder = write_pairs(tmp_path / "pairs", {"train": 20, "validation": 3})
+    train, validation = build_pair_datasets(train_data_dir=folder, resolution=32)
+    assert (len(train), len(validation)) == (20, 3)  # the dataset's own validation split by default
+    assert train[0]["input"].shape == (3, 32, 32)
+    whole = validation.whole_pairs(2)
+    assert len(whole) == 2 and whole[0][0].size == whole[0][1].size == (48, 40)  # whole images, not crops
+    train, validation = build_pair_datasets(train_data_dir=folder, validation_split="0.25", max_train_samples=6)
+    assert (len(train), len(validation)) == (6, 5)  # 5 of the 20 training rows held out, then 6 of the rest kept
+    held_out = {validation.dataset[i]["input_image"]["bytes"] for i in range(len(validation))}
+    assert not held_out & {train.dataset[i]["input_image"]["bytes"] for i in range(len(train))}
+    with pytest.raises(ValueError, match="`validation_split` 'test' is neither a split"):
+        build_pair_datasets(train_data_dir=folder, validation_split="test")
+    with pytest.raises(ValueError, match=r"`split` 'dev' not in the dataset's splits \['train', 'validation'\]"):
+        build_pair_datasets(train_data_dir=folder, split="dev")
+
+
+def test_build_pair_datasets_without_a_validation_split_holds_out_five_percent(tmp_path):
+    folder = write_pairs(tmp_path / "pairs", {"train": 40})
+    train, validation = build_pair_datasets(train_data_dir=folder, edge_smoothing=True, resolution=32)
+    assert (len(train), len(validation)) == (38, 2)
+    assert train[0]["target_smoothed"].shape == (3, 32, 32)  # CartoonGAN's edge-promoting negatives
+
+
+def test_build_pair_datasets_on_a_stream_takes_rows(tmp_path, monkeypatch):
+    write_pairs(tmp_path / "pairs", {"train": 6})
+    streamed = datasets.load_dataset("parquet", data_dir=str(tmp_path / "pairs" / "data"), streaming=True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: streamed)  # as a Hub stream would come
+    train, validation = build_pair_datasets(
+        dataset_name="you/pairs", streaming=True, num_validation_rows=2, max_train_samples=4, resolution=32
+    )
+    assert len(list(StreamingPairedDataset(train))) == 4
+    assert len(validation.whole_pairs(10)) == 2  # a stream cannot be split: its first rows are shown

@@ -1,10 +1,15 @@
-"""The three architectures: shapes, the reference layout, any input size, the seed variant."""
+"""The architectures and their presets: shapes, the reference layout, any input size, the attention U-Net, the output
+stage."""
+
+import json
 
 import pytest
 import torch
 
 from ghibligan import PatchDiscriminator, ResNetGenerator, UNetGenerator
 from ghibligan.models.layers import crop_padding, pad_to_multiple
+from ghibligan.models.output_stage import ToneHead
+from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -28,8 +33,8 @@ def test_unet_is_deterministic_in_eval():
     assert torch.equal(model(x), model(x))
 
 
-def test_seed_variant_at_512_forward_and_backward():
-    model = UNetGenerator(innermost_kernel=5, attention_heads=8, up_activation="leaky_relu")
+def test_attention_unet_512_forward_and_backward():
+    model = build_generator("attention_unet_512")
     bottleneck = {}
     model.mid_block.register_forward_hook(lambda module, args, out: bottleneck.update(shape=out.shape))
     x = torch.rand(1, 3, 512, 512) * 2 - 1
@@ -54,10 +59,19 @@ def test_attention_works_for_any_bottleneck_size(size):
     [
         UNetGenerator(ngf=8),
         UNetGenerator(ngf=8, upsample="resize", norm="instance", innermost_kernel=5, attention_heads=8),
+        UNetGenerator(num_downs=5, ngf=8, residual=True, tone_head_channels=4),
         ResNetGenerator(ngf=8, n_blocks=2),
         ResNetGenerator(ngf=8, n_blocks=2, upsample="resize", norm="instance", padding_mode="zeros"),
+        ResNetGenerator(ngf=8, n_blocks=1, residual=True, tone_head_channels=4),
     ],
-    ids=["unet", "unet-seed-resize-instance", "resnet", "resnet-resize-instance"],
+    ids=[
+        "unet",
+        "unet-attention-resize-instance",
+        "unet-output-stage",
+        "resnet",
+        "resnet-resize-instance",
+        "resnet-output-stage",
+    ],
 )
 @pytest.mark.parametrize("size", [(300, 457), (513, 771), (17, 23), (256, 256)])
 def test_generators_return_the_input_size(model, size):
@@ -155,21 +169,6 @@ def test_residual_unet_predicts_a_change_to_the_input():
         UNetGenerator(in_channels=1, out_channels=3, residual=True)
 
 
-def test_full_res_path_is_a_full_resolution_conv_branch():
-    """`full_res_channels` adds conv3×3(input) → concat with the decoder → conv3×3: a 5×5 full-resolution reach."""
-    model = UNetGenerator(num_downs=5, ngf=8, full_res_channels=4).eval()
-    assert model.conv_out.conv.out_channels == 4 and model.full_res_out[-1].out_channels == 3
-    torch.nn.init.zeros_(model.conv_out.conv.weight)  # silence the U-Net: only the full-resolution path is left
-    x = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_()
-    model(x)[0, :, 31, 31].sum().backward()
-    reach = (x.grad.abs().sum((0, 1)) > 0).nonzero()
-    assert reach.min(0).values.tolist() == [29, 29] and reach.max(0).values.tolist() == [33, 33]
-    assert model(torch.zeros(1, 3, 45, 61)).shape == (1, 3, 45, 61)  # any size, as before
-    assert n_params(UNetGenerator(ngf=8, full_res_channels=0)) == n_params(UNetGenerator(ngf=8))  # pix2pix layout
-    with pytest.raises(ValueError, match="full_res_channels"):
-        UNetGenerator(full_res_channels=-1)
-
-
 def test_tone_head_is_a_per_pixel_colour_map_that_starts_as_the_identity():
     """`tone_head_channels` adds clamp(x + MLP(x)) after the output: pointwise, identity at init, any size."""
     model = UNetGenerator(num_downs=5, ngf=8, residual=True, tone_head_channels=6).eval()
@@ -189,3 +188,112 @@ def test_tone_head_is_a_per_pixel_colour_map_that_starts_as_the_identity():
     assert UNetGenerator(ngf=8, tone_head_channels=0).tone_head is None
     with pytest.raises(ValueError, match="tone_head_channels"):
         UNetGenerator(tone_head_channels=-2)
+    assert isinstance(head, ToneHead)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"residual": True}, {"tone_head_channels": 6}])
+def test_resnet_output_stage_is_off_by_default_and_starts_as_the_identity(kwargs):
+    plain = ResNetGenerator(ngf=8, n_blocks=1)
+    model = ResNetGenerator(ngf=8, n_blocks=1, **kwargs).eval()
+    x = torch.rand(1, 3, 30, 42) * 2 - 1
+    assert plain.tone_head is None and not plain.residual  # the paper's generator
+    if kwargs.get("residual"):
+        assert torch.equal(model(x), x)  # conv_out starts at zero: the identity
+        assert n_params(model) == n_params(plain)  # residual adds no weights
+    else:
+        assert not torch.equal(model(x), x)
+    if kwargs.get("tone_head_channels"):
+        # the tone head starts as the identity on top of the ResNet's own output
+        torch.testing.assert_close(model(x), model.tone_head(model(x)), rtol=0, atol=0)
+        torch.nn.init.normal_(model.tone_head.mlp[-1].weight)
+        assert not torch.equal(model.tone_head(x), x)
+    with pytest.raises(ValueError, match="residual=True` needs in_channels == out_channels"):
+        ResNetGenerator(in_channels=1, residual=True)
+
+
+def test_removed_full_res_channels_is_not_an_argument():
+    with pytest.raises(TypeError, match="full_res_channels"):
+        UNetGenerator(full_res_channels=8)
+
+
+# -- presets ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("preset", "cls", "parameters"),
+    [
+        ("unet_256", UNetGenerator, 54_413_955),
+        ("unet_128", UNetGenerator, 41_828_995),
+        ("attention_unet_512", UNetGenerator, 57_824_899),
+        ("bundled", UNetGenerator, 1_044_902),
+        ("cartoongan_resnet", ResNetGenerator, 11_125_507),
+        ("resnet_9blocks", ResNetGenerator, 12_306_179),
+    ],
+)
+def test_presets_build_their_documented_models(preset, cls, parameters):
+    model = build_generator(preset)
+    assert type(model) is cls and type(model).__name__ == GENERATOR_PRESETS[preset].class_name
+    assert n_params(model) == parameters
+    config = model.config
+    assert {key: config[key] for key in GENERATOR_PRESETS[preset].kwargs} == GENERATOR_PRESETS[preset].kwargs
+    assert json.loads(json.dumps(config)) == config  # JSON-able, as config.json needs
+
+
+def test_presets_say_what_they_are():
+    assert GENERATOR_PRESETS["unet_128"].kwargs["num_downs"] == 7
+    assert build_generator("unet_256").config == UNetGenerator().config  # the class defaults are pix2pix's unet_256
+    assert build_generator().config == UNetGenerator().config  # and the default preset
+    assert build_generator("cartoongan_resnet").config == ResNetGenerator().config  # CartoonGAN's 8 blocks
+    assert len(build_generator("resnet_9blocks").mid_block) == 9
+    attention = build_generator("attention_unet_512")
+    assert attention.down_blocks[-1].conv.kernel_size == (5, 5) and attention.mid_block.attn.num_heads == 8
+
+
+def test_preset_overrides_replace_its_kwargs_and_none_keeps_them():
+    model = build_generator("bundled", ngf=8, tone_head_channels=None, residual=None)
+    assert model.config["ngf"] == 8
+    assert model.config["tone_head_channels"] == 32 and model.config["residual"] is True  # None: the preset's value
+    assert model.config["num_downs"] == 5
+    assert build_generator("unet_256", upsample="resize").config["upsample"] == "resize"
+    assert GENERATOR_PRESETS["bundled"].kwargs["ngf"] == 16  # building does not change the preset
+
+
+def test_unknown_preset_or_kwarg_is_named():
+    with pytest.raises(ValueError, match=r"Unknown generator preset 'unet_512': choose one of \[.*'unet_256'"):
+        build_generator("unet_512")
+    with pytest.raises(ValueError, match=r"UNetGenerator \(preset 'unet_256'\) does not take \['n_blocks'\]"):
+        build_generator("unet_256", n_blocks=3)
+    with pytest.raises(ValueError, match=r"does not take \['full_res_channels'\]"):
+        build_generator("bundled", full_res_channels=0)
+    with pytest.raises(ValueError, match=r"`ngf` must be an integer >= 1, got 0"):
+        build_generator("cartoongan_resnet", ngf=0)
+
+
+def test_build_discriminator_follows_each_paper():
+    pix2pix = build_discriminator()
+    assert pix2pix.config["condition_channels"] == 3 and pix2pix.config["layout"] == "pix2pix"
+    cartoongan = build_discriminator("cartoongan", ndf=8)
+    assert cartoongan.config["condition_channels"] == 0 and cartoongan.config["ndf"] == 8
+    assert build_discriminator("cartoongan", condition_channels=3, n_layers=None).config["condition_channels"] == 3
+    with pytest.raises(ValueError, match=r"PatchDiscriminator does not take \['ngf'\]"):
+        build_discriminator(ngf=8)
+
+
+def test_vgg19_features_load_from_a_file_or_folder_and_fail_naming_the_source(tmp_path):
+    from safetensors.torch import save_file
+
+    from ghibligan.models.vgg import VGG19Features
+
+    source = VGG19Features()
+    torch.nn.init.normal_(source.features[0].weight)
+    save_file(dict(source.state_dict()), tmp_path / "model.safetensors")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    for weights in (tmp_path / "model.safetensors", tmp_path):
+        loaded = VGG19Features.from_pretrained(weights)
+        assert torch.equal(loaded(x), source(x)) and not loaded.training
+        assert not any(p.requires_grad for p in loaded.parameters())
+    with pytest.raises(RuntimeError, match=r"no such file .*missing\.safetensors.*pass `weights`"):
+        VGG19Features.from_pretrained(tmp_path / "missing.safetensors")
+    save_file({"encoder.weight": torch.zeros(3)}, tmp_path / "other.safetensors")
+    with pytest.raises(RuntimeError, match=r"other\.safetensors' is not a VGG19 checkpoint"):
+        VGG19Features.from_pretrained(tmp_path / "other.safetensors")

@@ -11,10 +11,12 @@ licence, model card template) and two changes to its defaults:
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
@@ -72,16 +74,29 @@ class GhibliganHubMixin(
     repo_url=REPO_URL,
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
-    """Mixin for ghibligan models: `save_pretrained`, `from_pretrained` (strict), `push_to_hub`."""
+    """Mixin for ghibligan models: `save_pretrained`, `from_pretrained` (strict), `push_to_hub`, `config`."""
+
+    # options a later version removed, which an older config.json may hold → the value that meant "off" (it loads)
+    removed_config_keys: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's ``__init__`` kwargs, defaults included, as written to ``config.json`` (a copy)."""
+        return copy.deepcopy(dict(self._hub_mixin_config or {}))
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """Names of the ``__init__`` kwargs a ``config.json`` of this class may hold."""
+        return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
 
     def _save_pretrained(self, save_directory: Path) -> None:
         super()._save_pretrained(save_directory)
-        config = {"_class_name": type(self).__name__, **(self._hub_mixin_config or {})}
+        config = {"_class_name": type(self).__name__, **self.config}
         (save_directory / constants.CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2))
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         kwargs.setdefault("model_class", type(self).__name__)
-        kwargs.setdefault("config_json", json.dumps(self._hub_mixin_config or {}, sort_keys=True, indent=2))
+        kwargs.setdefault("config_json", json.dumps(self.config, sort_keys=True, indent=2))
         kwargs.setdefault("is_generator", type(self).__name__.endswith("Generator"))
         return super().generate_model_card(*args, **kwargs)
 
@@ -129,15 +144,28 @@ class GhibliganHubMixin(
 
 
 def check_config(cls: type, config: dict, source: str) -> None:
-    """Refuse a config written for another class, or holding keys this class does not take."""
+    """Refuse a config written for another class, or holding keys this class does not take.
+
+    A key in the class's ``removed_config_keys`` (an option a later version dropped) is accepted silently when it holds
+    the value that meant "off", and refused with what to do otherwise.
+    """
     class_name = config.get("_class_name")
     if class_name is not None and class_name != cls.__name__:
         raise ValueError(
             f"{source!r} holds a {class_name} checkpoint, not a {cls.__name__}. Load it with "
             f"`ghibligan.{class_name}.from_pretrained(...)` or `ghibligan.load_generator(...)`."
         )
-    accepted = set(cls._hub_mixin_init_parameters) - {"self"}
-    unknown = sorted(key for key in config if not key.startswith("_") and key not in accepted)
+    for key, harmless in cls.removed_config_keys.items():
+        if key in config and config[key] != harmless:
+            raise ValueError(
+                f"config.json of {source!r} sets {key}={config[key]!r}, an option {cls.__name__} no longer has (it "
+                f"was removed after ghibligan 0.1). Retrain the model without it, or load this checkpoint with "
+                f"ghibligan 0.1 (`pip install 'ghibligan<0.2'`)."
+            )
+    accepted = set(cls.config_keys())
+    unknown = sorted(
+        key for key in config if not key.startswith("_") and key not in accepted | set(cls.removed_config_keys)
+    )
     if unknown:
         raise ValueError(
             f"config.json of {source!r} has keys {unknown} that {cls.__name__} does not take "

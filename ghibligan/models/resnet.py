@@ -4,6 +4,9 @@ Cartoonization"), figure 2.
 k7n64s1 → down blocks [k3n128s2, k3n128s1], [k3n256s2, k3n256s1] → ``n_blocks`` residual blocks of two k3n256s1 convs
 (8 in the paper) → up blocks [k3n128 ×2 up, k3n128s1], [k3n64 ×2 up, k3n64s1] → k7n3s1 → tanh. Every conv but the
 last is followed by the norm and ReLU. Inputs are padded to a multiple of 4 and cropped back, so any size works.
+
+The output stage shared with the U-Net (``residual``, ``tone_head_channels``; see `ghibligan.models.output_stage`) is
+off by default, which is the paper's generator.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .layers import (
     make_norm,
     pad_to_multiple,
 )
+from .output_stage import OutputStageMixin
 
 PADDING_MODES = ("zeros", "reflect", "replicate")
 
@@ -61,7 +65,7 @@ class ResidualBlock(nn.Module):
         return hidden + self.block(hidden)
 
 
-class ResNetGenerator(nn.Module, GhibliganHubMixin, tags=["cartoongan"]):
+class ResNetGenerator(nn.Module, OutputStageMixin, GhibliganHubMixin, tags=["cartoongan"]):
     r"""CartoonGAN ResNet generator: image in [-1, 1] → image in [-1, 1], any size.
 
     Args:
@@ -74,6 +78,10 @@ class ResNetGenerator(nn.Module, GhibliganHubMixin, tags=["cartoongan"]):
             ``"resize"`` (nearest ×2 then 3×3 conv: no checkerboard artifacts).
         padding_mode (`str`, *optional*, defaults to `"reflect"`): padding of the convs, ``"zeros"``, ``"reflect"``
             or ``"replicate"``. Reflection avoids dark frames at the image borders.
+        residual (`bool`, *optional*, defaults to `False`): *output stage.* Predict the *change* to the input,
+            ``clamp(input + tanh(conv_out), -1, 1)``; starts as the identity. Needs ``in_channels == out_channels``.
+        tone_head_channels (`int`, *optional*, defaults to 0): *output stage.* Width of a per-pixel colour MLP
+            applied to the output (`ToneHead`); starts as the identity. 0 disables it.
 
     Example:
         ```py
@@ -94,6 +102,8 @@ class ResNetGenerator(nn.Module, GhibliganHubMixin, tags=["cartoongan"]):
         norm: str = "batch",
         upsample: str = "transpose",
         padding_mode: str = "reflect",
+        residual: bool = False,
+        tone_head_channels: int = 0,
     ):
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -103,6 +113,7 @@ class ResNetGenerator(nn.Module, GhibliganHubMixin, tags=["cartoongan"]):
         check_choice("norm", norm, NORMS)
         check_choice("upsample", upsample, UPSAMPLE_MODES)
         check_choice("padding_mode", padding_mode, PADDING_MODES)
+        self.check_output_stage(in_channels, out_channels, residual, tone_head_channels)
         bias = conv_uses_bias(norm)
 
         self.conv_in = conv_norm_relu(in_channels, ngf, 7, norm, padding_mode)
@@ -136,11 +147,13 @@ class ResNetGenerator(nn.Module, GhibliganHubMixin, tags=["cartoongan"]):
             )
         self.conv_out = nn.Conv2d(ngf, out_channels, 7, padding=3, padding_mode=padding_mode)
         init_gan_weights(self)
+        self.init_output_stage(self.conv_out, residual, tone_head_channels)
 
     size_multiple = 4
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         # 1. pad to a multiple of 4 (two stride-2 convs)
+        original = sample
         sample, pads = pad_to_multiple(sample, self.size_multiple)  # (B, C, H, W)
         # 2. encode
         hidden = self.conv_in(sample)  # (B, ngf, H, W)
@@ -151,5 +164,5 @@ class ResNetGenerator(nn.Module, GhibliganHubMixin, tags=["cartoongan"]):
         # 4. decode
         for block in self.up_blocks:
             hidden = block(hidden)  # (B, ngf, H, W) after both
-        # 5. project to RGB, tanh, crop back
-        return crop_padding(torch.tanh(self.conv_out(hidden)), pads)
+        # 5. project to RGB, tanh, crop back, output stage (residual: add the input; tone head: recolour each pixel)
+        return self.output_stage(crop_padding(torch.tanh(self.conv_out(hidden)), pads), original)

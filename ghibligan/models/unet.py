@@ -5,21 +5,23 @@ connection from each encoder level to its decoder twin. The defaults reproduce t
 (``num_downs=8``, ``ngf=64``, BatchNorm, dropout 0.5 in the three decoder blocks just above the bottleneck: 54,413,955
 parameters), so reference checkpoints map onto it (see `ghibligan.convert`).
 
-The seed project's variant is a set of plain options: ``innermost_kernel=5`` (the last encoder conv),
-``attention_heads=8`` (multi-head self-attention on the bottleneck tokens, for any bottleneck size) and
-``up_activation="leaky_relu"``; ``upsample="resize"`` swaps transposed convs for resize + 3×3 conv, which avoids
-checkerboard artifacts.
+Its options come in three groups (named recipes of them are in `ghibligan.models.presets`):
 
-Two options serve fast photo → stylized-photo models (the bundled one): ``residual=True`` predicts the change to the
-photo, and ``tone_head_channels`` adds a per-pixel colour MLP after the output. The pix2pix U-Net has no nonlinearity
-at full resolution except its final tanh, so it can only blur sharp tone curves such as a cartoon's flat colour levels;
-the tone head draws them at full resolution. `ghibligan.training.fit_tone_head` gives it a pixel-by-pixel warm start.
+* **pix2pix** — ``num_downs``, ``ngf``, ``norm``, ``dropout``, ``upsample`` (``"resize"`` swaps transposed convs for
+  resize + 3×3 conv, which avoids checkerboard artifacts);
+* **attention U-Net** — ``innermost_kernel=5`` (the last encoder conv), ``attention_heads=8`` (multi-head
+  self-attention on the bottleneck tokens, for any bottleneck size) and ``up_activation="leaky_relu"``: the
+  ``attention_unet_512`` preset;
+* **output stage** — ``residual`` and ``tone_head_channels`` (see `ghibligan.models.output_stage`), for fast
+  photo → stylized-photo models such as the bundled one.
 
 Like the reference, the skip connection of each inner level carries ``LeakyReLU(features)``: pix2pix's encoder
 activation is in place, so the tensor it concatenates has already been through it.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +40,15 @@ from .layers import (
     make_norm,
     pad_to_multiple,
 )
+from .output_stage import OutputStageMixin, ToneHead
+
+__all__ = [
+    "BottleneckAttention",
+    "ToneHead",
+    "UNetDownBlock",
+    "UNetGenerator",
+    "UNetUpBlock",
+]  # ToneHead: moved, still importable here
 
 
 class UNetDownBlock(nn.Module):
@@ -102,63 +113,37 @@ class BottleneckAttention(nn.Module):
         return hidden + attended.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-class ToneHead(nn.Module):
-    """Per-pixel colour mapping ``clamp(x + MLP(x), -1, 1)`` with a 1×1-conv MLP; the identity at initialisation.
-
-    Default (Kaiming-uniform) init for the hidden layers rather than pix2pix's N(0, 0.02), which would make a
-    3-input MLP's activations vanishingly small; the last layer starts at zero.
-    """
-
-    inference_rows = 64
-
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, hidden, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, channels, 1),
-        )  # fmt: skip
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.training or image.shape[-2] <= self.inference_rows:
-            return (image + self.mlp(image)).clamp(-1, 1)
-        # inference: 64 rows at a time, so the wide hidden activations stay in cache (2.2× faster end to end at 512²)
-        rows = image.split(self.inference_rows, dim=-2)
-        return torch.cat([(part + self.mlp(part)).clamp(-1, 1) for part in rows], dim=-2)
-
-
-class UNetGenerator(nn.Module, GhibliganHubMixin):
+class UNetGenerator(nn.Module, OutputStageMixin, GhibliganHubMixin):
     r"""Pix2Pix U-Net generator: image in [-1, 1] → image in [-1, 1], any size.
+
+    The arguments come in three groups; keyword order is kept for old code and configs.
 
     Args:
         in_channels (`int`, *optional*, defaults to 3): channels of the input image.
         out_channels (`int`, *optional*, defaults to 3): channels of the output image.
-        num_downs (`int`, *optional*, defaults to 8): stride-2 encoder levels; 8 is ``unet_256``, 7 ``unet_128``.
-            Inputs are padded to a multiple of ``2**num_downs`` and cropped back.
-        ngf (`int`, *optional*, defaults to 64): filters of the first level; level ``i`` has ``ngf * min(2**i, 8)``.
-        norm (`str`, *optional*, defaults to `"batch"`): ``"batch"``, ``"instance"`` or ``"none"``.
-        dropout (`float`, *optional*, defaults to 0.5): dropout in the ``num_downs - 5`` decoder blocks just above
-            the bottleneck, as in pix2pix (active in ``train()`` only). 0 disables it.
-        innermost_kernel (`int`, *optional*, defaults to 4): kernel of the last encoder conv (the seed used 5).
-        attention_heads (`int`, *optional*, defaults to 0): heads of self-attention on the bottleneck; 0 disables it.
-        up_activation (`str`, *optional*, defaults to `"relu"`): decoder activation, ``"relu"`` or ``"leaky_relu"``.
-        upsample (`str`, *optional*, defaults to `"transpose"`): ``"transpose"`` (transposed conv, as in pix2pix) or
-            ``"resize"`` (nearest ×2 then 3×3 conv: no checkerboard artifacts).
-        residual (`bool`, *optional*, defaults to `False`): predict the *change* to the input,
-            ``clamp(input + tanh(decoder), -1, 1)``, instead of the image. The pix2pix U-Net's finest skip is at half
-            resolution, so a plain U-Net must rebuild full-resolution detail; a residual one keeps it for free, which
-            suits photo → stylized-photo teachers. The last conv starts at zero, so the model starts as the identity.
-            Needs ``in_channels == out_channels``.
-        full_res_channels (`int`, *optional*, defaults to 0): add a full-resolution path of this many channels: a
-            3×3 conv on the input, concatenated with the decoder's last features and mixed by a final 3×3 conv. The
-            pix2pix U-Net otherwise never convolves at full resolution (its first conv has stride 2), so it can only
-            reach full-resolution texture through that conv; 0 keeps the pix2pix layout.
-        tone_head_channels (`int`, *optional*, defaults to 0): add a per-pixel colour mapping after the output, a small
-            MLP (1×1 convs, two hidden layers of this width, LeakyReLU) whose output is added to the image. It can
-            learn sharp tone curves such as the flat luminance levels of cel shading at full resolution, which the
-            U-Net's last layer (linear, then tanh) only approximates smoothly. Starts as the identity. 0 disables it.
+
+        num_downs (`int`, *optional*, defaults to 8): *pix2pix.* Stride-2 encoder levels; 8 is ``unet_256``, 7
+            ``unet_128``. Inputs are padded to a multiple of ``2**num_downs`` and cropped back.
+        ngf (`int`, *optional*, defaults to 64): *pix2pix.* Filters of the first level; level ``i`` has
+            ``ngf * min(2**i, 8)``.
+        norm (`str`, *optional*, defaults to `"batch"`): *pix2pix.* ``"batch"``, ``"instance"`` or ``"none"``.
+        dropout (`float`, *optional*, defaults to 0.5): *pix2pix.* Dropout in the ``num_downs - 5`` decoder blocks just
+            above the bottleneck (active in ``train()`` only). 0 disables it.
+        upsample (`str`, *optional*, defaults to `"transpose"`): *pix2pix.* ``"transpose"`` (transposed conv, as in
+            pix2pix) or ``"resize"`` (nearest ×2 then 3×3 conv: no checkerboard artifacts).
+
+        innermost_kernel (`int`, *optional*, defaults to 4): *attention U-Net.* Kernel of the last encoder conv (3, 4
+            or 5; the attention U-Net uses 5).
+        attention_heads (`int`, *optional*, defaults to 0): *attention U-Net.* Heads of self-attention on the
+            bottleneck; 0 disables it.
+        up_activation (`str`, *optional*, defaults to `"relu"`): *attention U-Net.* Decoder activation, ``"relu"``
+            (pix2pix) or ``"leaky_relu"`` (the attention U-Net).
+
+        residual (`bool`, *optional*, defaults to `False`): *output stage.* Predict the *change* to the input,
+            ``clamp(input + tanh(decoder), -1, 1)``, instead of the image; starts as the identity. Needs
+            ``in_channels == out_channels``.
+        tone_head_channels (`int`, *optional*, defaults to 0): *output stage.* Width of a per-pixel colour MLP
+            applied to the output (`ToneHead`); starts as the identity. 0 disables it.
 
     Example:
         ```py
@@ -169,6 +154,9 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         torch.Size([1, 3, 300, 457])
         ```
     """
+
+    # removed options an older config.json may still hold → the value meaning "off", which loads (see `check_config`)
+    removed_config_keys: ClassVar[dict[str, Any]] = {"full_res_channels": 0}
 
     def __init__(
         self,
@@ -183,7 +171,6 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         up_activation: str = "relu",
         upsample: str = "transpose",
         residual: bool = False,
-        full_res_channels: int = 0,
         tone_head_channels: int = 0,
     ):
         super().__init__()
@@ -202,19 +189,13 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
                 f"got {innermost_kernel!r}."
             )
         check_positive_int("attention_heads", attention_heads, minimum=0)
-        check_positive_int("full_res_channels", full_res_channels, minimum=0)
-        check_positive_int("tone_head_channels", tone_head_channels, minimum=0)
+        self.check_output_stage(in_channels, out_channels, residual, tone_head_channels)
         channels = [ngf * min(2**level, 8) for level in range(num_downs)]
         if attention_heads and channels[-1] % attention_heads:
             raise ValueError(
                 f"`attention_heads` ({attention_heads}) must divide the bottleneck channels ({channels[-1]} = ngf * 8)."
             )
-        if residual and in_channels != out_channels:
-            raise ValueError(
-                f"`residual=True` needs in_channels == out_channels, got {in_channels} and {out_channels}."
-            )
         self.num_downs = num_downs
-        self.residual = residual
         bias = conv_uses_bias(norm)
 
         # Encoder: level 0 is a bare conv; levels 1..n-1 are LeakyReLU → conv → norm (no norm at the bottleneck).
@@ -247,20 +228,9 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
                     dropout=dropout if 4 <= level <= num_downs - 2 else 0.0,
                 )
             )
-        self.full_res_channels = full_res_channels
-        last_channels = full_res_channels or out_channels
-        self.conv_out = UNetUpBlock(2 * channels[0], last_channels, "none", True, up_activation, upsample)
-        if full_res_channels:
-            self.full_res_in = nn.Sequential(nn.Conv2d(in_channels, full_res_channels, 3, padding=1), nn.LeakyReLU(0.2))
-            self.full_res_out = nn.Sequential(
-                make_activation(up_activation), nn.Conv2d(2 * full_res_channels, out_channels, 3, padding=1)
-            )
+        self.conv_out = UNetUpBlock(2 * channels[0], out_channels, "none", True, up_activation, upsample)
         init_gan_weights(self)
-        if residual:  # start as the identity: pix2pix's init gives a random full-strength change to undo first
-            last = self.full_res_out[-1] if full_res_channels else self.conv_out.conv
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-        self.tone_head = ToneHead(out_channels, tone_head_channels) if tone_head_channels else None
+        self.init_output_stage(self.conv_out.conv, residual, tone_head_channels)
 
     @property
     def size_multiple(self) -> int:
@@ -286,14 +256,7 @@ class UNetGenerator(nn.Module, GhibliganHubMixin):
         hidden = self.up_blocks[0](hidden)
         for block, skip in zip(self.up_blocks[1:], reversed(skips[1:]), strict=True):
             hidden = block(torch.cat([skip, hidden], dim=1))
-        hidden = self.conv_out(torch.cat([skips[0], hidden], dim=1))  # (B, out_channels or full_res_channels, H, W)
-        if self.full_res_channels:
-            hidden = self.full_res_out(torch.cat([self.full_res_in(sample), hidden], dim=1))  # (B, out_channels, H, W)
+        hidden = self.conv_out(torch.cat([skips[0], hidden], dim=1))  # (B, out_channels, H, W)
 
-        # 5. tanh, crop back (a residual model adds its output to the input)
-        output = crop_padding(torch.tanh(hidden), pads)
-        if self.residual:
-            output = (original + output).clamp(-1, 1)
-        if self.tone_head is not None:
-            output = self.tone_head(output)
-        return output
+        # 5. tanh, crop back, output stage (residual: add the input; tone head: recolour each pixel)
+        return self.output_stage(crop_padding(torch.tanh(hidden), pads), original)

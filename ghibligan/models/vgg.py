@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -56,15 +57,17 @@ class VGG19Features(nn.Module):
                 file = path
             elif path.is_dir():
                 file = path / "model.safetensors"
+            elif path.suffix == ".safetensors":
+                raise FileNotFoundError(f"no such file {str(path)!r}")
             else:
                 file = Path(hf_hub_download(str(weights), "model.safetensors", **hub_kwargs))
             state_dict = load_file(str(file))
-        except Exception as error:
+        except (OSError, ValueError, SafetensorError) as error:  # missing file or repo, offline, bad id, corrupt file
             raise RuntimeError(
                 f"Could not load VGG19 weights from {str(weights)!r} ({type(error).__name__}: {error}). The CartoonGAN "
-                f"content loss needs ImageNet VGG19 weights: pass --vgg_weights with a safetensors file or folder "
-                f"(e.g. model.safetensors of the Hub repo {DEFAULT_VGG19_WEIGHTS}, or torchvision's vgg19 state dict "
-                f"saved with safetensors), or a Hub repo id when online."
+                f"content loss needs ImageNet VGG19 weights: pass `weights`, a safetensors file or a folder holding "
+                f"model.safetensors (e.g. that of the Hub repo {DEFAULT_VGG19_WEIGHTS}, or torchvision's vgg19 state "
+                f"dict saved with safetensors), or a Hub repo id when online."
             ) from error
         model = cls()
         wanted = model.state_dict()
