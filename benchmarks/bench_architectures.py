@@ -29,7 +29,6 @@ CANDIDATES = {
     "ngf=16 transpose + attention(8) + 5×5 innermost": {
         "ngf": 16, "residual": True, "attention_heads": 8, "innermost_kernel": 5,
     },
-    "ngf=16 transpose + full_res_channels=8": {"ngf": 16, "residual": True, "full_res_channels": 8},
     "ngf=32 transpose": {"ngf": 32, "residual": True},
     "ngf=16 transpose + tone_head_channels=16": {"ngf": 16, "residual": True, "tone_head_channels": 16},
     "ngf=16 transpose + tone_head_channels=32": {"ngf": 16, "residual": True, "tone_head_channels": 32},

@@ -106,7 +106,7 @@ def child_peak_memory(args: argparse.Namespace) -> None:
 
 
 def describe(pipe: Cartoonizer) -> str:
-    config = getattr(pipe.generator, "_hub_mixin_config", {}) or {}
+    config = getattr(pipe.generator, "config", {}) or {}
     params = sum(p.numel() for p in pipe.generator.parameters()) / 1e6
     keys = ("ngf", "num_downs", "norm", "attention_heads", "upsample", "residual", "tone_head_channels", "n_blocks")
     arguments = ", ".join(f"{k}={config[k]}" for k in keys if k in config)

@@ -6,5 +6,5 @@ TRAINING=(--resolution 256 --train_batch_size 4 --random_flip --balance_brightne
     --lr_scheduler linear_decay --mixed_precision bf16 --seed 0)
 # The bundled generator: a small, shallow residual U-Net without dropout (the teacher is deterministic and local), and
 # a per-pixel tone head for the teacher's flat colour levels, fitted pixel by pixel before training.
-GENERATOR=(--generator unet --ngf 16 --num_downs 5 --norm batch --residual --dropout 0 --tone_head_channels 32
-    --tone_head_init_steps 3000 --ndf 32)
+# (`--preset bundled`: ngf 16, 5 levels, BatchNorm, residual, dropout 0, tone_head_channels 32; ghibligan.models.presets)
+GENERATOR=(--preset bundled --tone_head_init_steps 3000 --ndf 32)

@@ -3,7 +3,7 @@
 For every row of a make-pairs split, the whole photo runs through `Cartoonizer` (no crops) and is compared with the
 teacher's target: PSNR and SSIM of model→teacher, the photo's own PSNR to the teacher for scale, and the share of the
 photo→teacher error the model removes, 1 - MSE(model, teacher) / MSE(photo, teacher). Dark photos (mean luma < 0.3)
-are reported separately: the seed project's model blurred them.
+are reported separately: the attention U-Net's authors saw blurred outputs on dark photos.
 
     python scripts/evaluate_fidelity.py --model runs/bundled/model --pairs runs/bundled/pairs --split validation
     python scripts/evaluate_fidelity.py ... --export ghibligan/pretrained/toon-painterly-unet --teacher toon:painterly

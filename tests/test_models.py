@@ -297,3 +297,15 @@ def test_vgg19_features_load_from_a_file_or_folder_and_fail_naming_the_source(tm
     save_file({"encoder.weight": torch.zeros(3)}, tmp_path / "other.safetensors")
     with pytest.raises(RuntimeError, match=r"other\.safetensors' is not a VGG19 checkpoint"):
         VGG19Features.from_pretrained(tmp_path / "other.safetensors")
+
+
+def test_package_import_is_lazy_and_exports_every_public_name():
+    """`import ghibligan` (and so `ghibligan --help`) must not import torch; the public names still resolve."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ghibligan; assert 'torch' not in sys.modules, 'torch imported eagerly'; "
+        "[getattr(ghibligan, name) for name in ghibligan.__all__]; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
