@@ -8,7 +8,8 @@ Each output is written to a temporary name and renamed into place, so an interru
 
 Usage errors are refused by `plan_jobs` before any work, with a `ValueError` naming the argument: an output name whose
 extension does not fit the input (a video to ``x.png``), or a video container this OpenCV build cannot write. Videos
-are written by OpenCV without their audio track.
+are written by OpenCV, which drops audio; when ffmpeg is available (on ``PATH``, or from the ``video`` extra:
+``pip install "ghibligan[video]"``), the source's audio is copied into the output (`ffmpeg_executable`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,39 @@ def writable_video_extensions() -> list[str]:
     return sorted(suffix for suffix in VIDEO_FOURCCS if can_write_video(suffix))
 
 
+def ffmpeg_executable() -> str | None:
+    """ffmpeg on ``PATH``, else the binary of the optional ``imageio-ffmpeg`` package, else ``None`` (no audio)."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # the package is there but its binary is not (an unsupported platform)
+        return None
+
+
+def _copy_audio(ffmpeg: str, source: Path, video: Path) -> str | None:
+    """Put ``source``'s audio tracks into ``video`` (in place), copied as they are or, if the container needs another
+    codec, re-encoded to its default. Returns why the audio could not be kept, or ``None`` (also when there is none)."""
+    muxed = video.with_name(f".tmp-audio-{video.name}")  # same extension: ffmpeg picks the container from it
+    command = [ffmpeg, "-nostdin", "-v", "error", "-y", "-i", str(video), "-i", str(source)]
+    command += ["-map", "0:v:0", "-map", "1:a?", "-c:v", "copy", "-shortest"]
+    try:
+        for audio_codec in (["-c:a", "copy"], []):
+            result = subprocess.run([*command, *audio_codec, str(muxed)], capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(muxed, video)
+                return None
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit code {result.returncode}"
+        return f"its audio could not be kept (ffmpeg: {reason})"
+    finally:
+        muxed.unlink(missing_ok=True)
+
+
 def check_device(device: str | None) -> None:
     """Refuse a ``device`` that torch does not know or that is not available here, before loading a model.
 
@@ -94,7 +130,7 @@ class Report:
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    partial: list[str] = field(default_factory=list)  # written, but the source video ended early
+    partial: list[str] = field(default_factory=list)  # written, but without part of the source (frames, audio)
 
     @property
     def ok(self) -> bool:
@@ -209,7 +245,8 @@ def plan_jobs(
 
 
 def _write_video(cartoonizer: Cartoonizer, job: Job, tmp: Path, batch_size: int, **kwargs) -> str | None:
-    """Cartoonize ``job.source`` frame by frame into ``tmp``. Returns a note if the source ended early (partial)."""
+    """Cartoonize ``job.source`` frame by frame into ``tmp``, with its audio if ffmpeg is there. Returns a note if the
+    output lacks part of the source (frames after a truncation, audio ffmpeg could not copy), else ``None``."""
     if not can_write_video(job.target.suffix):
         raise WriteError(f"{job.target}: this OpenCV build cannot write {job.target.suffix} videos.")
     capture = cv2.VideoCapture(str(job.source))
@@ -246,10 +283,14 @@ def _write_video(cartoonizer: Cartoonizer, job: Job, tmp: Path, batch_size: int,
     written = _frame_count(tmp)
     if written < frames_done:  # OpenCV's writer does not report failed writes (a full disk): check the file
         raise WriteError(f"{job.target}: only {written} of {frames_done} frames could be written.")
+    notes = []
     # Headers of some containers estimate the count from the duration: a frame or 1 % less is not a truncation.
     if total is not None and total - frames_done > max(1, total // 100):
-        return f"{job.source}: only {frames_done} of its {total} frames could be read (truncated or damaged)"
-    return None
+        notes.append(f"only {frames_done} of its {total} frames could be read (truncated or damaged)")
+    ffmpeg = ffmpeg_executable()
+    if ffmpeg is not None and (audio_problem := _copy_audio(ffmpeg, job.source, tmp)):
+        notes.append(audio_problem)
+    return f"{job.source}: {'; '.join(notes)}" if notes else None
 
 
 def _frame_count(path: Path) -> int:
@@ -310,7 +351,7 @@ def cartoonize_files(
             os.replace(tmp, job.target)
             report.written.append(job.target)
             if partial:
-                report.partial.append(f"{partial}; {job.target} holds the frames that could")
+                report.partial.append(f"{partial}; {job.target} holds the rest")
         except (ImageLoadError, WriteError) as error:
             failure = str(error)
         except (OSError, cv2.error) as error:  # the output side: permissions, read-only mounts, full disks, codecs

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cannot be written, is reported by name and the run goes on; the exit code is 1 if any failed or a video "
         "was only partly readable. Inputs are never overwritten, and existing outputs only with --overwrite. "
         "Videos keep their size and fps; .mp4/.m4v/.mov/.mkv are written as MPEG-4, .avi as Motion JPEG, .webm as "
-        "VP8 (if this OpenCV build can; else refused before any work). The audio track is dropped.",
+        "VP8 (if this OpenCV build can; else refused before any work). Audio is copied when ffmpeg is available "
+        "(on PATH, or pip install 'ghibligan[video]'), and dropped otherwise.",
         epilog="examples:\n"
         "  ghibligan cartoonize photo.jpg -o cartoon.png\n"
         "  ghibligan cartoonize holiday/ -r -o holiday-toon/ --max-side 1536 --smoothing 0.3\n"

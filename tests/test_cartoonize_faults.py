@@ -17,6 +17,7 @@ from ghibligan.cartoonize import (
     can_write_video,
     cartoonize_files,
     check_device,
+    ffmpeg_executable,
     plan_jobs,
     writable_video_extensions,
 )
@@ -149,6 +150,56 @@ def test_an_unwritable_container_in_a_folder_is_refused_at_planning(tmp_path, mo
 def test_the_probe_finds_the_common_containers():
     assert {".mp4", ".avi"} <= set(writable_video_extensions())
     assert not can_write_video(".png") and not can_write_video(".gif")
+
+
+# -- audio
+
+needs_ffmpeg = pytest.mark.skipif(ffmpeg_executable() is None, reason="no ffmpeg: pip install 'ghibligan[video]'")
+
+
+def audio_samples(path):
+    """Samples of the first audio track decoded at 8 kHz mono; 0 when there is none (ffmpeg has nothing to write)."""
+    command = [ffmpeg_executable(), "-v", "error", "-i", str(path), "-map", "0:a:0?", "-f", "s16le", "-ac", "1"]
+    return len(subprocess.run([*command, "-ar", "8000", "-"], capture_output=True).stdout) // 2
+
+
+def write_video_with_audio(path, seconds=2):
+    video = ["-f", "lavfi", "-i", f"testsrc=size=64x48:rate=12:duration={seconds}"]
+    audio = ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    command = [ffmpeg_executable(), "-v", "error", "-y", *video, *audio, "-c:v", "mpeg4", "-c:a", "aac", str(path)]
+    subprocess.run(command, check=True)
+    return path
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("suffix", [".mp4", ".webm", ".avi"])  # AAC is copied into .mp4/.avi, re-encoded for WebM
+def test_audio_is_kept_when_ffmpeg_is_available(tmp_path, model, suffix):
+    if not can_write_video(suffix):
+        pytest.skip(f"this OpenCV build cannot write {suffix}")
+    source = write_video_with_audio(tmp_path / "clip.mp4", seconds=2)
+    assert audio_samples(source) == pytest.approx(16000, rel=0.05)
+    assert main(["cartoonize", str(source), "-o", str(tmp_path / f"toon{suffix}"), "--model", model]) == 0
+    assert audio_samples(tmp_path / f"toon{suffix}") == pytest.approx(audio_samples(source), rel=0.05)
+    assert count_frames(tmp_path / f"toon{suffix}") == 24
+    assert not leftovers(tmp_path)
+
+
+@needs_ffmpeg
+def test_without_ffmpeg_the_audio_is_dropped_and_the_video_is_written(tmp_path, model, monkeypatch):
+    source = write_video_with_audio(tmp_path / "clip.mp4")
+    monkeypatch.setattr("ghibligan.cartoonize.ffmpeg_executable", lambda: None)
+    assert main(["cartoonize", str(source), "-o", str(tmp_path / "toon.mp4"), "--model", model]) == 0
+    assert audio_samples(source) > 0 and audio_samples(tmp_path / "toon.mp4") == 0
+    assert count_frames(tmp_path / "toon.mp4") == 24
+
+
+def test_audio_that_ffmpeg_cannot_copy_is_reported_and_the_video_kept(tmp_path, model, monkeypatch):
+    monkeypatch.setattr("ghibligan.cartoonize.ffmpeg_executable", lambda: "false")  # an ffmpeg that always fails
+    job = Job(write_video(tmp_path / "clip.mp4"), tmp_path / "toon.mp4")
+    report = cartoonize_files(Cartoonizer.from_pretrained(model, device="cpu"), [job])
+    assert report.written == [job.target] and len(report.partial) == 1 and "audio" in report.partial[0]
+    assert count_frames(job.target) == 10
+    assert not leftovers(tmp_path)
 
 
 # -- short and partial videos ------------------------------------------------------------------------------------------
