@@ -15,18 +15,18 @@ from ghibligan.teachers import ToonTeacher
 
 from .helpers import photo_like
 
-# Runs `ghibligan make-pairs ARGS` and SIGKILLs itself at the 2nd shard: in "partial" mode while the parquet file is
-# being closed (no footer yet), in "complete" mode just before the finished temporary shard is renamed into place.
+# Runs `ghibligan make-pairs ARGS` and sends itself SIGNAL at the 2nd shard: in "partial" mode while the parquet file
+# is being closed (no footer yet), in "complete" mode just before the finished temporary shard is renamed into place.
 KILLED_RUN = """
 import os, signal, sys
 import pyarrow.parquet as pq
 from ghibligan.cli import main
 
-mode, argv = sys.argv[1], sys.argv[2:]
+mode, signal_name, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 shards_started = 0
 
 def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, signal_name))
 
 if mode == "partial":
     close = pq.ParquetWriter.close
@@ -75,7 +75,7 @@ def test_kill_9_during_a_shard_write_then_rerun_completes(tmp_path, mode):
     photos = make_photos(tmp_path / "photos", 7)
     out = tmp_path / f"pairs-{mode}-{tmp_path.name}"  # a unique name: datasets caches load_dataset(folder) by name
     argv = ["make-pairs", "--photos", str(photos), "--teacher", "toon", "--output_dir", str(out), "--shard_size", "2"]
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, mode, *argv], capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, mode, "SIGKILL", *argv], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     leftovers = list((out / "data").glob(".tmp-*"))
     assert [path.name for path in leftovers] == [".tmp-train-00001.parquet"]
@@ -89,6 +89,16 @@ def test_kill_9_during_a_shard_write_then_rerun_completes(tmp_path, mode):
     assert list(loaded) == ["train"]
     assert sorted(loaded["train"]["source"]) == [f"p{i:02d}.png" for i in range(7)]  # every photo exactly once
     assert ".tmp" not in (out / "README.md").read_text()
+
+
+def test_ctrl_c_during_a_shard_write_leaves_no_temporary_shard(tmp_path):
+    photos = make_photos(tmp_path / "photos", 5)
+    out = tmp_path / "pairs"
+    argv = ["make-pairs", "--photos", str(photos), "--teacher", "toon", "--output_dir", str(out), "--shard_size", "2"]
+    interrupted = subprocess.run([sys.executable, "-c", KILLED_RUN, "partial", "SIGINT", *argv], capture_output=True)
+    assert interrupted.returncode == 130
+    assert not list((out / "data").glob(".tmp-*"))
+    assert [path.name for path in shards(out)] == ["train-00000.parquet"]
 
 
 def test_rerun_redoes_only_the_photos_of_leftover_temporary_shards(tmp_path):
