@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -33,7 +34,7 @@ from .pipeline import Cartoonizer
 
 VIDEO_FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG", ".webm": "VP80"}
 VIDEO_EXTENSIONS = set(VIDEO_FOURCCS)  # read from folders, and written when `can_write_video` says so
-WRITABLE_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+WRITABLE_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 class WriteError(OSError):
@@ -104,8 +105,6 @@ def check_device(device: str | None) -> None:
     """
     if device is None:
         return
-    import torch
-
     try:
         kind = torch.device(device).type
     except RuntimeError as error:
@@ -182,19 +181,15 @@ def _check_output_name(source: Path, output: Path) -> None:
                 f"`--output` {str(output)!r} is an image name, but {str(source)!r} is a video: name a video file "
                 f"({', '.join(writable_video_extensions())}) or a folder."
             )
-        _check_video_target(output)
+        if not can_write_video(output.suffix):
+            raise ValueError(
+                f"`--output` {str(output)!r}: this OpenCV build cannot write {output.suffix} videos; it writes "
+                f"{', '.join(writable_video_extensions())}."
+            )
     elif output.suffix.lower() not in WRITABLE_IMAGE_EXTENSIONS:
         raise ValueError(
-            f"`--output` {str(output)!r} is not an image name for the image {str(source)!r}: use one of "
+            f"`--output` {str(output)!r} cannot hold the image {str(source)!r}: name it with one of "
             f"{', '.join(sorted(WRITABLE_IMAGE_EXTENSIONS))}, or a folder."
-        )
-
-
-def _check_video_target(target: Path) -> None:
-    if not can_write_video(target.suffix):
-        raise ValueError(
-            f"{str(target)!r}: this OpenCV build cannot write {target.suffix} videos; it writes "
-            f"{', '.join(writable_video_extensions())}."
         )
 
 
