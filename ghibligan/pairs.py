@@ -148,7 +148,8 @@ def check_make_pairs_args(
     for folder in (output_dir, output_dir / "data"):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"`output_dir` {str(output_dir)!r} cannot hold a dataset: {str(folder)!r} is a file.")
-    existing = next(folder for folder in (output_dir / "data", *output_dir.absolute().parents) if folder.exists())
+    candidates = (output_dir.absolute() / "data", output_dir.absolute(), *output_dir.absolute().parents)
+    existing = next(folder for folder in candidates if folder.exists())  # what the run will write into, or create in
     if not existing.is_dir():
         raise ValueError(f"`output_dir` {str(output_dir)!r} cannot be created: {str(existing)!r} is a file.")
     try:

@@ -89,6 +89,36 @@ def test_a_read_only_output_folder_fails_per_file(tmp_path, model):
         (tmp_path / "out").chmod(0o755)
 
 
+def run_with_read_only(folder, argv):
+    """Run ``python -m ghibligan.cli ARGV`` with ``folder`` bind-mounted read-only in a private mount namespace."""
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    command = ["unshare", "--mount", "sh", "-c", script, str(folder), sys.executable, "-m", "ghibligan.cli", *argv]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def can_mount_read_only(tmp_path):
+    (tmp_path / "probe").mkdir()
+    command = ["unshare", "--mount", "sh", "-c", 'mount --bind -o ro "$0" "$0"', str(tmp_path / "probe")]
+    try:
+        return subprocess.run(command, capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def test_a_read_only_mount_fails_per_file_and_the_run_goes_on(tmp_path, model):
+    if not can_mount_read_only(tmp_path):
+        pytest.skip("needs unshare --mount (root or user namespaces) for a real read-only mount")
+    (tmp_path / "album" / "trip").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "trip/c.jpg", "z.jpg"]):
+        Image.fromarray(photo_like(40, 30, seed=i)).save(tmp_path / "album" / name)
+    (tmp_path / "out" / "trip").mkdir(parents=True)
+    result = run_with_read_only(tmp_path / "out" / "trip", ["cartoonize", str(tmp_path / "album"), "-r", "-o",
+                                str(tmp_path / "out"), "--model", model])  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert sorted(path.name for path in (tmp_path / "out").rglob("*") if path.is_file()) == ["a.png", "z.png"]
+    assert "c.jpg" in result.stderr
+
+
 def test_a_cleanup_that_itself_fails_is_reported_and_the_run_goes_on(tmp_path, model):
     for name in ("a", "b"):
         Image.fromarray(photo_like(40, 30)).save(tmp_path / f"{name}.jpg")

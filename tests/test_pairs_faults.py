@@ -174,3 +174,15 @@ def test_a_damaged_shard_is_named_not_a_parquet_traceback(tmp_path, capsys):
     assert "train-00000.parquet" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"train-00000\.parquet"):
         done_sources(out)
+
+
+def test_a_read_only_output_dir_is_refused_before_any_teacher_work(tmp_path):
+    from .test_cartoonize_faults import can_mount_read_only, run_with_read_only
+
+    if not can_mount_read_only(tmp_path):
+        pytest.skip("needs unshare --mount (root or user namespaces) for a real read-only mount")
+    photos = make_photos(tmp_path / "photos", 2)
+    (tmp_path / "pairs").mkdir()
+    argv = ["make-pairs", "--photos", str(photos), "--output_dir", str(tmp_path / "pairs")]
+    assert run_with_read_only(tmp_path / "pairs", argv).returncode == 2
+    assert list((tmp_path / "pairs").iterdir()) == []
