@@ -28,10 +28,11 @@ def _convert_pix2pix(args: argparse.Namespace) -> int:
 
 
 def _cartoonize(args: argparse.Namespace) -> int:
-    from .cartoonize import cartoonize_files, plan_jobs
+    from .cartoonize import cartoonize_files, check_device, plan_jobs
     from .image_io import DEFAULT_MAX_PIXELS
     from .pipeline import Cartoonizer
 
+    check_device(args.device)
     jobs, problems = plan_jobs(args.inputs, args.output, image_format=args.format, recursive=args.recursive)
     if not jobs:
         for problem in problems:
@@ -51,15 +52,15 @@ def _cartoonize(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
     )
     report.failed[:0] = problems
-    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
-    return 1 if report.failed else 0
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _make_pairs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     try:
-        from .pairs import make_pairs, photos_from_dataset, photos_from_folder, push_pairs_to_hub
+        from .pairs import check_make_pairs_args, make_pairs, photos_from_dataset, photos_from_folder, push_pairs_to_hub
     except ImportError as error:
         raise ValueError(
             f"make-pairs writes Hugging Face datasets: pip install 'ghibligan[train]' ({error})"
@@ -71,6 +72,14 @@ def _make_pairs(args: argparse.Namespace) -> int:
         raise ValueError("Give exactly one photo source: --photos DIR or --photos_dataset ID.")
     if args.photos is not None and not Path(args.photos).is_dir():
         raise FileNotFoundError(f"--photos {args.photos!r} is not a folder.")
+    sizes = {"max_side": args.max_side, "shard_size": args.shard_size, "batch_size": args.batch_size}
+    check_make_pairs_args(args.output_dir, **sizes, validation_fraction=args.validation_fraction)  # before the teacher
+    if args.photos is not None:
+        photos = list(photos_from_folder(args.photos, recursive=True))
+        total = len(photos)
+    else:
+        photos = photos_from_dataset(args.photos_dataset, args.image_column, args.split, args.dataset_config_name)
+        total = None
     if args.teacher.startswith("diffusers"):
         options = {
             "prompt": args.prompt,
@@ -88,12 +97,6 @@ def _make_pairs(args: argparse.Namespace) -> int:
         teacher = make_teacher(args.teacher, **{k: v for k, v in options.items() if v is not None})
     else:
         teacher = make_teacher(args.teacher)
-    if args.photos is not None:
-        photos = list(photos_from_folder(args.photos, recursive=True))
-        total = len(photos)
-    else:
-        photos = photos_from_dataset(args.photos_dataset, args.image_column, args.split, args.dataset_config_name)
-        total = None
     report = make_pairs(
         photos,
         teacher,
@@ -167,9 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     cartoonize = commands.add_parser(
         "cartoonize",
         help="turn photos (files, folders, globs) or videos into cartoons",
-        description="Cartoonize images and videos. Folders keep their relative layout under the output folder. "
-        "A file that cannot be read is reported by name and skipped; the exit code is 1 if any failed. "
-        "Inputs are never overwritten, and existing outputs only with --overwrite.",
+        description="Cartoonize images and videos. Folders keep their relative layout under the output folder; an "
+        "output folder inside an input folder is not read as input. A file that cannot be read, or an output that "
+        "cannot be written, is reported by name and the run goes on; the exit code is 1 if any failed or a video "
+        "was only partly readable. Inputs are never overwritten, and existing outputs only with --overwrite. "
+        "Videos keep their size and fps; .mp4/.m4v/.mov/.mkv are written as MPEG-4, .avi as Motion JPEG, .webm as "
+        "VP8 (if this OpenCV build can; else refused before any work). Audio is copied when ffmpeg is available "
+        "(on PATH, or pip install 'ghibligan[video]'), and dropped otherwise.",
         epilog="examples:\n"
         "  ghibligan cartoonize photo.jpg -o cartoon.png\n"
         "  ghibligan cartoonize holiday/ -r -o holiday-toon/ --max_side 1536 --smoothing 0.3\n"
@@ -284,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"ghibligan: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ghibligan: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

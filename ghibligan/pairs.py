@@ -4,19 +4,24 @@ The output folder is laid out as a Hub dataset repo: ``data/{split}-NNNNN.parque
 and a dataset card (``README.md``). ``datasets.load_dataset(OUT)``, ``train_accelerate.py --train_data_dir OUT`` and,
 after ``--push_to_hub``, ``--dataset_name ID`` all read it as is.
 
-Runs resume: each shard is written atomically once complete, and a re-run skips every photo whose ``source`` key is
-already in a shard, so an interrupted run of hours loses at most one shard of work.
+Runs resume: each shard is written to a hidden ``.tmp-`` name and renamed into place once complete, and a re-run skips
+every photo whose ``source`` key is already in a shard, so an interrupted run of hours (Ctrl-C, ``kill -9``, a power
+cut) loses at most one shard of work. A re-run deletes the temporary shards a killed run left behind: their photos are
+redone. Arguments are checked before any teacher work (`check_make_pairs_args`). One run per folder at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
@@ -33,6 +38,10 @@ FEATURES = datasets.Features(
         "source": datasets.Value("string"),
     }
 )
+
+
+SHARD_NAME = re.compile(r"(?P<split>[A-Za-z0-9_]+)-(?P<index>\d+)\.parquet")  # train-00000.parquet, never .tmp-*
+TEMPORARY_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -73,23 +82,95 @@ def split_of(key: str, validation_fraction: float) -> str:
     return "validation" if bucket < validation_fraction * 10_000 else "train"
 
 
-def done_sources(output_dir: Path) -> set[str]:
-    """Photo keys already written to shards of ``output_dir``."""
+def shards(output_dir: str | os.PathLike, split: str | None = None) -> list[Path]:
+    """The complete shards of ``output_dir`` (``data/{split}-NNNNN.parquet``), sorted; temporary ones never count."""
+    data = Path(output_dir) / "data"
+    if not data.is_dir():
+        return []
+    return sorted(
+        path
+        for path in data.iterdir()
+        if (match := SHARD_NAME.fullmatch(path.name)) and split in (None, match["split"]) and path.is_file()
+    )
+
+
+def remove_temporary_shards(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``data/.tmp-*`` files that a killed run left behind (complete or not); returns what was removed."""
+    data = Path(output_dir) / "data"
+    leftovers = sorted(data.glob(f"{TEMPORARY_PREFIX}*")) if data.is_dir() else []
+    for path in leftovers:
+        path.unlink()
+    return leftovers
+
+
+def done_sources(output_dir: str | os.PathLike) -> set[str]:
+    """Photo keys already written to complete shards of ``output_dir``.
+
+    Raises:
+        ValueError: a shard cannot be read; the message names it.
+    """
     done: set[str] = set()
-    for shard in sorted((output_dir / "data").glob("*.parquet")):
-        done.update(pq.read_table(shard, columns=["source"]).column("source").to_pylist())
+    for shard in shards(output_dir):
+        try:
+            done.update(pq.read_table(shard, columns=["source"]).column("source").to_pylist())
+        except (OSError, KeyError, pa.ArrowException) as error:
+            raise ValueError(
+                f"Shard {str(shard)!r} of `output_dir` cannot be read ({error}). Delete it and re-run: its photos "
+                "will be redone."
+            ) from error
     return done
+
+
+def check_make_pairs_args(
+    output_dir: str | os.PathLike,
+    *,
+    max_side: int | None = 1024,
+    shard_size: int = 16,
+    batch_size: int = 1,
+    validation_fraction: float = 0.0,
+) -> Path:
+    """Check `make_pairs`' arguments before any teacher work (creating nothing); returns ``output_dir`` as a `Path`.
+
+    Raises:
+        ValueError: an argument is out of range, or ``output_dir`` cannot hold a dataset; the message names it.
+    """
+    sizes = {"shard_size": shard_size, "batch_size": batch_size}
+    if max_side is not None:
+        sizes["max_side"] = max_side  # None keeps the photos' size; 0 would make 1x1 pairs
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a whole number >= 1, got {value!r}.")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(
+            f"`validation_fraction` must be in [0, 1) (0.1 holds out 10 % of the photos), got {validation_fraction!r}."
+        )
+    output_dir = Path(output_dir)
+    for folder in (output_dir, output_dir / "data"):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"`output_dir` {str(output_dir)!r} cannot hold a dataset: {str(folder)!r} is a file.")
+    candidates = (output_dir.absolute() / "data", output_dir.absolute(), *output_dir.absolute().parents)
+    existing = next(folder for folder in candidates if folder.exists())  # what the run will write into, or create in
+    if not existing.is_dir():
+        raise ValueError(f"`output_dir` {str(output_dir)!r} cannot be created: {str(existing)!r} is a file.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=TEMPORARY_PREFIX):
+            pass  # a real write: os.access says yes to root on a read-only mount
+    except OSError as error:
+        raise ValueError(f"`output_dir` {str(output_dir)!r} is not writable ({error}).") from error
+    return output_dir
 
 
 def _write_shard(rows: list[dict], output_dir: Path, split: str) -> None:
     data = output_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    index = len(list(data.glob(f"{split}-*.parquet")))
+    index = max((int(SHARD_NAME.fullmatch(path.name)["index"]) for path in shards(output_dir, split)), default=-1) + 1
     final = data / f"{split}-{index:05d}.parquet"
-    tmp = data / f".tmp-{final.name}"
+    tmp = data / f"{TEMPORARY_PREFIX}{final.name}"
     columns = {name: [row[name] for row in rows] for name in FEATURES}
-    datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(str(tmp))
-    os.replace(tmp, final)  # a shard is either complete or absent
+    try:
+        datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(str(tmp))
+        os.replace(tmp, final)  # a shard is either complete or absent
+    finally:
+        tmp.unlink(missing_ok=True)  # after an error or Ctrl-C; a kill -9 leaves it to the next run's cleanup
 
 
 def make_pairs(
@@ -103,8 +184,19 @@ def make_pairs(
     validation_fraction: float = 0.0,
     total: int | None = None,
 ) -> PairsReport:
-    """Run ``teacher`` on every photo not yet done and append the pairs to ``output_dir``'s shards."""
-    output_dir = Path(output_dir)
+    """Run ``teacher`` on every photo not yet done and append the pairs to ``output_dir``'s shards.
+
+    Arguments are checked (`check_make_pairs_args`) and leftovers of a killed run removed before any teacher work.
+    """
+    output_dir = check_make_pairs_args(
+        output_dir,
+        max_side=max_side,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        validation_fraction=validation_fraction,
+    )
+    (output_dir / "data").mkdir(parents=True, exist_ok=True)
+    remove_temporary_shards(output_dir)
     done = done_sources(output_dir)
     report = PairsReport()
     pending: dict[str, list[dict]] = {"train": [], "validation": []}
@@ -148,8 +240,8 @@ def make_pairs(
 def write_dataset_card(output_dir: Path, teacher) -> None:
     """README.md with the Hub YAML header (splits, task) and what made the pairs."""
     counts = {}
-    for shard in sorted((output_dir / "data").glob("*.parquet")):
-        split = shard.name.split("-")[0]
+    for shard in shards(output_dir):
+        split = SHARD_NAME.fullmatch(shard.name)["split"]
         counts[split] = counts.get(split, 0) + pq.read_metadata(shard).num_rows
     configs = "\n".join(f"      - split: {split}\n        path: data/{split}-*" for split in sorted(counts))
     parameters = "\n".join(f"| `{key}` | `{value}` |" for key, value in teacher.describe().items())
