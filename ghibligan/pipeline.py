@@ -33,7 +33,7 @@ from .image_io import (
     tensor_to_uint8,
 )
 from .models.auto import load_generator
-from .models.limits import build_on_meta, estimate_activation_bytes
+from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .tiling import tiled_apply
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -223,7 +223,7 @@ class Cartoonizer:
         if not needed:
             return 0
         if needed > max_activation_bytes:
-            raise ValueError(
+            raise ResourceLimitError(
                 f"A {width}x{height} pass of this model needs about {needed / 2**30:.1f} GiB, above "
                 f"`max_activation_bytes` ({max_activation_bytes / 2**30:.1f} GiB). Pass a smaller `max_side` or "
                 f"`tile`, or raise `max_activation_bytes` if this machine has the memory."

@@ -37,6 +37,10 @@ CONFIG_BOUNDS: dict[str, int] = {
 }
 
 
+class ResourceLimitError(ValueError):
+    """A model or an input needs more than a limit allows (``max_parameters``, ``max_activation_bytes``)."""
+
+
 def check_config_bounds(config: Mapping[str, object], source: str) -> None:
     """Refuse a config whose size-like values (`CONFIG_BOUNDS`) are not integers within their bounds."""
     for key, bound in CONFIG_BOUNDS.items():
@@ -68,7 +72,7 @@ def check_parameter_count(model: nn.Module, max_parameters: int | None, source: 
         return
     count = count_parameters(model)
     if count > max_parameters:
-        raise ValueError(
+        raise ResourceLimitError(
             f"{source!r} describes a {type(model).__name__} of {count:,} parameters "
             f"({count * 4 / 2**30:.1f} GiB in float32), above `max_parameters` ({max_parameters:,}). "
             f"If you trust this checkpoint, pass a larger `max_parameters` (or None) to load it."
