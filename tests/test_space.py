@@ -3,6 +3,8 @@
 Set GHIBLIGAN_SCREENSHOT_DIR to keep the browser screenshots (the README's comes from here).
 """
 
+import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -178,6 +180,37 @@ def test_api_server_paths_as_photos_are_refused(server):
     stream = raw_call(server.url, [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0])
     assert "event: error" in stream
     assert Path("/etc/hostname").read_text().strip() not in stream
+
+
+def load_app():
+    spec = importlib.util.spec_from_file_location("ghibligan_space_app", ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_registry_keeps_failures_and_timeouts_and_logs_each_once(tmp_path, caplog):
+    import gradio as gr
+
+    app = load_app()
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "config.json").write_text('{"_class_name": "UNetGenerator", "ngf": 200}')  # 531 M parameters
+    registry = app.ModelRegistry([str(hostile), "slow/model"], timeout=0.0)
+    with caplog.at_level(logging.INFO, logger="ghibligan.space"):
+        registry.load(str(hostile))  # listed by the operator, still refused by max_parameters
+        for _ in range(3):
+            for name in registry.names:
+                with pytest.raises(gr.Error, match="is not available right now"):
+                    registry.get(name)
+            with pytest.raises(gr.Error, match="Choose one of the models this Space serves"):
+                registry.get(str(hostile.parent))
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 2, errors  # one per model, however often visitors ask
+    assert "above `max_parameters`" in errors[0] and "not loaded after 0 s" in errors[1]
+    waiting = app.ModelRegistry(["slow/model"], timeout=600)
+    with pytest.raises(gr.Error, match="still loading"):
+        waiting.get("slow/model")
 
 
 @pytest.fixture(scope="module")
