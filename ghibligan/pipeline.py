@@ -13,7 +13,7 @@ Examples:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -33,12 +33,14 @@ from .image_io import (
     tensor_to_uint8,
 )
 from .models.auto import load_generator
+from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .tiling import tiled_apply
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL_NAME = "toon-painterly-unet"
 SMOOTHING_METHODS = ("guided", "bilateral")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_MAX_ACTIVATION_BYTES = 16 * 2**30  # one generator pass; the Space sets a lower limit
 
 
 def default_device() -> torch.device:
@@ -79,19 +81,37 @@ def bundled_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
     return path
 
 
-def smooth(image: np.ndarray, strength: float, method: str = "guided") -> np.ndarray:
+def _smoothing_filter(strength: float, method: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """The filter for ``strength`` / ``method``, and how far (pixels) an output pixel's inputs reach."""
+    if method == "guided":
+        radius = 1 + round(6 * strength)
+        eps = (0.02 + 0.15 * strength) ** 2 * 255**2
+        return (lambda rgb: cv2.ximgproc.guidedFilter(rgb, rgb, radius, eps)), 2 * radius  # two box filters
+    diameter = 5 + 2 * round(3 * strength)
+    return (lambda rgb: cv2.bilateralFilter(rgb, d=diameter, sigmaColor=20 + 100 * strength, sigmaSpace=7)), diameter
+
+
+def smooth(image: np.ndarray, strength: float, method: str = "guided", strip_pixels: int = 4_000_000) -> np.ndarray:
     """Edge-preserving smoothing of a uint8 RGB image; ``strength`` in [0, 1] (0 leaves it unchanged).
 
     ``"guided"`` is the guided filter (He et al.) with the image as its own guide: it flattens texture while keeping
     edges, and is the filter White-box Cartoonization uses for its surface. ``"bilateral"`` is cv2's bilateral filter.
+    Large images are filtered in strips of about ``strip_pixels`` pixels with a margin wider than the filter's reach,
+    so the result is the same as in one pass while memory stays bounded (the guided filter keeps ~20 float copies).
     """
     if strength <= 0:
         return image
-    if method == "guided":
-        radius = 1 + round(6 * strength)
-        eps = (0.02 + 0.15 * strength) ** 2 * 255**2
-        return cv2.ximgproc.guidedFilter(image, image, radius, eps)
-    return cv2.bilateralFilter(image, d=5 + 2 * round(3 * strength), sigmaColor=20 + 100 * strength, sigmaSpace=7)
+    apply, reach = _smoothing_filter(strength, method)
+    height, width = image.shape[:2]
+    rows = max(reach + 1, strip_pixels // width)
+    if rows >= height:
+        return apply(image)
+    output = np.empty_like(image)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        start, stop = max(0, top - reach), min(height, bottom + reach)  # the strip and its margins
+        output[top:bottom] = apply(np.ascontiguousarray(image[start:stop]))[top - start : bottom - start]
+    return output
 
 
 class Cartoonizer:
@@ -118,6 +138,8 @@ class Cartoonizer:
         self.generator = generator.eval()
         self.tile_size = tile_size
         self.auto_tile_pixels = auto_tile_pixels
+        self._meta_generator: nn.Module | None = None  # shapes only, to estimate memory (see `activation_bytes`)
+        self._activation_bytes: dict[tuple, int] = {}
         self._progress_bar_config: dict = {}
         self.device = torch.device("cpu")
         self.dtype = torch.float32
@@ -180,6 +202,34 @@ class Cartoonizer:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
 
+    def activation_bytes(self, height: int, width: int) -> int | None:
+        """Estimated peak memory of one generator pass on a (1, 3, height, width) input, traced on the meta device
+        (`ghibligan.models.limits.estimate_activation_bytes`); ``None`` for a generator without a ghibligan config."""
+        config = getattr(self.generator, "_hub_mixin_config", None)
+        if config is None:
+            return None
+        key = (height, width, self.dtype)
+        if key not in self._activation_bytes:
+            if self._meta_generator is None:
+                self._meta_generator = build_on_meta(type(self.generator), config).eval()
+            estimate = estimate_activation_bytes(self._meta_generator, height, width, dtype=self.dtype)
+            self._activation_bytes[key] = estimate
+        return self._activation_bytes[key]
+
+    def _check_memory(self, height: int, width: int, max_activation_bytes: int | None) -> int:
+        """How many (height, width) inputs fit in one pass under ``max_activation_bytes`` (0: no limit); raises if
+        not even one does."""
+        needed = self.activation_bytes(height, width) if max_activation_bytes is not None else None
+        if not needed:
+            return 0
+        if needed > max_activation_bytes:
+            raise ResourceLimitError(
+                f"A {width}x{height} pass of this model needs about {needed / 2**30:.1f} GiB, above "
+                f"`max_activation_bytes` ({max_activation_bytes / 2**30:.1f} GiB). Pass a smaller `max_side` or "
+                f"`tile`, or raise `max_activation_bytes` if this machine has the memory."
+            )
+        return max(1, max_activation_bytes // needed)
+
     def _generate(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [-1, 1] on any device → (B, 3, H, W) float32 on CPU."""
         batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
@@ -203,6 +253,7 @@ class Cartoonizer:
         smoothing_method: str = "guided",
         batch_size: int = 4,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
@@ -217,6 +268,9 @@ class Cartoonizer:
             batch_size (`int`, *optional*, defaults to 4): equal-sized images run together (tiles run one at a time:
                 bounded memory is what tiling is for).
             max_pixels (`int`, *optional*): refuse larger files before decoding them (decompression bombs).
+            max_activation_bytes (`int`, *optional*, defaults to 16 GiB): refuse an image (or tile) whose generator
+                pass is estimated to need more memory than this (see `activation_bytes`); batches shrink to fit.
+                ``None``: no limit.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
@@ -230,10 +284,14 @@ class Cartoonizer:
         outputs: list[np.ndarray | None] = [None] * len(loaded)
         pending: dict[tuple[int, int], list[int]] = {}  # size → indices of untiled images, batched together
         rgbs = [resize_to_max_side(item.rgb, max_side) for item in loaded]
+        tile_sides = [self._tile_side(rgb.height, rgb.width, tile) for rgb in rgbs]
+        fitting: dict[tuple[int, int], int] = {}  # pass shape → how many fit in memory at once; refuse before work
+        for rgb, side in zip(rgbs, tile_sides, strict=True):
+            shape = (min(side, rgb.height), min(side, rgb.width)) if side else (rgb.height, rgb.width)
+            fitting[shape] = self._check_memory(*shape, max_activation_bytes)
         progress = tqdm(total=len(loaded), **{"disable": len(loaded) < 2, **self._progress_bar_config})
-        for index, rgb in enumerate(rgbs):
+        for index, (rgb, tile_side) in enumerate(zip(rgbs, tile_sides, strict=True)):
             width, height = rgb.size
-            tile_side = self._tile_side(height, width, tile)
             if tile_side:
                 tensor = pil_to_tensor(rgb)  # (3, H, W)
                 result = tiled_apply(self._generate, tensor, tile_side, tile_overlap)  # one tile at a time
@@ -241,9 +299,10 @@ class Cartoonizer:
                 progress.update()
             else:
                 pending.setdefault((height, width), []).append(index)
-        for indices in pending.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
+        for (height, width), indices in pending.items():
+            size = min(batch_size, fitting[height, width] or batch_size)
+            for start in range(0, len(indices), size):
+                chunk = indices[start : start + size]
                 batch = torch.stack([pil_to_tensor(rgbs[i]) for i in chunk])  # (B, 3, H, W)
                 for i, result in zip(chunk, self._generate(batch), strict=True):
                     outputs[i] = tensor_to_uint8(result)

@@ -3,6 +3,8 @@
 Set GHIBLIGAN_SCREENSHOT_DIR to keep the browser screenshots (the README's comes from here).
 """
 
+import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -11,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -37,14 +40,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ALLOWED = "bundled,nobody/no-such-model"  # the second cannot load offline: a cached failure
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("space") / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GHIBLIGAN_MODELS": ALLOWED}
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "space" / "app.py"), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -59,7 +66,7 @@ def server(tmp_path_factory):
             process.kill()
             pytest.fail(f"the Space did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield url
+    yield SimpleNamespace(url=url, process=process, log=log)
     process.terminate()
     process.wait(timeout=30)
 
@@ -74,12 +81,31 @@ def bad_files(tmp_path):
     return text, truncated
 
 
-def test_api_endpoint_returns_a_png_of_the_input_size(server):
+def rss_mb(process: subprocess.Popen) -> float:
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def refusals(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "refused:" in line]
+
+
+def raw_call(url: str, data: list) -> str:
+    """POST to the named endpoint over plain HTTP, as a script would, and return the event stream's text."""
+    import httpx
+
+    event = httpx.post(f"{url}gradio_api/call/cartoonize", json={"data": data}, timeout=30).json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/cartoonize/{event}", timeout=60).text
+
+
+def test_api_endpoint_returns_a_png_named_after_the_upload(server):
     from gradio_client import Client, handle_file
 
-    client = Client(server, verbose=False)
-    assert "/cartoonize" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    client = Client(server.url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/cartoonize"]
+    assert api["parameters"][1]["type"]["enum"] == ALLOWED.split(",")  # the schema lists the operator's models
     path = client.predict(handle_file(str(EXAMPLE)), "bundled", 1024, 0.0, api_name="/cartoonize")
+    assert Path(path).name == "cat-cartoon.png"
     with Image.open(path) as cartoon:
         assert cartoon.format == "PNG"  # lossless, not gradio's default webp
         assert cartoon.size == Image.open(EXAMPLE).size
@@ -87,18 +113,104 @@ def test_api_endpoint_returns_a_png_of_the_input_size(server):
     assert max(Image.open(smaller).size) == 256
 
 
-def test_api_bad_uploads_are_errors_and_the_server_keeps_serving(server, bad_files):
+def test_api_bad_uploads_are_one_message_and_one_log_line_each(server, bad_files):
     from gradio_client import Client, handle_file
 
-    client = Client(server, verbose=False)
+    client = Client(server.url, verbose=False)
+    before, log_start = len(refusals(server.log)), len(server.log.read_text())
     for bad in bad_files:
         with pytest.raises(Exception, match="could not be used as a photo") as info:
             client.predict(handle_file(str(bad)), "bundled", 512, 0.0, api_name="/cartoonize")
         assert bad.name in str(info.value) and "/tmp" not in str(info.value)
-    with pytest.raises(Exception, match="Could not load the model"):
-        client.predict(handle_file(str(EXAMPLE)), "nobody/no-such-model", 512, 0.0, api_name="/cartoonize")
+    lines = refusals(server.log)[before:]
+    assert len(lines) == len(bad_files) and all(bad.name in line for bad, line in zip(bad_files, lines, strict=True))
+    assert "Traceback" not in server.log.read_text()[log_start:]
     path = client.predict(handle_file(str(EXAMPLE)), "bundled", 512, 0.0, api_name="/cartoonize")
     assert Image.open(path).format == "PNG"
+
+
+def test_hostile_models_and_arguments_are_refused_at_once_and_memory_stays_flat(server, tmp_path):
+    """The adversarial cases of issue 17: an uploaded config folder, server paths and unknown ids in the model box,
+    out-of-range sizes and smoothing. Each is refused with one message and one log line, nothing is loaded (the
+    server's RSS does not grow), and a request queued behind them is served."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    hostile = tmp_path / "config.json"
+    hostile.write_text('{"_class_name": "UNetGenerator", "ngf": 300}')  # 44 bytes that used to cost 5 GB
+    with open(hostile, "rb") as file:
+        uploaded = httpx.post(f"{server.url}gradio_api/upload", files=[("files", ("config.json", file))]).json()[0]
+    client = Client(server.url, verbose=False)
+    photo = handle_file(str(EXAMPLE))
+    client.predict(photo, "bundled", 512, 0.0, api_name="/cartoonize")  # warm: RSS after a real request
+    rss_before, logged_before = rss_mb(server.process), len(refusals(server.log))
+    log_start = len(server.log.read_text())
+
+    not_served = "Choose one of the models this Space serves: bundled, nobody/no-such-model."
+    cases = [
+        ((str(Path(uploaded).parent), 512, 0.0), not_served),
+        (("/etc", 512, 0.0), not_served),
+        (("/root", 512, 0.0), not_served),
+        (("you/unknown-model", 512, 0.0), not_served),
+        (("nobody/no-such-model", 512, 0.0), "The model 'nobody/no-such-model' is not available right now"),
+        (("bundled", 100000, 0.0), "Output size must be a whole number of pixels from 256 to 2048; got '100000'"),
+        (("bundled", 20.7, 0.0), "Output size must be a whole number of pixels from 256 to 2048; got '20.7'"),
+        (("bundled", "abc", 0.0), "Output size must be a whole number of pixels from 256 to 2048; got 'abc'"),
+        (("bundled", 512, 5), "Smoothing must be a number from 0 to 1; got '5'"),
+        (("bundled", 512, -0.5), "Smoothing must be a number from 0 to 1; got '-0.5'"),
+    ]
+    jobs = [client.submit(photo, *args, api_name="/cartoonize") for args, _ in cases]
+    queued = client.submit(photo, "bundled", 512, 0.0, api_name="/cartoonize")  # behind all of them
+    for job, (args, message) in zip(jobs, cases, strict=True):
+        with pytest.raises(Exception) as info:
+            job.result(timeout=60)
+        assert str(info.value) == message or message in str(info.value), (args, str(info.value))
+        assert "Traceback" not in str(info.value) and "/etc" not in str(info.value)
+    assert Path(queued.result(timeout=60)).name == "cat-cartoon.png"
+
+    assert len(refusals(server.log)) - logged_before == len(cases)  # one line each
+    assert "Traceback" not in server.log.read_text()[log_start:]
+    assert rss_mb(server.process) - rss_before < 100, "a refused request allocated memory"
+    stream = raw_call(server.url, [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0])
+    assert "event: error" in stream and "could not be used as a photo" in stream and "/tmp" not in stream
+
+
+def test_api_server_paths_as_photos_are_refused(server):
+    """A file the visitor did not upload is refused by gradio before our code runs, and nothing of it is echoed."""
+    stream = raw_call(server.url, [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0])
+    assert "event: error" in stream
+    assert Path("/etc/hostname").read_text().strip() not in stream
+
+
+def load_app():
+    spec = importlib.util.spec_from_file_location("ghibligan_space_app", ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_registry_keeps_failures_and_timeouts_and_logs_each_once(tmp_path, caplog):
+    import gradio as gr
+
+    app = load_app()
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "config.json").write_text('{"_class_name": "UNetGenerator", "ngf": 200}')  # 531 M parameters
+    registry = app.ModelRegistry([str(hostile), "slow/model"], timeout=0.0)
+    with caplog.at_level(logging.INFO, logger="ghibligan.space"):
+        registry.load(str(hostile))  # listed by the operator, still refused by max_parameters
+        for _ in range(3):
+            for name in registry.names:
+                with pytest.raises(gr.Error, match="is not available right now"):
+                    registry.get(name)
+            with pytest.raises(gr.Error, match="Choose one of the models this Space serves"):
+                registry.get(str(hostile.parent))
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 2, errors  # one per model, however often visitors ask
+    assert "above `max_parameters`" in errors[0] and "not loaded after 0 s" in errors[1]
+    waiting = app.ModelRegistry(["slow/model"], timeout=600)
+    with pytest.raises(gr.Error, match="still loading"):
+        waiting.get("slow/model")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +240,7 @@ def upload_and_run(page, path: Path) -> None:
 
 def test_browser_upload_click_and_result(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(server)
+    page.goto(server.url)
     upload_and_run(page, EXAMPLE)
     result = page.locator("#result img")
     result.wait_for(state="visible", timeout=60_000)
@@ -146,7 +258,7 @@ def test_browser_upload_click_and_result(server, browser, tmp_path):
 
 def test_browser_bad_upload_shows_an_error_and_the_page_keeps_working(server, browser, bad_files, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(server)
+    page.goto(server.url)
     text, _ = bad_files
     upload_and_run(page, text)
     error = page.get_by_text("could not be used as a photo").first
@@ -155,7 +267,7 @@ def test_browser_bad_upload_shows_an_error_and_the_page_keeps_working(server, br
     assert "Traceback" not in page.content()
     page.wait_for_timeout(300)  # let the toast finish sliding in before the screenshot
     page.screenshot(path=str(screenshot_path(tmp_path, "space-error.png")))
-    page.goto(server)  # the server keeps serving: a good photo still works
+    page.goto(server.url)  # the server keeps serving: a good photo still works
     upload_and_run(page, EXAMPLE)
     page.locator("#result img").wait_for(state="visible", timeout=60_000)
     page.close()

@@ -5,6 +5,8 @@ licence, model card template) and two changes to its defaults:
 
 * loading is **strict**: a checkpoint whose keys or shapes don't match the model raises an error naming them, a
   corrupted ``model.safetensors`` raises an error naming the file, and a checkpoint of another class is refused;
+* loading is **bounded**: the config's sizes, the parameter count (``max_parameters=``, default 200 M) and the weights
+  file's header are checked before the model is allocated (`ghibligan.models.limits`);
 * ``config.json`` also records ``_class_name`` (as diffusers does), so `ghibligan.load_generator` can build the right
   class from any checkpoint.
 """
@@ -22,6 +24,14 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from .limits import (
+    DEFAULT_MAX_PARAMETERS,
+    build_on_meta,
+    check_config_bounds,
+    check_parameter_count,
+    check_weights_match,
+)
 
 REPO_URL = "https://github.com/ghibligan/ghibligan"
 
@@ -125,8 +135,13 @@ class GhibliganHubMixin(
                 f"No config.json found for {model_id!r}: a ghibligan checkpoint is a folder (or Hub repo) written by "
                 f"`save_pretrained`, holding config.json and model.safetensors."
             )
+        # Bounds before memory: the config's sizes, then the parameter count on the meta device, then the weights
+        # file's header must match; only then is the model allocated. See `ghibligan.models.limits`.
+        max_parameters = model_kwargs.pop("max_parameters", DEFAULT_MAX_PARAMETERS)
         check_config(cls, config, source=model_id)
-        model = cls(**model_kwargs)
+        check_config_bounds(model_kwargs, source=model_id)
+        meta_model = build_on_meta(cls, model_kwargs)
+        check_parameter_count(meta_model, max_parameters, source=model_id)
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
         else:
@@ -139,6 +154,8 @@ class GhibliganHubMixin(
                 token=token,
                 local_files_only=local_files_only,
             )
+        check_weights_match(meta_model, model_file, strict=strict)
+        model = cls(**model_kwargs)
         load_weights(model, model_file, map_location=map_location, strict=strict)
         return model.eval()
 
