@@ -205,7 +205,7 @@ class Cartoonizer:
     def activation_bytes(self, height: int, width: int) -> int | None:
         """Estimated peak memory of one generator pass on a (1, 3, height, width) input, traced on the meta device
         (`ghibligan.models.limits.estimate_activation_bytes`); ``None`` for a generator without a ghibligan config."""
-        config = getattr(self.generator, "_hub_mixin_config", None)
+        config = getattr(self.generator, "config", None)
         if config is None:
             return None
         key = (height, width, self.dtype)

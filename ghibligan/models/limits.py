@@ -32,7 +32,6 @@ CONFIG_BOUNDS: dict[str, int] = {
     "num_downs": 10,  # depth: inputs are padded to a multiple of 2**num_downs (1024 at 10)
     "n_blocks": 64,
     "attention_heads": 64,
-    "full_res_channels": 256,
     "tone_head_channels": 256,
 }
 
