@@ -7,13 +7,13 @@ Designed from the non-photorealistic rendering literature rather than from lumin
 2. **regions** — graph-based segmentation (Felzenszwalb & Huttenlocher 2004, ``cv2.ximgproc.segmentation``) of the
    smoothed image: regions follow objects, and each region is painted with its mean colour (Lab), corners rounded by a
    median filter, so there are no speckles and no dark blotches;
-3. **cel shading** — inside each region the smoothed lightness (a guided filter steered by the flat regions, so it
-   never leaks across them) is compressed: a gentle gradient is kept (skies and walls get painted gradients, not
-   bands) and pixels clearly darker than their region get *one* soft shadow tone, a little cooler;
+3. **cel shading** — inside each region the mean-shifted lightness is compressed: a gentle gradient is kept and
+   pixels clearly darker than their region get *one* soft shadow tone, a little cooler; small steps between regions
+   (a sky cut into patches) are blended into painted gradients, large ones (object contours) stay crisp;
 4. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), lifted shadows; no global warm
    shift, so white walls and skin keep their hue;
 5. **ink** — a difference of Gaussians on the *flat* image (the DoG of Winnemöller et al. 2012, XDoG, with a soft
-   threshold): it only sees region contours, never the photo's texture; fragments shorter than ``ink_min_length`` go.
+   threshold): it only sees region contours, never the photo's texture; pieces shorter than ``ink_min_length`` go.
 
 The regions are computed at ``work_side`` pixels at most and the painted image upsampled, so a 1024-px photo costs
 about the same as a 512-px one. Everything is deterministic (no random seeds involved).
@@ -36,13 +36,13 @@ class GhibliConfig:
 
     work_side: int = 512  # regions are computed at most at this long side; larger photos are downscaled, then upsampled
     mean_shift_radius: int = 6  # mean-shift spatial window (pixels at the working size)
-    mean_shift_color: float = 20.0  # mean-shift colour window (0-255)
-    region_scale: float = 100.0  # Felzenszwalb's k: larger = bigger regions
-    region_min_size: int = 30  # smallest region in pixels at 512 px (scaled with the area)
-    gradient_step: float = 6.0  # region steps below this (L*-like units) are blended into smooth gradients; 0 = off
-    shading_keep: float = 0.3  # share of the within-region lightness variation kept (painted gradients)
+    mean_shift_color: float = 24.0  # mean-shift colour window (0-255)
+    region_scale: float = 200.0  # Felzenszwalb's k: larger = bigger regions
+    region_min_size: int = 40  # smallest region in pixels at 512 px (scaled with the area)
+    gradient_step: float = 3.0  # region steps below this (L*-like units) are blended into smooth gradients; 0 = off
+    shading_keep: float = 0.1  # share of the within-region lightness variation kept (painted gradients)
     shadow_depth: float = 7.0  # L* drop of the one shadow tone
-    shadow_threshold: float = 5.0  # L* below the region mean where the shadow starts
+    shadow_threshold: float = 9.0  # L* below the region mean where the shadow starts
     shadow_softness: float = 3.0  # L* width of the soft shadow edge
     shadow_cool: float = 4.0  # b* (yellow → blue) shift inside shadows
     saturation: float = 1.2
@@ -50,8 +50,8 @@ class GhibliConfig:
     max_chroma: float = 70.0  # saturation stops raising chroma here (Lab units)
     shadow_lift: float = 0.15  # 0..1 lifts dark tones (gamma < 1)
     ink_strength: float = 0.85  # 0 = no ink lines
-    ink_threshold: float = 0.012  # DoG response (0-1 intensity) that starts a line
-    ink_min_length: int = 12  # connected ink pixels below this are dropped (at 512 px)
+    ink_threshold: float = 0.02  # DoG response (0-1 intensity) that starts a line
+    ink_min_length: int = 12  # ink pieces whose bounding box is shorter than this are dropped (at 512 px)
 
     def __post_init__(self) -> None:
         if self.work_side < 64 or self.mean_shift_radius < 1 or self.region_scale <= 0 or self.region_min_size < 1:
@@ -105,14 +105,16 @@ def _blend_small_steps(flat_lab: np.ndarray, config: GhibliConfig) -> np.ndarray
 
 
 def _cel_shade(lightness: np.ndarray, flat_lab: np.ndarray, config: GhibliConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Region lightness + a compressed gradient + one soft shadow tone. Returns (L*, shadow weight in [0, 1])."""
-    guide = cv2.cvtColor(flat_lab, cv2.COLOR_LAB2RGB)
-    radius = max(2, round(max(lightness.shape) / 64))
-    field = cv2.ximgproc.guidedFilter(guide, lightness, radius, 0.02**2)  # smooth inside regions, stops at borders
-    detail = field - flat_lab[..., 0]
+    """A compressed in-region gradient + one soft shadow tone, to add to the region's L*.
+
+    The mean-shifted lightness is already smooth inside objects and crisp at their borders, so it is compared with its
+    region's mean as it is (a spatial filter here would leak a dark neighbour in as a shadow rim: a halo); a median
+    filter rounds the shadow shapes. Returns (ΔL*, shadow weight in [0, 1]).
+    """
+    detail = cv2.medianBlur(lightness, 5) - flat_lab[..., 0]
     shadow = _smoothstep((-detail - config.shadow_threshold) / config.shadow_softness + 0.5)
     kept = config.shading_keep * np.clip(detail, -config.shadow_threshold, 2 * config.shadow_threshold)
-    return flat_lab[..., 0] + kept - shadow * config.shadow_depth, shadow
+    return kept - shadow * config.shadow_depth, shadow
 
 
 def _grade(lab: np.ndarray, shadow: np.ndarray, config: GhibliConfig) -> np.ndarray:
@@ -135,7 +137,8 @@ def _ink(painted: np.ndarray, config: GhibliConfig) -> np.ndarray:
     dog = cv2.GaussianBlur(gray, (0, 0), sigma) - cv2.GaussianBlur(gray, (0, 0), 1.6 * sigma)
     ink = _smoothstep((-dog - config.ink_threshold) / config.ink_threshold)
     _, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0.5).astype(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= max(1, round(config.ink_min_length * max(gray.shape) / 512))
+    extent = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])  # dots and specks are short
+    keep = extent >= max(1, round(config.ink_min_length * max(gray.shape) / 512))
     keep[0] = False
     return ink * cv2.dilate(keep[labels].astype(np.uint8), np.ones((3, 3), np.uint8))
 
@@ -148,9 +151,9 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
     flat_lab = cv2.medianBlur(_region_means(lab, _regions(smoothed, config)), 5)  # rounded corners, no speckles
-    flat_lab = _blend_small_steps(flat_lab, config)
-    lightness, shadow = _cel_shade(lab[..., 0], flat_lab, config)
-    graded = _grade(np.dstack([lightness, flat_lab[..., 1:]]), shadow, config)
+    shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)  # guided by the crisp regions: no leaks, no halos
+    painted_lab = _blend_small_steps(flat_lab, config)
+    graded = _grade(np.dstack([painted_lab[..., 0] + shading, painted_lab[..., 1:]]), shadow, config)
     painted = np.clip(cv2.cvtColor(graded, cv2.COLOR_LAB2RGB), 0, 1)
     if scale != 1:
         painted = cv2.resize(painted, (width, height), interpolation=cv2.INTER_LINEAR)
