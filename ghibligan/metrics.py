@@ -47,7 +47,8 @@ def sobel_magnitude(image) -> np.ndarray:
 
 
 def flat_share(image, threshold: float = FLAT_THRESHOLD) -> float:
-    """Share of pixels whose `sobel_magnitude` is below ``threshold``: 1.0 for a flat image, ~0 for a fine checkerboard.
+    """Share of pixels whose `sobel_magnitude` is below ``threshold``: 1.0 for a flat image, 0 for a checkerboard of
+    2-px cells (a 1-px checkerboard is the 3×3 Sobel's blind spot, its Nyquist frequency: it counts as flat).
 
     Smooth gradients (a painted sky) count as flat as long as they change by less than ``threshold / 8`` grey levels
     per pixel; texture, noise and edges do not.
