@@ -10,8 +10,8 @@ Designed from the non-photorealistic rendering literature rather than from lumin
 3. **cel shading** — inside each region the mean-shifted lightness is compressed: a gentle gradient is kept and
    pixels clearly darker than their region get *one* soft shadow tone, a little cooler; small steps between regions
    (a sky cut into patches) are blended into painted gradients, large ones (object contours) stay crisp;
-4. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), lifted shadows; no global warm
-   shift, so white walls and skin keep their hue;
+4. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), olive greens turned fresher,
+   lifted shadows; no global warm shift, so white walls and skin keep their hue;
 5. **ink** — a difference of Gaussians on the *flat* image (the DoG of Winnemöller et al. 2012, XDoG, with a soft
    threshold): it only sees region contours, never the photo's texture; pieces shorter than ``ink_min_length`` go.
 
@@ -47,6 +47,7 @@ class GhibliConfig:
     shadow_cool: float = 4.0  # b* (yellow → blue) shift inside shadows
     saturation: float = 1.2
     green_blue_saturation: float = 1.35  # saturation of greens and blues (foliage, sky, water)
+    green_freshness: float = 0.2  # turns yellow-greens towards green (share of b* moved to -a*)
     max_chroma: float = 70.0  # saturation stops raising chroma here (Lab units)
     shadow_lift: float = 0.15  # 0..1 lifts dark tones (gamma < 1)
     ink_strength: float = 0.85  # 0 = no ink lines
@@ -120,8 +121,9 @@ def _cel_shade(lightness: np.ndarray, flat_lab: np.ndarray, config: GhibliConfig
 def _grade(lab: np.ndarray, shadow: np.ndarray, config: GhibliConfig) -> np.ndarray:
     """The palette: saturation (more for greens and blues), cool shadows, lifted darks. Neutral greys stay neutral."""
     lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
-    green_or_blue = _smoothstep((-a - 2.0) / 8.0)  # a* < 0: greens, cyans, and blues (which have a* ~ 0..-10, b* < 0)
-    green_or_blue = np.maximum(green_or_blue, _smoothstep((-b - 4.0) / 10.0))
+    green = _smoothstep((-a - 2.0) / 8.0)  # a* < 0: greens and cyans
+    green_or_blue = np.maximum(green, _smoothstep((-b - 4.0) / 10.0))  # b* < 0: blues
+    a = a - config.green_freshness * np.clip(b, 0, None) * green  # olive, yellow-green → fresh green
     gain = config.saturation + (config.green_blue_saturation - config.saturation) * green_or_blue
     chroma = np.sqrt(a * a + b * b)
     gain = np.minimum(gain, np.maximum(config.max_chroma, chroma) / np.maximum(chroma, 1e-3))  # no clipped reds
