@@ -110,9 +110,17 @@ def ink_f_score(image, reference, tolerance: int = 1, **ink_kwargs) -> float:
     return float(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
 
 
+def _skimage_metrics():
+    try:
+        import skimage.metrics
+    except ImportError as error:
+        raise ImportError("PSNR and SSIM need scikit-image: pip install 'ghibligan[train]'") from error
+    return skimage.metrics
+
+
 def psnr(image, reference) -> float:
     """Peak signal-to-noise ratio in dB over RGB (`skimage.metrics.peak_signal_noise_ratio`, data range 255)."""
-    from skimage.metrics import peak_signal_noise_ratio
+    peak_signal_noise_ratio = _skimage_metrics().peak_signal_noise_ratio
 
     return float(peak_signal_noise_ratio(_rgb(reference), _rgb(image), data_range=255))
 
@@ -122,7 +130,7 @@ def ssim(image, reference) -> float:
 
     `skimage.metrics.structural_similarity` on the BT.601 luma of both images, data range 255.
     """
-    from skimage.metrics import structural_similarity
+    structural_similarity = _skimage_metrics().structural_similarity
 
     return float(
         structural_similarity(

@@ -49,7 +49,7 @@ def test_presets_look_clearly_different():
 def test_ghibli_abstracts_into_flat_regions_with_contour_ink():
     photo = photo_like(320, 240, seed=5)
     ghibli, toon = render(photo, PRESETS["ghibli"]), render(photo, PRESETS["toon"])
-    assert metrics.flat_share(ghibli) > max(0.8, metrics.flat_share(toon))
+    assert metrics.flat_share(ghibli) > max(0.65, metrics.flat_share(toon) + 0.05)
     assert metrics.gradient_energy(ghibli) < 0.7 * metrics.gradient_energy(photo)
     assert metrics.palette_size(ghibli) < 0.5 * metrics.palette_size(photo)
     # ink on an object contour, none on noise
@@ -79,7 +79,7 @@ def test_ghibli_works_at_any_size_and_downscales_its_regions():
     big = photo_like(700, 300, seed=6)
     out = render(big, GhibliConfig(work_side=256))
     assert out.shape == big.shape and out.dtype == np.uint8
-    assert metrics.flat_share(out) > 0.8
+    assert metrics.flat_share(out) > 0.65
     tiny = photo_like(5, 3, seed=7)
     assert render(tiny, PRESETS["ghibli"]).shape == tiny.shape
 

@@ -8,11 +8,12 @@ Designed from the non-photorealistic rendering literature rather than from lumin
    smoothed image: regions follow objects, and each region is painted with its mean colour (Lab), corners rounded by a
    median filter, so there are no speckles and no dark blotches;
 3. **cel shading** — inside each region the mean-shifted lightness is compressed: a gentle gradient is kept and
-   pixels clearly darker than their region get *one* soft shadow tone, a little cooler; small steps between regions
-   (a sky cut into patches) are blended into painted gradients, large ones (object contours) stay crisp;
-4. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), olive greens turned fresher,
+   pixels clearly darker than their region get *one* soft shadow tone, a little cooler;
+4. **painted skies** — where the photo itself is a smooth gradient (a sky, a blurred background), far from any edge,
+   the bilateral-smoothed photo replaces the regions, which would cut the gradient into bands;
+5. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), olive greens turned fresher,
    lifted shadows; no global warm shift, so white walls and skin keep their hue;
-5. **ink** — a difference of Gaussians on the *flat* image (the DoG of Winnemöller et al. 2012, XDoG, with a soft
+6. **ink** — a difference of Gaussians on the *flat* image (the DoG of Winnemöller et al. 2012, XDoG, with a soft
    threshold): it only sees region contours, never the photo's texture; pieces shorter than ``ink_min_length`` go.
 
 The regions are computed at ``work_side`` pixels at most and the painted image upsampled, so a 1024-px photo costs
@@ -39,7 +40,7 @@ class GhibliConfig:
     mean_shift_color: float = 24.0  # mean-shift colour window (0-255)
     region_scale: float = 200.0  # Felzenszwalb's k: larger = bigger regions
     region_min_size: int = 40  # smallest region in pixels at 512 px (scaled with the area)
-    gradient_step: float = 3.0  # region steps below this (L*-like units) are blended into smooth gradients; 0 = off
+    gradient_slope: float = 0.3  # where the photo's L* changes slower than this per pixel, keep its gradient; 0 = off
     shading_keep: float = 0.1  # share of the within-region lightness variation kept (painted gradients)
     shadow_depth: float = 7.0  # L* drop of the one shadow tone
     shadow_threshold: float = 9.0  # L* below the region mean where the shadow starts
@@ -92,17 +93,17 @@ def _region_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return means[labels].astype(np.float32)
 
 
-def _blend_small_steps(flat_lab: np.ndarray, config: GhibliConfig) -> np.ndarray:
-    """Painted gradients instead of patches: where all region steps within the blur's reach are smaller than
-    ``gradient_step`` (Lab units), the flat image is replaced by its Gaussian blur, so a sky split into patches by the
-    segmentation becomes one smooth gradient. Near a larger step (an object contour) nothing is blurred: no halos."""
-    if not config.gradient_step:
-        return flat_lab
-    sigma = max(flat_lab.shape[:2]) / 96
-    reach = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * round(2 * sigma) + 1,) * 2)
-    spread = (cv2.dilate(flat_lab, reach) - cv2.erode(flat_lab, reach)).max(axis=2)  # local max - min, any channel
-    weight = _smoothstep((config.gradient_step - spread) / (0.5 * config.gradient_step))[..., None]
-    return flat_lab + weight * (cv2.GaussianBlur(flat_lab, (0, 0), sigma) - flat_lab)
+def _gradient_weight(smooth_lab: np.ndarray, config: GhibliConfig) -> np.ndarray:
+    """Painted skies: 1 where the photo itself is a smooth gradient (lightness changing by less than
+    ``gradient_slope`` L* per pixel all around), so its smoothed colours can replace the region means, which would cut
+    the gradient into bands; 0 near any edge or texture, so object contours stay crisp (no halos). Shape (H, W, 1)."""
+    if not config.gradient_slope:
+        return np.zeros((*smooth_lab.shape[:2], 1), np.float32)
+    lightness = cv2.GaussianBlur(smooth_lab[..., 0], (0, 0), 1.5)
+    slope = cv2.magnitude(cv2.Sobel(lightness, cv2.CV_32F, 1, 0), cv2.Sobel(lightness, cv2.CV_32F, 0, 1)) / 8
+    reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * round(max(smooth_lab.shape[:2]) / 128) + 1,) * 2)
+    steepest = cv2.dilate(slope, reach)  # the steepest slope nearby: an edge anywhere close keeps the regions
+    return _smoothstep((config.gradient_slope - steepest) / (0.5 * config.gradient_slope))[..., None]
 
 
 def _cel_shade(lightness: np.ndarray, flat_lab: np.ndarray, config: GhibliConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +154,11 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
     flat_lab = cv2.medianBlur(_region_means(lab, _regions(smoothed, config)), 5)  # rounded corners, no speckles
-    shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)  # guided by the crisp regions: no leaks, no halos
-    painted_lab = _blend_small_steps(flat_lab, config)
+    shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)
+    gentle = cv2.cvtColor(cv2.bilateralFilter(work, 9, 30, 6).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+    weight = _gradient_weight(gentle, config)  # 1 where the photo is a smooth gradient (a sky), 0 near edges
+    painted_lab = flat_lab + weight * (gentle - flat_lab)
+    shading, shadow = shading * (1 - weight[..., 0]), shadow * (1 - weight[..., 0])  # gradients get no cel shadow
     graded = _grade(np.dstack([painted_lab[..., 0] + shading, painted_lab[..., 1:]]), shadow, config)
     painted = np.clip(cv2.cvtColor(graded, cv2.COLOR_LAB2RGB), 0, 1)
     if scale != 1:
