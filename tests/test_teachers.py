@@ -84,6 +84,19 @@ def test_ghibli_works_at_any_size_and_downscales_its_regions():
     assert render(tiny, PRESETS["ghibli"]).shape == tiny.shape
 
 
+def test_toon_despeckle_removes_isolated_dark_blotches_but_keeps_large_shapes():
+    wall = np.full((128, 128, 3), 170, np.uint8)
+    wall[20:60, 20:60] = 60  # a large dark shape: stays
+    for y, x in [(90, 90), (100, 30), (30, 100)]:
+        wall[y : y + 2, x : x + 2] = 60  # small dark blotches: go
+    plain = dataclasses.replace(PRESETS["toon"], smooth_radius=0, bilateral_passes=0, line_strength=0.0, despeckle=0)
+    dark = lambda image: image.max(axis=2) < 100  # noqa: E731
+    assert dark(toonify(wall, plain))[90:92, 90:92].all()
+    cleaned = dark(toonify(wall, dataclasses.replace(plain, despeckle=12)))
+    assert not cleaned[80:, 80:].any() and not cleaned[95:105, 25:35].any()
+    assert cleaned[25:55, 25:55].all()
+
+
 def test_lines_follow_structure_not_noise():
     """A flat image with strong noise gets no ink lines; a clean edge gets one."""
     rng = np.random.default_rng(0)

@@ -6,7 +6,8 @@ preparation:
 1. **surface** — edge-preserving smoothing (guided filter with the photo as its own guide, then a bilateral pass):
    texture goes, edges stay;
 2. **structure** — flattened colour: luminance quantized to a few soft levels in Lab (a *local* rule, so the same
-   patch maps to the same colour in every photo, which a GAN can learn) and optional k-means palette snapping;
+   patch maps to the same colour in every photo, which a GAN can learn), a median filter on the levels so noise in
+   shadows and on walls does not leave isolated dark blotches, and optional k-means palette snapping;
 3. **lines** — dark ink along edges of the *smoothed* image, with specks below a minimum length removed, so lines
    follow real structure rather than texture noise.
 
@@ -49,6 +50,7 @@ class ToonConfig:
     line_min_length: int = 24  # connected edge pixels below this are dropped (at 1024 px)
     texture_density: float = 0.12  # edge pixels where more than this fraction of the neighbourhood is edge: texture
     line_width: int = 1
+    despeckle: int = 0  # median window on the levels (pixels at 1024 px) against isolated blotches; 0 = off
 
     def __post_init__(self) -> None:
         if self.smooth_radius < 0 or self.levels < 0 or self.palette_colors < 0 or self.line_width < 1:
@@ -61,7 +63,7 @@ PRESETS: dict[str, ToonConfig | GhibliConfig] = {
     # Flat cel look: strong smoothing, 5 hard-ish levels, punchy colour, dark outlines.
     "toon": ToonConfig(smooth_radius=8, smooth_eps=0.04, bilateral_passes=2, levels=5, level_softness=0.18,
                        saturation=1.35, line_strength=0.85, line_threshold=0.06, line_min_length=40, line_width=2,
-                       texture_density=0.1),
+                       texture_density=0.1, despeckle=6),
     # Soft painted look: gentle smoothing, soft levels, warm grading, lifted shadows, no outlines.
     "painterly": ToonConfig(smooth_radius=8, smooth_eps=0.03, bilateral_passes=2, levels=7, level_softness=0.3,
                             saturation=1.18, warmth=6.0, shadow_lift=0.25, line_strength=0.0),
@@ -97,6 +99,14 @@ def _quantize_levels(lightness: np.ndarray, levels: int, softness: float) -> np.
     else:
         ramp = (fraction >= 1).astype(np.float32)
     return np.clip((base + ramp + 0.5) * step, 0, 100)
+
+
+def _despeckle(lightness: np.ndarray, size: int) -> np.ndarray:
+    """Median filter of the quantized L* (``size`` × ``size``): islands of one level inside another that cover less
+    than half the window (the dark blotches of a quantized shadow or a noisy wall) take their surroundings' level;
+    borders between larger areas stay where they are."""
+    as_uint8 = np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)  # medianBlur needs uint8 beyond 5 × 5
+    return cv2.medianBlur(as_uint8, size).astype(np.float32) / 2.55
 
 
 def _palette(lab: np.ndarray, colors: int) -> np.ndarray:
@@ -146,6 +156,8 @@ def toonify(rgb: np.ndarray, config: ToonConfig) -> np.ndarray:
         lightness = 100.0 * (lightness / 100.0) ** (1.0 - 0.5 * config.shadow_lift)
     if config.levels:
         lightness = _quantize_levels(lightness, config.levels, config.level_softness)
+        if config.despeckle:
+            lightness = _despeckle(lightness, _scaled(config.despeckle, rgb) | 1)
     a, b = a * config.saturation + 0.3 * config.warmth, b * config.saturation + config.warmth
     out = cv2.cvtColor(np.dstack([lightness, a, b]).astype(np.float32), cv2.COLOR_LAB2RGB)
     if config.line_strength:
