@@ -41,7 +41,7 @@ class GhibliConfig:
     region_scale: float = 200.0  # Felzenszwalb's k: larger = bigger regions
     region_min_size: int = 40  # smallest region in pixels at 512 px (scaled with the area)
     gradient_slope: float = 0.3  # where the photo's L* changes slower than this per pixel, keep its gradient; 0 = off
-    shading_keep: float = 0.1  # share of the within-region lightness variation kept (painted gradients)
+    shading_keep: float = 0.0  # share of the within-region lightness variation kept (painted gradients)
     shadow_depth: float = 7.0  # L* drop of the one shadow tone
     shadow_threshold: float = 9.0  # L* below the region mean where the shadow starts
     shadow_softness: float = 3.0  # L* width of the soft shadow edge
