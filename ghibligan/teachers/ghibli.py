@@ -7,8 +7,8 @@ Designed from the non-photorealistic rendering literature rather than from lumin
 2. **regions** — graph-based segmentation (Felzenszwalb & Huttenlocher 2004, ``cv2.ximgproc.segmentation``) of the
    smoothed image: regions follow objects, and each region is painted with its mean colour (Lab), corners rounded by a
    median filter, so there are no speckles and no dark blotches;
-3. **cel shading** — inside each region the mean-shifted lightness is compressed: a gentle gradient is kept and
-   pixels clearly darker than their region get *one* soft shadow tone, a little cooler;
+3. **cel shading** — inside each region, pixels whose mean-shifted lightness is clearly below the region's get *one*
+   soft shadow tone, a little cooler (``shading_keep`` can add back a share of the in-region gradient);
 4. **painted skies** — where the photo itself is a smooth gradient (a sky, a blurred background), far from any edge,
    the bilateral-smoothed photo replaces the regions, which would cut the gradient into bands;
 5. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), olive greens turned fresher,
@@ -41,7 +41,7 @@ class GhibliConfig:
     region_scale: float = 200.0  # Felzenszwalb's k: larger = bigger regions
     region_min_size: int = 40  # smallest region in pixels at 512 px (scaled with the area)
     gradient_slope: float = 0.3  # where the photo's L* changes slower than this per pixel, keep its gradient; 0 = off
-    shading_keep: float = 0.0  # share of the within-region lightness variation kept (painted gradients)
+    shading_keep: float = 0.0  # share of the within-region lightness variation kept (0: flat regions + shadow tone)
     shadow_depth: float = 7.0  # L* drop of the one shadow tone
     shadow_threshold: float = 9.0  # L* below the region mean where the shadow starts
     shadow_softness: float = 3.0  # L* width of the soft shadow edge
@@ -150,7 +150,8 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     """uint8 RGB (H, W, 3) → uint8 RGB in the ghibli look, same size."""
     height, width = rgb.shape[:2]
     scale = min(1.0, config.work_side / max(height, width))
-    work = rgb if scale == 1 else cv2.resize(rgb, (round(width * scale), round(height * scale)), cv2.INTER_AREA)
+    size = (round(width * scale), round(height * scale))
+    work = rgb if scale == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
     flat_lab = cv2.medianBlur(_region_means(lab, _regions(smoothed, config)), 5)  # rounded corners, no speckles
