@@ -9,8 +9,9 @@ Designed from the non-photorealistic rendering literature rather than from lumin
    median filter, so there are no speckles and no dark blotches;
 3. **cel shading** — inside each region, pixels whose mean-shifted lightness is clearly below the region's get *one*
    soft shadow tone, a little cooler (``shading_keep`` can add back a share of the in-region gradient);
-4. **painted skies** — where the photo itself is a smooth gradient (a sky, a blurred background), far from any edge,
-   the bilateral-smoothed photo replaces the regions, which would cut the gradient into bands;
+4. **painted skies** — regions where the photo itself is mostly a smooth gradient (a sky, a blurred background) are
+   painted with the bilateral-smoothed photo instead of their mean, which would cut the gradient into bands; the
+   choice is made per region, so it switches on region borders and leaves no halo around the objects in front;
 5. **palette** — saturation up, more for greens and blues (lush foliage, deep skies), olive greens turned fresher,
    lifted shadows; no global warm shift, so white walls and skin keep their hue;
 6. **ink** — a difference of Gaussians on the *flat* image (the DoG of Winnemöller et al. 2012, XDoG, with a soft
@@ -154,10 +155,14 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     work = rgb if scale == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
-    flat_lab = cv2.medianBlur(_region_means(lab, _regions(smoothed, config)), 5)  # rounded corners, no speckles
+    labels = _regions(smoothed, config)
+    flat_lab = cv2.medianBlur(_region_means(lab, labels), 5)  # rounded corners, no speckles
     shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)
     gentle = cv2.cvtColor(cv2.bilateralFilter(work, 9, 30, 6).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
-    weight = _gradient_weight(gentle, config)  # 1 where the photo is a smooth gradient (a sky), 0 near edges
+    # 1 where the photo is a smooth gradient (a sky), 0 near edges; decided per region, so a region is painted either
+    # as a gradient or flat and the switch happens on its border, not as a halo around the objects next to it
+    region_weight = _region_means(_gradient_weight(gentle, config), labels)
+    weight = cv2.medianBlur(_smoothstep(2 * region_weight - 0.5), 5)[..., None]
     painted_lab = flat_lab + weight * (gentle - flat_lab)
     shading, shadow = shading * (1 - weight[..., 0]), shadow * (1 - weight[..., 0])  # gradients get no cel shadow
     graded = _grade(np.dstack([painted_lab[..., 0] + shading, painted_lab[..., 1:]]), shadow, config)
