@@ -1,6 +1,7 @@
 """Render the toon teacher's presets on photos into one montage image (photo | preset 1 | preset 2 ...).
 
 python scripts/teacher_montage.py space/examples/*.jpg -o docs/teacher_montage.jpg
+python scripts/teacher_montage.py space/examples/*.jpg -o docs/ghibli_montage.jpg --presets ghibli --cell 512
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main() -> None:
     parser.add_argument("photos", nargs="+", help="photo files")
     parser.add_argument("-o", "--output", required=True, help="montage image to write")
     parser.add_argument("--cell", type=int, default=320, help="width of each cell in pixels (320)")
-    parser.add_argument("--presets", nargs="+", default=sorted(PRESETS, key=lambda p: p != "toon"), help="presets")
+    parser.add_argument("--presets", nargs="+", default=["toon", "painterly", "ghibli"], choices=sorted(PRESETS))
     parser.add_argument("--model", default=None, help="also a generator: 'bundled', a folder or a Hub id")
     parser.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to this (1024)")
     args = parser.parse_args()

@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ghibligan import metrics
 from ghibligan.cli import main
 from ghibligan.pairs import done_sources, make_pairs, photos_from_folder, split_of
-from ghibligan.teachers import PRESETS, ToonTeacher, make_teacher, toonify
+from ghibligan.teachers import PRESETS, GhibliConfig, ToonTeacher, make_teacher, render, toonify
 
 from .helpers import photo_like
 
@@ -26,7 +27,7 @@ def gradient_energy(array: np.ndarray) -> float:
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_toon_is_deterministic_and_flatter_than_the_photo(preset):
     photo = photo_like(320, 240, seed=3)
-    first, second = toonify(photo, PRESETS[preset]), toonify(photo.copy(), PRESETS[preset])
+    first, second = render(photo, PRESETS[preset]), render(photo.copy(), PRESETS[preset])
     assert first.shape == photo.shape and first.dtype == np.uint8
     assert np.array_equal(first, second)
     # flatter: fewer colours, much less texture (on ../shared/photos the medians are ~0.45x and ~0.67x)
@@ -45,6 +46,57 @@ def test_presets_look_clearly_different():
     assert warm(painterly) > warm(neutral) + 2  # the painterly grading is warm
 
 
+def test_ghibli_abstracts_into_flat_regions_with_contour_ink():
+    photo = photo_like(320, 240, seed=5)
+    ghibli, toon = render(photo, PRESETS["ghibli"]), render(photo, PRESETS["toon"])
+    assert metrics.flat_share(ghibli) > max(0.65, metrics.flat_share(toon) + 0.05)
+    assert metrics.gradient_energy(ghibli) < 0.7 * metrics.gradient_energy(photo)
+    assert metrics.palette_size(ghibli) < 0.5 * metrics.palette_size(photo)
+    # ink on an object contour, none on noise
+    rng = np.random.default_rng(0)
+    noisy_flat = np.clip(128 + rng.normal(0, 6, (200, 200, 3)), 0, 255).astype(np.uint8)
+    assert not metrics.ink_mask(render(noisy_flat, PRESETS["ghibli"])).any()
+    disc = np.full((200, 200, 3), 210, np.uint8)
+    yy, xx = np.mgrid[0:200, 0:200]
+    disc[(yy - 100) ** 2 + (xx - 100) ** 2 < 60**2] = (60, 110, 60)
+    ink = metrics.ink_mask(render(disc, PRESETS["ghibli"]))
+    radius = np.hypot(yy - 100, xx - 100)
+    assert ink.sum() > 200 and (np.abs(radius[ink] - 60) < 4).all()
+
+
+def test_ghibli_keeps_neutrals_neutral_and_saturates_greens():
+    """No global colour cast: a grey wall stays grey; foliage gets lusher."""
+    wall = np.full((96, 96, 3), 200, np.uint8)
+    out = render(wall, PRESETS["ghibli"]).astype(int)
+    assert np.abs(out[..., 0] - out[..., 2]).max() <= 2 and np.abs(out[..., 0] - out[..., 1]).max() <= 2
+    leaf = np.zeros((96, 96, 3), np.uint8)
+    leaf[:] = (90, 140, 70)
+    chroma = lambda image: int(image[..., 1].mean()) - int(image[..., [0, 2]].mean())  # noqa: E731
+    assert chroma(render(leaf, PRESETS["ghibli"])) > chroma(leaf) + 10
+
+
+def test_ghibli_works_at_any_size_and_downscales_its_regions():
+    big = photo_like(700, 300, seed=6)
+    out = render(big, GhibliConfig(work_side=256))
+    assert out.shape == big.shape and out.dtype == np.uint8
+    assert metrics.flat_share(out) > 0.65
+    tiny = photo_like(5, 3, seed=7)
+    assert render(tiny, PRESETS["ghibli"]).shape == tiny.shape
+
+
+def test_toon_despeckle_removes_isolated_dark_blotches_but_keeps_large_shapes():
+    wall = np.full((128, 128, 3), 170, np.uint8)
+    wall[20:60, 20:60] = 60  # a large dark shape: stays
+    for y, x in [(90, 90), (100, 30), (30, 100)]:
+        wall[y : y + 2, x : x + 2] = 60  # small dark blotches: go
+    plain = dataclasses.replace(PRESETS["toon"], smooth_radius=0, bilateral_passes=0, line_strength=0.0, despeckle=0)
+    dark = lambda image: image.max(axis=2) < 100  # noqa: E731
+    assert dark(toonify(wall, plain))[90:92, 90:92].all()
+    cleaned = dark(toonify(wall, dataclasses.replace(plain, despeckle=12)))
+    assert not cleaned[80:, 80:].any() and not cleaned[95:105, 25:35].any()
+    assert cleaned[25:55, 25:55].all()
+
+
 def test_lines_follow_structure_not_noise():
     """A flat image with strong noise gets no ink lines; a clean edge gets one."""
     rng = np.random.default_rng(0)
@@ -59,6 +111,12 @@ def test_lines_follow_structure_not_noise():
 def test_teacher_specs_and_errors():
     assert make_teacher("toon").name == "toon:toon"
     assert make_teacher("toon:painterly").config == PRESETS["painterly"]
+    ghibli = make_teacher("toon:ghibli", ink_strength=0.5)
+    assert ghibli.name == "toon:ghibli" and ghibli.describe()["ink_strength"] == 0.5
+    with pytest.raises(ValueError, match="'ghibli' does not take"):
+        make_teacher("toon:ghibli", line_strength=0.5)
+    with pytest.raises(ValueError, match="ink_strength"):
+        GhibliConfig(ink_strength=1.5)
     assert ToonTeacher("toon", line_strength=0.0).config.line_strength == 0.0
     with pytest.raises(ValueError, match="Unknown toon preset 'anime'"):
         make_teacher("toon:anime")

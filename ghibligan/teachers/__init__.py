@@ -11,13 +11,15 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .toon import PRESETS, ToonConfig, ToonTeacher, toonify
+from .ghibli import GhibliConfig, ghiblify
+from .toon import PRESETS, ToonConfig, ToonTeacher, render, toonify
 
-__all__ = ["PRESETS", "ToonConfig", "ToonTeacher", "make_teacher", "toonify"]
+__all__ = ["PRESETS", "GhibliConfig", "ToonConfig", "ToonTeacher", "ghiblify", "make_teacher", "render", "toonify"]
 
 
 def make_teacher(spec: str, **kwargs):
-    """Build a teacher from its ``--teacher`` value: ``toon``, ``toon:PRESET`` or ``diffusers:ID_OR_DIR``.
+    """Build a teacher from its ``--teacher`` value: ``toon``, ``toon:PRESET`` (``toon``, ``painterly``, ``ghibli``) or
+    ``diffusers:ID_OR_DIR``.
 
     ``kwargs`` go to the teacher (`ToonTeacher` overrides, or `DiffusionTeacher` options such as ``prompt``).
     """

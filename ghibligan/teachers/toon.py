@@ -6,11 +6,14 @@ preparation:
 1. **surface** — edge-preserving smoothing (guided filter with the photo as its own guide, then a bilateral pass):
    texture goes, edges stay;
 2. **structure** — flattened colour: luminance quantized to a few soft levels in Lab (a *local* rule, so the same
-   patch maps to the same colour in every photo, which a GAN can learn) and optional k-means palette snapping;
+   patch maps to the same colour in every photo, which a GAN can learn), a median filter on the levels so noise in
+   shadows and on walls does not leave isolated dark blotches, and optional k-means palette snapping;
 3. **lines** — dark ink along edges of the *smoothed* image, with specks below a minimum length removed, so lines
    follow real structure rather than texture noise.
 
-Then colour grading (saturation, warmth, shadow lift). Presets give named looks; any parameter can be overridden:
+Then colour grading (saturation, warmth, shadow lift). Presets give named looks; any parameter can be overridden.
+The ``ghibli`` preset is a different pipeline (regions, cel shading, contour ink: see `ghibli.py`) with its own
+`GhibliConfig`; `ToonTeacher` runs whichever the preset's config belongs to:
 
     >>> teacher = ToonTeacher("toon", line_strength=0.6)
     >>> cartoon = teacher(Image.open("photo.jpg"))
@@ -26,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..image_io import ImageInput, load_image
+from .ghibli import GhibliConfig, ghiblify
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class ToonConfig:
     line_min_length: int = 24  # connected edge pixels below this are dropped (at 1024 px)
     texture_density: float = 0.12  # edge pixels where more than this fraction of the neighbourhood is edge: texture
     line_width: int = 1
+    despeckle: int = 0  # median window on the levels (pixels at 1024 px) against isolated blotches; 0 = off
 
     def __post_init__(self) -> None:
         if self.smooth_radius < 0 or self.levels < 0 or self.palette_colors < 0 or self.line_width < 1:
@@ -54,14 +59,16 @@ class ToonConfig:
             raise ValueError(f"ToonConfig: line_strength, shadow_lift in [0, 1], level_softness in [0, 0.5]: {self}")
 
 
-PRESETS: dict[str, ToonConfig] = {
+PRESETS: dict[str, ToonConfig | GhibliConfig] = {
     # Flat cel look: strong smoothing, 5 hard-ish levels, punchy colour, dark outlines.
     "toon": ToonConfig(smooth_radius=8, smooth_eps=0.04, bilateral_passes=2, levels=5, level_softness=0.18,
                        saturation=1.35, line_strength=0.85, line_threshold=0.06, line_min_length=40, line_width=2,
-                       texture_density=0.1),
+                       texture_density=0.1, despeckle=6),
     # Soft painted look: gentle smoothing, soft levels, warm grading, lifted shadows, no outlines.
     "painterly": ToonConfig(smooth_radius=8, smooth_eps=0.03, bilateral_passes=2, levels=7, level_softness=0.3,
                             saturation=1.18, warmth=6.0, shadow_lift=0.25, line_strength=0.0),
+    # Studio-Ghibli-like: flat regions that follow objects, one soft shadow tone each, lush greens and blues, thin ink.
+    "ghibli": GhibliConfig(),
 }  # fmt: skip
 
 
@@ -92,6 +99,14 @@ def _quantize_levels(lightness: np.ndarray, levels: int, softness: float) -> np.
     else:
         ramp = (fraction >= 1).astype(np.float32)
     return np.clip((base + ramp + 0.5) * step, 0, 100)
+
+
+def _despeckle(lightness: np.ndarray, size: int) -> np.ndarray:
+    """Median filter of the quantized L* (``size`` × ``size``): islands of one level inside another that cover less
+    than half the window (the dark blotches of a quantized shadow or a noisy wall) take their surroundings' level;
+    borders between larger areas stay where they are."""
+    as_uint8 = np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)  # medianBlur needs uint8 beyond 5 × 5
+    return cv2.medianBlur(as_uint8, size).astype(np.float32) / 2.55
 
 
 def _palette(lab: np.ndarray, colors: int) -> np.ndarray:
@@ -141,6 +156,8 @@ def toonify(rgb: np.ndarray, config: ToonConfig) -> np.ndarray:
         lightness = 100.0 * (lightness / 100.0) ** (1.0 - 0.5 * config.shadow_lift)
     if config.levels:
         lightness = _quantize_levels(lightness, config.levels, config.level_softness)
+        if config.despeckle:
+            lightness = _despeckle(lightness, _scaled(config.despeckle, rgb) | 1)
     a, b = a * config.saturation + 0.3 * config.warmth, b * config.saturation + config.warmth
     out = cv2.cvtColor(np.dstack([lightness, a, b]).astype(np.float32), cv2.COLOR_LAB2RGB)
     if config.line_strength:
@@ -149,19 +166,28 @@ def toonify(rgb: np.ndarray, config: ToonConfig) -> np.ndarray:
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def render(rgb: np.ndarray, config: ToonConfig | GhibliConfig) -> np.ndarray:
+    """uint8 RGB (H, W, 3) → uint8 RGB with the pipeline ``config`` belongs to: `toonify` or `ghiblify`."""
+    return ghiblify(rgb, config) if isinstance(config, GhibliConfig) else toonify(rgb, config)
+
+
 class ToonTeacher:
-    """Photo → cartoon with `toonify`. ``preset`` picks a look from `PRESETS`; keyword overrides adjust it.
+    """Photo → cartoon with `toonify` (or `ghiblify` for ``"ghibli"``). ``preset`` picks a look from `PRESETS`;
+    keyword overrides adjust it.
 
     Args:
-        preset (`str`, *optional*, defaults to `"toon"`): one of ``"toon"``, ``"painterly"``.
-        **overrides: any `ToonConfig` field, e.g. ``line_strength=0.5``.
+        preset (`str`, *optional*, defaults to `"toon"`): one of ``"toon"``, ``"painterly"``, ``"ghibli"``.
+        **overrides: any field of the preset's config (`ToonConfig` or `GhibliConfig`), e.g. ``line_strength=0.5``.
     """
 
     def __init__(self, preset: str = "toon", **overrides):
         if preset not in PRESETS:
             raise ValueError(f"Unknown toon preset {preset!r}; choose one of {sorted(PRESETS)}.")
         self.preset = preset
-        self.config = replace(PRESETS[preset], **overrides)
+        try:
+            self.config = replace(PRESETS[preset], **overrides)
+        except TypeError as error:  # an override that is not a field of this preset's config
+            raise ValueError(f"Preset {preset!r} does not take {sorted(overrides)}: {error}") from error
 
     @property
     def name(self) -> str:
@@ -173,7 +199,7 @@ class ToonTeacher:
 
     def __call__(self, image: ImageInput) -> Image.Image:
         loaded = load_image(image)
-        return Image.fromarray(toonify(np.asarray(loaded.rgb), self.config))
+        return Image.fromarray(render(np.asarray(loaded.rgb), self.config))
 
     def generate(self, images: Sequence[ImageInput], keys: Sequence[str]) -> tuple[list[Image.Image], list[None]]:
         """The teacher interface `make_pairs` uses: outputs and per-photo seeds (none: this teacher is exact)."""
