@@ -227,7 +227,8 @@ def export_onnx(
                 )
             logger.info("Exported %s to %s (max |onnxruntime - torch| = %.2g)", type(model).__name__, path, error)
     finally:
-        model.to(device=device, dtype=dtype) if parameter is not None else None
+        if parameter is not None:
+            model.to(device=device, dtype=dtype)
         model.train(was_training)
     return path
 
