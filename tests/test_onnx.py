@@ -177,7 +177,16 @@ def test_export_refuses_an_old_opset(tmp_path):
 
 
 def test_runner_refuses_a_foreign_onnx_file(tmp_path):
-    torch.onnx.export(nn.Conv2d(3, 3, 1), (torch.zeros(1, 3, 8, 8),), str(tmp_path / "plain.onnx"), dynamo=True)
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["sample"], ["image"])],
+        "plain",
+        [helper.make_tensor_value_info("sample", onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), tmp_path / "plain.onnx"
+    )
     with pytest.raises(ValueError, match="not written by ghibligan's exporter"):
         OnnxGenerator(tmp_path / "plain.onnx")
 
