@@ -78,7 +78,8 @@ class OnnxGenerator:
         path (`str` or `os.PathLike`): an ``.onnx`` file written by `ghibligan.onnx_export.export_onnx`.
         device (`str`, *optional*, defaults to `"cpu"`): ``"cpu"`` or ``"cuda[:N]"`` (needs onnxruntime-gpu).
         num_threads (`int`, *optional*): intra-op threads; defaults to onnxruntime's choice (the physical cores).
-        session_options (`onnxruntime.SessionOptions`, *optional*): replaces the tuned defaults entirely.
+        session_options (`onnxruntime.SessionOptions`, *optional*): replaces the tuned defaults entirely (e.g. to
+            set ``session.intra_op.allow_spinning`` to ``"0"`` on an oversubscribed machine).
     """
 
     def __init__(
@@ -125,9 +126,12 @@ class OnnxGenerator:
         options = self.session_options
         if options is None:
             options = ort.SessionOptions()
+            # Measured at 512² on 2 cores (BENCHMARKS.md, "ONNX"): the CPU memory arena (on) and full graph
+            # optimization (layout transforms, Conv+activation fusion) matter; the memory pattern and spinning
+            # settings were within noise or depend on the machine's load, so they keep onnxruntime's defaults.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.enable_mem_pattern = False  # plans for one input shape; images vary (see BENCHMARKS.md)
-            options.inter_op_num_threads = 1
+            options.enable_cpu_mem_arena = True
+            options.inter_op_num_threads = 1  # one graph branch at a time: the model is a chain
             if self.num_threads is not None:
                 options.intra_op_num_threads = self.num_threads
         session = ort.InferenceSession(str(self.path), options, providers=providers)
