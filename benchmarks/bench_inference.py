@@ -8,6 +8,7 @@ each, so peaks don't mask each other). Ratios are what to read on a noisy machin
 
     python benchmarks/bench_inference.py                 # prints a Markdown section for BENCHMARKS.md
     python benchmarks/bench_inference.py --model DIR --repeats 9 --device cuda
+    python benchmarks/bench_inference.py --sizes 512 --repeats 21   # one size, no memory runs: a quick comparison
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from PIL import Image
 from ghibligan import Cartoonizer, UNetGenerator
 from ghibligan.pipeline import bundled_model_path
 
-SIZES = [(256, 256), (512, 512), (1024, 1024)]
 UHD = (3840, 2160)
 # Stand-in for the bundled model until one ships: the fast U-Net its card targets (speed doesn't depend on weights).
 CANDIDATE = {"ngf": 16, "num_downs": 8, "norm": "batch"}
@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint to test (default: the bundled model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per size (median reported)")
+    parser.add_argument(
+        "--sizes", default="256,512,1024,4k", help="square sides and/or 4k, comma-separated (256,512,1024,4k)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--untiled", action="store_true", help=argparse.SUPPRESS)
@@ -136,7 +139,8 @@ def main() -> None:
         configs.append(("model", "onnxruntime"))
     pipes = {(n, d): build(n, args.model, args.device, d) for n, d in configs}
     latency: dict[tuple[str, str, str], float] = {}
-    for width, height in [*SIZES, UHD]:
+    chosen = [UHD if side == "4k" else (int(side), int(side)) for side in args.sizes.split(",")]
+    for width, height in chosen:
         image = photo(width, height)
         repeats = args.repeats if width <= 512 else max(1, args.repeats // 3) if width <= 1024 else 1
         times: dict[tuple[str, str], list[float]] = {key: [] for key in pipes}
@@ -156,20 +160,21 @@ def main() -> None:
 
     memory = {}
     runs = [(name, dtype, False) for name, dtype in configs] + [("model", "float32", True)]
-    for name, dtype, untiled in runs:
+    for name, dtype, untiled in runs if UHD in chosen else []:
         command = [sys.executable, __file__, "--child", name, "--dtype", dtype, "--device", args.device]
         command += (["--model", args.model] if args.model else []) + (["--untiled"] if untiled else [])
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         memory[f"{name} {dtype} {'untiled' if untiled else 'tiled'}"] = json.loads(result.stdout)
 
-    sizes = [f"{w}×{h}" for w, h in [*SIZES, UHD]]
+    sizes = [f"{w}×{h}" for w, h in chosen]
     print(
         f"### Inference — {date.today()} — {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}\n"
     )
     print(
         f"Command: `python benchmarks/bench_inference.py{' --model ' + args.model if args.model else ''}"
-        f"{' --device ' + args.device if args.device != 'cpu' else ''} --repeats {args.repeats}`\n"
+        f"{' --device ' + args.device if args.device != 'cpu' else ''} --repeats {args.repeats}"
+        f"{' --sizes ' + args.sizes if args.sizes != parser.get_default('sizes') else ''}`\n"
     )
     print(f"- model: {describe(pipes[('model', 'float32')])}")
     print(f"- unet_256: {describe(pipes[('unet_256', 'float32')])}\n")
@@ -192,6 +197,8 @@ def main() -> None:
             + f" {r32:.1f} | {r16:.1f} | {r32 / m32:.1f}× | {r32 / m16:.1f}× |"
             + (f" {m32 / mort:.2f}× |" if ort else "")
         )
+    if not memory:
+        return
     print("\nPeak memory cartoonizing one 3840×2160 photo, fresh process each (baseline: RSS with torch, the model")
     print("and the decoded photo loaded, before the call):\n")
     print("| configuration | baseline RSS (MB) | peak RSS (MB) | added by the call (MB) | CUDA peak (MB) | seconds |")

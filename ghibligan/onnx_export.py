@@ -241,6 +241,13 @@ def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "ghibligan"
+    multiple = metadata[metadata_key("size_multiple")]
+    proto.doc_string = (
+        f"{metadata[metadata_key('class_name')]} exported by ghibligan: images (B, C, H, W) in [-1, 1] -> [-1, 1]. "
+        f"H and W must be multiples of {multiple}: pad each side by half the missing amount (the extra pixel at the "
+        f"bottom/right), mirroring ('reflect'; 'edge' when a pad is not smaller than the image side), and crop the "
+        f"output back, as ghibligan.onnx_generator.OnnxGenerator does."
+    )
     onnx.save(proto, str(path))
 
 

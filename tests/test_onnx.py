@@ -137,6 +137,7 @@ def test_file_is_opset_18_with_dynamic_axes_and_metadata(exported):
     sample = proto.graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in sample] == [True, False, True, True]
     assert runner.size_multiple == model.size_multiple
+    assert f"H and W must be multiples of {model.size_multiple}" in proto.doc_string
     assert runner.styles == getattr(model, "styles", None)
     if runner.styles is not None:
         assert [i.name for i in proto.graph.input] == ["sample", "style"]
