@@ -102,7 +102,8 @@ class Cartoonizer:
     Args:
         generator (`nn.Module` or `OnnxGenerator`): a `UNetGenerator` or `ResNetGenerator` (images in [-1, 1] →
             [-1, 1]), or its ONNX export run by onnxruntime (`ghibligan.onnx_generator.OnnxGenerator`).
-        device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU.
+        device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU (for an `OnnxGenerator`:
+            the device its session runs on, the CPU unless it was made for ``"cuda"``).
         dtype (`torch.dtype` or `str`, *optional*, defaults to float32): ``bfloat16`` / ``float16`` run the generator
             in half precision (faster on recent CPUs and GPUs); ``"auto"`` picks the fastest safe one for the device
             (see `auto_dtype`), which is what the CLI and the Space use.
@@ -124,7 +125,9 @@ class Cartoonizer:
         self._progress_bar_config: dict = {}
         self.device = torch.device("cpu")
         self.dtype = torch.float32
-        self.to(device if device is not None else default_device(), dtype)
+        if device is None:  # an OnnxGenerator keeps the device its session was made for (CPU unless told otherwise)
+            device = generator.device if isinstance(generator, OnnxGenerator) else default_device()
+        self.to(device, dtype)
 
     @classmethod
     def from_pretrained(

@@ -215,8 +215,9 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_pipeline_backend_matches_torch_with_tiling_and_alpha(checkpoint):
     rgba = np.dstack([photo_like(301, 203, seed=3), np.full((203, 301), 128, np.uint8)])
     torch_pipe = Cartoonizer.from_pretrained(checkpoint, device="cpu", dtype="float32")
-    onnx_pipe = Cartoonizer.from_pretrained(checkpoint, device="cpu", dtype="auto", backend="onnxruntime")
+    onnx_pipe = Cartoonizer.from_pretrained(checkpoint, dtype="auto", backend="onnxruntime")
     assert isinstance(onnx_pipe.generator, OnnxGenerator) and onnx_pipe.dtype == torch.float32
+    assert onnx_pipe.device.type == "cpu"  # the session's device, whatever torch would pick
     for tile in (0, 128):  # untiled, and 128-px tiles blended over a 32-px overlap
         expected = np.asarray(torch_pipe(rgba, tile=tile, tile_overlap=32)[0], dtype=int)
         got = np.asarray(onnx_pipe(rgba, tile=tile, tile_overlap=32)[0], dtype=int)
