@@ -195,7 +195,11 @@ class OnnxGenerator:
         return style
 
     def __call__(self, sample: Any, style: Any = None) -> Any:
-        """(B, C, H, W) float array or tensor in [-1, 1] → the same type, float32, on the CPU."""
+        """(B, C, H, W) float array or tensor in [-1, 1] → the same type, float32, on the CPU.
+
+        ``style``, for a style generator only: indices into `styles`, one per image or one for all (int, array or
+        LongTensor); ``None`` picks the first style.
+        """
         is_tensor = not isinstance(sample, np.ndarray)
         array = sample.detach().cpu().float().numpy() if is_tensor else sample
         if array.ndim != 4 or array.shape[1] != self.in_channels:
