@@ -122,6 +122,8 @@ def test_batch_is_dynamic_and_styles_differ(exported):
             expected = model(images, style)
         swapped = runner(images, style.flip(0))
         assert not torch.allclose(got[0], swapped[0], atol=1e-3)  # the style input reaches the graph
+        torch.testing.assert_close(runner(images, 1), runner(images, torch.tensor([1, 1, 1])))  # one for all
+        torch.testing.assert_close(runner(images), runner(images, 0))  # None: the first style
     else:
         got = runner(images)
         with torch.no_grad():
