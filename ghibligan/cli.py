@@ -215,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export-onnx",
         help="export a generator to ONNX for onnxruntime (any batch and image size)",
-        description="Export a generator checkpoint to ONNX (opset >= 17, dynamic batch, height and width; padding "
-        "to the network's size multiple happens in the runner, ghibligan.onnx_generator.OnnxGenerator). The file is "
-        "checked against PyTorch with onnxruntime before it is kept. Write it into the checkpoint folder, beside "
+        description="Export a generator checkpoint to ONNX (opset >= 17, dynamic batch, height and width; the graph "
+        "pads to the network's size multiple and crops back itself, so it takes any size). The file is checked "
+        "against PyTorch with onnxruntime before it is kept. Write it into the checkpoint folder, beside "
         "model.safetensors, and `Cartoonizer.from_pretrained(folder, backend='onnxruntime')` or "
         "`ghibligan cartoonize --backend onnxruntime` use it. Needs the onnx extra.",
         epilog="examples:\n"

@@ -4,15 +4,16 @@ The graph is exported with the dynamo exporter (``torch.onnx.export(..., dynamo=
 batch, height and width. Two things in the models are Python branches on the image size, which an exported graph
 cannot hold:
 
-* the padding to a multiple of ``size_multiple`` (``if pad_h == 0 and pad_w == 0``, reflect or replicate): the graph
-  takes images whose sides are *multiples* of ``size_multiple`` (declared to the exporter as ``size_multiple * Dim``,
-  so the branch is provably the no-padding one), and `OnnxGenerator` pads and crops around it exactly as the model
-  does inside;
+* the padding to a multiple of ``size_multiple`` (``if pad_h == 0 and pad_w == 0``, reflect or replicate): the model
+  is exported for sides that are *multiples* of ``size_multiple`` (declared to the exporter as ``size_multiple * Dim``,
+  so the branch is provably the no-padding one), and the padding is then written around that graph in ONNX ops
+  (`_pad_in_graph`: the same split, reflect or — with an ``If`` on the sizes — edge, and the crop back), so the file
+  takes any size on its own;
 * the tone head's row chunking at inference (a loop over 64-row slices, for the CPU cache): exported in its
   single-pass form, which computes the same per-pixel function.
 
-Every export is verified: onnxruntime runs the file, through the same padding, at two sizes that are not multiples of
-``size_multiple`` and must reproduce the PyTorch model; if it does not, the file is deleted and a `ValueError` says
+Every export is verified: onnxruntime runs the file at two sizes that are not multiples of ``size_multiple`` and must
+reproduce the PyTorch model; if it does not, the file is deleted and a `ValueError` says
 why. A style-conditioned generator (a ``styles`` attribute and ``forward(sample, style)``) gets ``style`` as a second,
 int64 input of shape (B,).
 
@@ -48,7 +49,7 @@ from .onnx_generator import ONNX_FILENAME, OnnxGenerator, metadata_key
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
-EXPORT_FORMAT = 1  # bump when the graph's contract (inputs, metadata) changes: invalidates cached exports
+EXPORT_FORMAT = 2  # bump when the graph's contract (inputs, metadata) changes: invalidates cached exports
 VERIFY_TOLERANCE = 1e-3  # max |onnxruntime - torch| in [-1, 1] units: 0.13 grey levels; float error is ~1e-6
 
 
@@ -211,7 +212,7 @@ def export_onnx(
                 f"branches on tensor values or image sizes, other than padding to `size_multiple`)."
             ) from error
         program.save(str(path))
-        _write_metadata(path, _metadata(model, multiple))
+        _finish_file(path, _metadata(model, multiple))
         if verify:
             try:
                 error = _verify(model, path, multiple)
@@ -233,21 +234,83 @@ def export_onnx(
     return path
 
 
-def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+def _pad_in_graph(proto, multiple: int) -> None:
+    """Wrap the graph (sides multiples of ``multiple``) in the models' padding and crop, so it takes any size.
+
+    The ONNX twin of `ghibligan.models.layers.pad_to_multiple` / `crop_padding`: pad H and W up to the next multiple,
+    half on each side (the extra pixel at the bottom / right), mirroring, or repeating the edge when a pad is not
+    smaller than its side (the joint rule of the torch code, as an ``If`` on the sizes); then crop the output back.
+    """
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    sample, image = graph.input[0], graph.output[0]
+    for node in graph.node:  # the exported graph now reads the padded sample and writes the padded image
+        node.input[:] = ["padded_sample" if name == sample.name else name for name in node.input]
+        node.output[:] = ["padded_image" if name == image.name else name for name in node.output]
+    constants = {
+        "pad_multiple": [multiple], "pad_two": [2], "pad_zeros": [0, 0], "pad_axes": [2, 3],
+        "pad_hw_start": [2], "pad_hw_end": [4],
+    }  # fmt: skip
+    for name, values in constants.items():
+        graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+
+    def pad_branch(mode: str):
+        node = helper.make_node("Pad", [sample.name, "pad_pads"], [f"padded_{mode}"], mode=mode)
+        output = helper.make_tensor_value_info(f"padded_{mode}", TensorProto.FLOAT, None)
+        return helper.make_graph([node], f"pad_{mode}", [], [output])
+
+    before = [
+        helper.make_node("Shape", [sample.name], ["pad_shape"]),
+        helper.make_node("Slice", ["pad_shape", "pad_hw_start", "pad_hw_end"], ["pad_hw"]),  # [H, W]
+        helper.make_node("Mod", ["pad_hw", "pad_multiple"], ["pad_remainder"]),
+        helper.make_node("Sub", ["pad_multiple", "pad_remainder"], ["pad_missing"]),
+        helper.make_node("Mod", ["pad_missing", "pad_multiple"], ["pad_total"]),  # [pad_h, pad_w]
+        helper.make_node("Div", ["pad_total", "pad_two"], ["pad_begin"]),  # [top, left]
+        helper.make_node("Sub", ["pad_total", "pad_begin"], ["pad_end"]),  # [bottom, right]
+        helper.make_node("Concat", ["pad_zeros", "pad_begin", "pad_zeros", "pad_end"], ["pad_pads"], axis=0),
+        helper.make_node("Max", ["pad_begin", "pad_end"], ["pad_widest"]),
+        helper.make_node("Less", ["pad_widest", "pad_hw"], ["pad_fits"]),  # reflect needs pad < side
+        helper.make_node("Cast", ["pad_fits"], ["pad_fits_int"], to=TensorProto.INT64),
+        helper.make_node("ReduceMin", ["pad_fits_int"], ["pad_all_fit"], keepdims=0),
+        helper.make_node("Cast", ["pad_all_fit"], ["pad_reflect"], to=TensorProto.BOOL),
+        helper.make_node(
+            "If", ["pad_reflect"], ["padded_sample"], then_branch=pad_branch("reflect"), else_branch=pad_branch("edge")
+        ),
+    ]
+    after = [
+        helper.make_node("Add", ["pad_begin", "pad_hw"], ["crop_end"]),
+        helper.make_node("Slice", ["padded_image", "pad_begin", "crop_end", "pad_axes"], [image.name]),
+    ]
+    nodes = [*before, *graph.node, *after]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+    def any_size(value):  # (batch, C, height, width): the exporter's "32*s1"-style dims no longer hold
+        channels = value.type.tensor_type.shape.dim[1].dim_value
+        return helper.make_tensor_value_info(value.name, TensorProto.FLOAT, ["batch", channels, "height", "width"])
+
+    graph.input[0].CopyFrom(any_size(sample))
+    graph.output[0].CopyFrom(any_size(image))
+    del graph.value_info[:]  # inner shapes were derived from the multiple-only input; onnxruntime infers them again
+
+
+def _finish_file(path: Path, metadata: dict[str, str]) -> None:
+    """Add the padding, the metadata and a description to the exported file."""
     import onnx
 
     proto = onnx.load(str(path))
+    multiple = int(metadata[metadata_key("size_multiple")])
+    _pad_in_graph(proto, multiple)
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "ghibligan"
-    multiple = metadata[metadata_key("size_multiple")]
     proto.doc_string = (
-        f"{metadata[metadata_key('class_name')]} exported by ghibligan: images (B, C, H, W) in [-1, 1] -> [-1, 1]. "
-        f"H and W must be multiples of {multiple}: pad each side by half the missing amount (the extra pixel at the "
-        f"bottom/right), mirroring ('reflect'; 'edge' when a pad is not smaller than the image side), and crop the "
-        f"output back, as ghibligan.onnx_generator.OnnxGenerator does."
+        f"{metadata[metadata_key('class_name')]} exported by ghibligan: images (B, C, H, W) in [-1, 1] -> [-1, 1], "
+        f"any H and W: the graph pads them to multiples of {multiple} (mirroring) and crops the output back."
     )
+    onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
 

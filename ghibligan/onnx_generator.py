@@ -1,9 +1,8 @@
 """`OnnxGenerator`: a generator exported by `ghibligan.onnx_export`, run by onnxruntime, called like the torch model.
 
-It needs only numpy and onnxruntime (the ``onnx`` extra): the padding to the graph's ``size_multiple`` and the crop
-back happen here, in numpy, exactly as the PyTorch models do them inside (`ghibligan.models.layers.pad_to_multiple`).
-It takes numpy arrays, or torch tensors when torch is there (then it returns a tensor), so `Cartoonizer` can use it
-in place of the torch generator:
+It needs only numpy and onnxruntime (the ``onnx`` extra); the file itself pads to the network's ``size_multiple`` and
+crops back, as the PyTorch models do inside, so any image size works. It takes numpy arrays, or torch tensors when
+torch is there (then it returns a tensor), so `Cartoonizer` can use it in place of the torch generator:
 
     ```py
     >>> from ghibligan import Cartoonizer
@@ -28,25 +27,6 @@ _HUB_KEYS = ("revision", "cache_dir", "token", "local_files_only", "force_downlo
 def metadata_key(name: str) -> str:
     """Key of a ghibligan entry in the ONNX file's ``metadata_props``."""
     return f"ghibligan.{name}"
-
-
-def pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """numpy twin of `ghibligan.models.layers.pad_to_multiple`: same split, same reflect-or-replicate rule."""
-    height, width = array.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return array, (0, 0, 0, 0)
-    left, right, top, bottom = pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
-    mode = "reflect" if max(left, right) < width and max(top, bottom) < height else "edge"
-    padded = np.pad(array, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
-    return np.ascontiguousarray(padded), (left, right, top, bottom)
-
-
-def crop_padding(array: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """Undo `pad_to_multiple`."""
-    left, right, top, bottom = pads
-    height, width = array.shape[-2:]
-    return array[..., top : height - bottom, left : width - right]
 
 
 def _is_float32(dtype: Any) -> bool:
@@ -204,13 +184,12 @@ class OnnxGenerator:
         array = sample.detach().cpu().float().numpy() if is_tensor else sample
         if array.ndim != 4 or array.shape[1] != self.in_channels:
             raise ValueError(f"Expected a (B, {self.in_channels}, H, W) batch, got shape {tuple(array.shape)}.")
-        padded, pads = pad_to_multiple(np.ascontiguousarray(array, dtype=np.float32), self.size_multiple)
-        feeds = {self.input_names[0]: padded}
+        feeds = {self.input_names[0]: np.ascontiguousarray(array, dtype=np.float32)}
         if self.styles is not None:
             feeds[self.input_names[1]] = self._style_feed(style, array.shape[0], self.styles)
         elif style is not None:
             raise ValueError(f"`style` was given, but {self.class_name or 'this model'} has no styles.")
-        output = crop_padding(self.session.run(None, feeds)[0], pads)
+        output = self.session.run(None, feeds)[0]
         if is_tensor:
             import torch
 

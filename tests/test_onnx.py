@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,11 +140,27 @@ def test_file_is_opset_18_with_dynamic_axes_and_metadata(exported):
     sample = proto.graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in sample] == [True, False, True, True]
     assert runner.size_multiple == model.size_multiple
-    assert f"H and W must be multiples of {model.size_multiple}" in proto.doc_string
+    assert f"pads them to multiples of {model.size_multiple}" in proto.doc_string
     assert runner.styles == getattr(model, "styles", None)
     if runner.styles is not None:
         assert [i.name for i in proto.graph.input] == ["sample", "style"]
         assert proto.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.INT64
+
+
+def test_file_runs_on_plain_onnxruntime_at_any_size(exported):
+    """No ghibligan at inference: the graph pads (mirroring, or repeating the edge for tiny images) and crops itself."""
+    model, runner = exported
+    session = onnxruntime.InferenceSession(str(runner.path), providers=["CPUExecutionProvider"])
+    for height, width in [(5, 7), (19, 70), (61, 45)]:  # pads wider than the image, on one side only, and both
+        image = torch.rand(2, 3, height, width) * 2 - 1
+        feeds = {"sample": image.numpy()}
+        style = torch.tensor([1, 2]) if runner.styles else None
+        if style is not None:
+            feeds["style"] = style.numpy()
+        with torch.no_grad():
+            expected = model(image) if style is None else model(image, style)
+        (got,) = session.run(None, feeds)
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=0)
 
 
 def test_style_out_of_range_and_style_without_styles_are_refused(exported):
