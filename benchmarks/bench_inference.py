@@ -1,17 +1,20 @@
 """Inference benchmark: end-to-end `Cartoonizer` latency (PIL in → PIL out) and peak memory.
 
 Compares, in one run, the model under test (the bundled model, or ``--model``) with the reference pix2pix
-``unet_256`` architecture (ngf=64, BatchNorm), in float32 and bfloat16: median latency at 256², 512², 1024², a tiled
-3840×2160 photo, and each configuration's peak RSS on the 4K photo (measured in a fresh subprocess each, so peaks
-don't mask each other). Ratios are what to read on a noisy machine; absolute times drift.
+``unet_256`` architecture (ngf=64, BatchNorm), in float32 and bfloat16, and the model under test on onnxruntime (its
+``model.onnx``, exported and cached if it has none; skipped without the ``onnx`` extra): median latency at 256², 512²,
+1024², a tiled 3840×2160 photo, and each configuration's peak RSS on the 4K photo (measured in a fresh subprocess
+each, so peaks don't mask each other). Ratios are what to read on a noisy machine; absolute times drift.
 
     python benchmarks/bench_inference.py                 # prints a Markdown section for BENCHMARKS.md
     python benchmarks/bench_inference.py --model DIR --repeats 9 --device cuda
+    python benchmarks/bench_inference.py --sizes 512 --repeats 21   # one size, no memory runs: a quick comparison
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -29,14 +32,15 @@ from PIL import Image
 from ghibligan import Cartoonizer, UNetGenerator
 from ghibligan.pipeline import bundled_model_path
 
-SIZES = [(256, 256), (512, 512), (1024, 1024)]
 UHD = (3840, 2160)
 # Stand-in for the bundled model until one ships: the fast U-Net its card targets (speed doesn't depend on weights).
 CANDIDATE = {"ngf": 16, "num_downs": 8, "norm": "batch"}
 
 
 def build(name: str, model: str | None, device: str, dtype: str) -> Cartoonizer:
-    if name == "unet_256":
+    if dtype == "onnxruntime":  # the model under test, exported (ghibligan.onnx_export), run by onnxruntime in fp32
+        pipe = Cartoonizer.from_pretrained(model or bundled_model_path(), device=device, backend="onnxruntime")
+    elif name == "unet_256":
         pipe = Cartoonizer(UNetGenerator(), device=device, dtype=dtype)
     elif model is not None:
         pipe = Cartoonizer.from_pretrained(model, device=device, dtype=dtype)
@@ -118,6 +122,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint to test (default: the bundled model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per size (median reported)")
+    parser.add_argument(
+        "--sizes", default="256,512,1024,4k", help="square sides and/or 4k, comma-separated (256,512,1024,4k)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--untiled", action="store_true", help=argparse.SUPPRESS)
@@ -127,9 +134,13 @@ def main() -> None:
 
     names = ["model", "unet_256"]
     dtypes = ["float32", "bfloat16"]
-    pipes = {(n, d): build(n, args.model, args.device, d) for n in names for d in dtypes}
+    configs = [(n, d) for n in names for d in dtypes]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        configs.append(("model", "onnxruntime"))
+    pipes = {(n, d): build(n, args.model, args.device, d) for n, d in configs}
     latency: dict[tuple[str, str, str], float] = {}
-    for width, height in [*SIZES, UHD]:
+    chosen = [UHD if side == "4k" else (int(side), int(side)) for side in args.sizes.split(",")]
+    for width, height in chosen:
         image = photo(width, height)
         repeats = args.repeats if width <= 512 else max(1, args.repeats // 3) if width <= 1024 else 1
         times: dict[tuple[str, str], list[float]] = {key: [] for key in pipes}
@@ -148,34 +159,46 @@ def main() -> None:
         print(f"done {width}×{height}", file=sys.stderr)
 
     memory = {}
-    runs = [(name, dtype, False) for name in names for dtype in dtypes] + [("model", "float32", True)]
-    for name, dtype, untiled in runs:
+    runs = [(name, dtype, False) for name, dtype in configs] + [("model", "float32", True)]
+    for name, dtype, untiled in runs if UHD in chosen else []:
         command = [sys.executable, __file__, "--child", name, "--dtype", dtype, "--device", args.device]
         command += (["--model", args.model] if args.model else []) + (["--untiled"] if untiled else [])
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         memory[f"{name} {dtype} {'untiled' if untiled else 'tiled'}"] = json.loads(result.stdout)
 
-    sizes = [f"{w}×{h}" for w, h in [*SIZES, UHD]]
+    sizes = [f"{w}×{h}" for w, h in chosen]
     print(
         f"### Inference — {date.today()} — {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}\n"
     )
     print(
         f"Command: `python benchmarks/bench_inference.py{' --model ' + args.model if args.model else ''}"
-        f"{' --device ' + args.device if args.device != 'cpu' else ''} --repeats {args.repeats}`\n"
+        f"{' --device ' + args.device if args.device != 'cpu' else ''} --repeats {args.repeats}"
+        f"{' --sizes ' + args.sizes if args.sizes != parser.get_default('sizes') else ''}`\n"
     )
     print(f"- model: {describe(pipes[('model', 'float32')])}")
     print(f"- unet_256: {describe(pipes[('unet_256', 'float32')])}\n")
+    ort = ("model", "onnxruntime") in pipes
     print("Median end-to-end latency in ms (PIL in → PIL out; 3840×2160 is tiled, one run):\n")
     print(
-        "| size | model fp32 | model bf16 | unet_256 fp32 | unet_256 bf16 | unet_256 fp32 / model fp32 | "
-        "unet_256 fp32 / model bf16 |"
+        "| size | model fp32 | model bf16 |"
+        + (" model onnxruntime |" if ort else "")
+        + " unet_256 fp32 | unet_256 bf16 | unet_256 fp32 / model fp32 | unet_256 fp32 / model bf16 |"
+        + (" model fp32 / model onnxruntime |" if ort else "")
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|" + ("---|" if ort else "") + "---|---|---|---|" + ("---|" if ort else ""))
     for size in sizes:
         m32, m16 = latency[("model", "float32", size)], latency[("model", "bfloat16", size)]
         r32, r16 = latency[("unet_256", "float32", size)], latency[("unet_256", "bfloat16", size)]
-        print(f"| {size} | {m32:.1f} | {m16:.1f} | {r32:.1f} | {r16:.1f} | {r32 / m32:.1f}× | {r32 / m16:.1f}× |")
+        mort = latency.get(("model", "onnxruntime", size))
+        print(
+            f"| {size} | {m32:.1f} | {m16:.1f} |"
+            + (f" {mort:.1f} |" if ort else "")
+            + f" {r32:.1f} | {r16:.1f} | {r32 / m32:.1f}× | {r32 / m16:.1f}× |"
+            + (f" {m32 / mort:.2f}× |" if ort else "")
+        )
+    if not memory:
+        return
     print("\nPeak memory cartoonizing one 3840×2160 photo, fresh process each (baseline: RSS with torch, the model")
     print("and the decoded photo loaded, before the call):\n")
     print("| configuration | baseline RSS (MB) | peak RSS (MB) | added by the call (MB) | CUDA peak (MB) | seconds |")

@@ -39,7 +39,7 @@ def _cartoonize(args: argparse.Namespace) -> int:
             print(f"ghibligan: {problem}", file=sys.stderr)
         print("ghibligan: error: nothing to cartoonize", file=sys.stderr)
         return 2
-    cartoonizer = Cartoonizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    cartoonizer = Cartoonizer.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     report = cartoonize_files(
         cartoonizer,
         jobs,
@@ -54,6 +54,28 @@ def _cartoonize(args: argparse.Namespace) -> int:
     report.failed[:0] = problems
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .models.auto import load_generator
+    from .onnx_export import export_onnx
+    from .pipeline import bundled_model_path
+
+    model = load_generator(args.model if args.model is not None else bundled_model_path())
+    path = export_onnx(model, args.output, opset_version=args.opset_version)
+    size_mb = path.stat().st_size / 2**20
+    print(f"Wrote {path} ({type(model).__name__}, {size_mb:.1f} MB, opset {args.opset_version}; matches PyTorch)")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        url = HfApi().upload_file(
+            path_or_fileobj=str(path),
+            path_in_repo=path.name,
+            repo_id=args.push_to_hub,
+            commit_message=f"Add {path.name} (ghibligan export-onnx)",
+        )
+        print(f"pushed: {url}")
+    return 0
 
 
 def _make_pairs(args: argparse.Namespace) -> int:
@@ -221,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference precision: auto, float32, bfloat16 or float16 (auto: bf16 on GPUs and on CPUs with native "
         "bf16, else float32)",
     )
+    cartoonize.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="torch, or onnxruntime: runs the checkpoint's model.onnx (exported once and cached if it has none; "
+        "float32 only; pip install 'ghibligan[onnx]')",
+    )
     _add_option(
         cartoonize,
         "--max_pixels",
@@ -230,6 +259,36 @@ def build_parser() -> argparse.ArgumentParser:
         "ghibligan.image_io.DEFAULT_MAX_PIXELS, 100 MP)",
     )
     cartoonize.set_defaults(func=_cartoonize)
+
+    export = commands.add_parser(
+        "export-onnx",
+        help="export a generator to ONNX for onnxruntime (any batch and image size)",
+        description="Export a generator checkpoint to ONNX (opset >= 17, dynamic batch, height and width; the graph "
+        "pads to the network's size multiple and crops back itself, so it takes any size). The file is checked "
+        "against PyTorch with onnxruntime before it is kept. Write it into the checkpoint folder, beside "
+        "model.safetensors, and `Cartoonizer.from_pretrained(folder, backend='onnxruntime')` or "
+        "`ghibligan cartoonize --backend onnxruntime` use it. Needs the onnx extra.",
+        epilog="examples:\n"
+        "  ghibligan export-onnx -o toon.onnx                                 # the bundled model\n"
+        "  ghibligan export-onnx --model my-unet -o my-unet/                  # my-unet/model.onnx\n"
+        "  ghibligan export-onnx --model you/ghibli-unet -o model.onnx --push_to_hub you/ghibli-unet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument(
+        "--model", default=None, help="checkpoint folder or Hub repo id (default: the model bundled with ghibligan)"
+    )
+    export.add_argument(
+        "-o", "--output", required=True, help="an .onnx file, or a folder to write model.onnx into (created if needed)"
+    )
+    export.add_argument("--opset_version", "--opset-version", type=int, default=18, help="ONNX opset, at least 17 (18)")
+    export.add_argument(
+        "--push_to_hub",
+        "--push-to-hub",
+        default=None,
+        metavar="ID",
+        help="upload the file to this Hub model repo, beside its model.safetensors",
+    )
+    export.set_defaults(func=_export_onnx)
 
     pairs = commands.add_parser(
         "make-pairs",

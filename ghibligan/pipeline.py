@@ -34,11 +34,13 @@ from .image_io import (
 )
 from .models.auto import load_generator
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
+from .onnx_generator import OnnxGenerator
 from .tiling import tiled_apply
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL_NAME = "toon-painterly-unet"
 SMOOTHING_METHODS = ("guided", "bilateral")
+BACKENDS = ("torch", "onnxruntime")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_ACTIVATION_BYTES = 16 * 2**30  # one generator pass; the Space sets a lower limit
 
@@ -118,8 +120,10 @@ class Cartoonizer:
     r"""Turn photos into cartoons with a ghibligan generator.
 
     Args:
-        generator (`nn.Module`): a `UNetGenerator` or `ResNetGenerator` (images in [-1, 1] → [-1, 1]).
-        device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU.
+        generator (`nn.Module` or `OnnxGenerator`): a `UNetGenerator` or `ResNetGenerator` (images in [-1, 1] →
+            [-1, 1]), or its ONNX export run by onnxruntime (`ghibligan.onnx_generator.OnnxGenerator`).
+        device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU (for an `OnnxGenerator`:
+            the device its session runs on, the CPU unless it was made for ``"cuda"``).
         dtype (`torch.dtype` or `str`, *optional*, defaults to float32): ``bfloat16`` / ``float16`` run the generator
             in half precision (faster on recent CPUs and GPUs); ``"auto"`` picks the fastest safe one for the device
             (see `auto_dtype`), which is what the CLI and the Space use.
@@ -129,7 +133,7 @@ class Cartoonizer:
 
     def __init__(
         self,
-        generator: nn.Module,
+        generator: nn.Module | OnnxGenerator,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         tile_size: int = 1024,
@@ -143,7 +147,9 @@ class Cartoonizer:
         self._progress_bar_config: dict = {}
         self.device = torch.device("cpu")
         self.dtype = torch.float32
-        self.to(device if device is not None else default_device(), dtype)
+        if device is None:  # an OnnxGenerator keeps the device its session was made for (CPU unless told otherwise)
+            device = generator.device if isinstance(generator, OnnxGenerator) else default_device()
+        self.to(device, dtype)
 
     @classmethod
     def from_pretrained(
@@ -154,22 +160,32 @@ class Cartoonizer:
         dtype: torch.dtype | str | None = None,
         tile_size: int = 1024,
         auto_tile_pixels: int = 2048 * 2048,
+        backend: str = "torch",
         **kwargs,
     ) -> Cartoonizer:
         """Load a generator checkpoint: ``None`` (the bundled model), a local folder or a Hub repo id.
 
         The generator class (U-Net or ResNet) is read from the checkpoint's config. ``kwargs`` go to
         `from_pretrained` of that class (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ...).
+        ``backend="onnxruntime"`` runs the checkpoint's ``model.onnx`` with onnxruntime instead (float32; a checkpoint
+        without one is exported once and cached, see `ghibligan.onnx_generator.load_onnx_generator`).
         """
         path = bundled_model_path() if pretrained_model_name_or_path is None else pretrained_model_name_or_path
-        generator = load_generator(path, **kwargs)
+        if backend not in BACKENDS:
+            raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}.")
+        if backend == "onnxruntime":
+            from .onnx_generator import load_onnx_generator
+
+            generator = load_onnx_generator(path, **kwargs)
+        else:
+            generator = load_generator(path, **kwargs)
         return cls(generator, device=device, dtype=dtype, tile_size=tile_size, auto_tile_pixels=auto_tile_pixels)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Cartoonizer:
         """Move the generator to ``device`` and/or cast it to ``dtype``; returns self."""
         device = torch.device(device) if device is not None else self.device
         if dtype == "auto":
-            dtype = auto_dtype(device)
+            dtype = torch.float32 if isinstance(self.generator, OnnxGenerator) else auto_dtype(device)
         elif isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"`dtype` must be 'auto' or one of {list(DTYPES)}, got {dtype!r}.")
