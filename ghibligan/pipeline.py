@@ -33,6 +33,7 @@ from .image_io import (
     tensor_to_uint8,
 )
 from .models.auto import load_generator
+from .models.hub import GhibliganHubMixin
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .onnx_generator import OnnxGenerator
 from .tiling import tiled_apply
@@ -221,9 +222,9 @@ class Cartoonizer:
     def activation_bytes(self, height: int, width: int) -> int | None:
         """Estimated peak memory of one generator pass on a (1, 3, height, width) input, traced on the meta device
         (`ghibligan.models.limits.estimate_activation_bytes`); ``None`` for a generator without a ghibligan config."""
-        config = getattr(self.generator, "config", None)
-        if config is None:
+        if not isinstance(self.generator, GhibliganHubMixin):  # e.g. an onnxruntime session: not traceable on meta
             return None
+        config = self.generator.config
         key = (height, width, self.dtype)
         if key not in self._activation_bytes:
             if self._meta_generator is None:
