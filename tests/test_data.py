@@ -147,6 +147,17 @@ def test_crops_are_a_function_of_seed_epoch_and_row():
     assert not torch.equal(crop(0, 1), crop(1, 1))
 
 
+def test_crops_and_replacements_do_not_depend_on_dataloader_workers():
+    pairs = PairedImageDataset(corrupt_rows(4, {2}), "input_image", "target_image", PairTransform(32), seed=1)
+    pairs.set_epoch(3)
+
+    def batches(num_workers):
+        loader = torch.utils.data.DataLoader(pairs, batch_size=2, num_workers=num_workers, collate_fn=collate_pairs)
+        return [batch["input"] for batch in loader]
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2), strict=True))
+
+
 def test_a_stream_leaves_unreadable_rows_out_within_the_budget(tmp_path):
     corrupt_rows(6, {2}).to_parquet(str(tmp_path / "rows.parquet"))
     stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "rows.parquet"), split="train", streaming=True)
