@@ -322,7 +322,9 @@ class UnreadableBudget:
     Each DataLoader worker (and each process) counts its own reads: the fraction is estimated on what it read.
     """
 
-    def __init__(self, max_fraction: float = DEFAULT_MAX_UNREADABLE_FRACTION, max_in_a_row: int = 16, min_reads=32):
+    def __init__(
+        self, max_fraction: float = DEFAULT_MAX_UNREADABLE_FRACTION, max_in_a_row: int = 16, min_reads: int = 32
+    ):
         if not 0 <= max_fraction <= 1:
             raise ValueError(f"`max_fraction` must be in [0, 1], got {max_fraction!r}.")
         self.max_fraction, self.max_in_a_row, self.min_reads = max_fraction, max(1, max_in_a_row), min_reads

@@ -94,7 +94,7 @@ def training_step(
         values = ", ".join(f"{term} = {model_logs[term].item():.4g}" for term in bad)
         if not skip_nonfinite:
             raise NonFiniteLossError(
-                f"Step {step}: the loss is not finite ({values} on some process); stopped before it reaches the "
+                f"Step {step + 1}: the loss is not finite ({values} on some process); stopped before it reaches the "
                 "weights or a checkpoint. Lower --learning_rate, clip with --max_grad_norm, check the data and the "
                 "weights you start from, or drop such updates with --skip_nonfinite_steps."
             )

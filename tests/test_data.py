@@ -103,7 +103,7 @@ def test_an_unreadable_row_is_replaced_by_the_same_other_row_everywhere(caplog):
         loader = torch.utils.data.DataLoader(pairs, batch_size=3, collate_fn=collate_pairs)
         batch = next(iter(loader))
     assert batch["input"].shape == (3, 3, 32, 32)  # still a full batch
-    assert "broken_17.png" not in caplog.text and "broken_1.png" in caplog.text
+    assert "broken_1.png" in caplog.text
     replacement = pairs.replacement(1, 1) if pairs.replacement(1, 1) != 1 else pairs.replacement(1, 2)
     assert torch.equal(batch["input"][1], pairs[replacement]["input"])  # a readable row, with its own crop
     other = PairedImageDataset(corrupt_rows(6, {1}), "input_image", "target_image", PairTransform(32), seed=5)

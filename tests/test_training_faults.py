@@ -128,7 +128,7 @@ def test_a_non_finite_loss_stops_before_the_update_or_drops_it_under_the_flag():
     batch = crops()
     batch["target"][0, 0, 0, 0] = float("nan")  # a broken target: D's and L1's losses are NaN
     g_before, d_before = snapshot(generator), snapshot(discriminator)
-    with pytest.raises(NonFiniteLossError, match=r"Step 7: the loss is not finite \(loss_d = nan"):
+    with pytest.raises(NonFiniteLossError, match=r"Step 8: the loss is not finite \(loss_d = nan"):
         training_step(accelerator, Pix2PixObjective(), generator, discriminator, optimizers, schedulers, batch, step=7)
     assert not moved(generator, g_before) and not moved(discriminator, d_before)
     logs = training_step(
@@ -206,20 +206,24 @@ def test_all_rows_corrupt_stop_two_processes_promptly_without_a_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_before_writing_a_nan_checkpoint(tmp_path):
-    write_split(tmp_path / "pairs", "train", 4)
+def test_a_diverging_run_stops_before_a_nan_checkpoint_or_drops_those_updates_under_the_flag(tmp_path):
+    """lr = 1e30: the first update makes the weights huge, the next losses NaN, on two processes."""
+    write_split(tmp_path / "pairs", "train", 6)
     write_split(tmp_path / "pairs", "validation", 1, seed=50)
-    out = tmp_path / "run"
-    result = launch(
-        ["--train_data_dir", tmp_path / "pairs", "--output_dir", out, "--learning_rate", 1e30, "--max_train_steps", 6,
-         "--checkpointing_steps", 1]
-    )  # fmt: skip
+    common = ["--train_data_dir", tmp_path / "pairs", "--norm", "instance", "--learning_rate", 1e30]
+    common += ["--max_train_steps", 5, "--checkpointing_steps", 1]
+    out = tmp_path / "stop"
+    result = launch([*common, "--output_dir", out], processes=2)
     assert result.returncode != 0 and "NonFiniteLossError" in result.stderr
-    assert not (out / "model.safetensors").exists()
-    assert len(list_checkpoints(out)) < 6
+    assert not (out / "model.safetensors").exists() and len(list_checkpoints(out)) < 5
     for checkpoint in list_checkpoints(out):
         generator = UNetGenerator.from_pretrained(checkpoint / "generator")
         assert all(torch.isfinite(p).all() for p in generator.parameters())
+
+    out = tmp_path / "skip"
+    assert succeeded(launch([*common, "--output_dir", out, "--skip_nonfinite_steps"], processes=2))
+    assert [p.name for p in list_checkpoints(out)][-1] == "checkpoint-5"  # every process went on, in step
+    assert all(torch.isfinite(p).all() for p in UNetGenerator.from_pretrained(out).parameters())
 
 
 @pytest.mark.slow
