@@ -17,7 +17,7 @@ Examples:
     accelerate launch train_accelerate.py --objective cartoongan --preset cartoongan_resnet --train_data_dir pairs/ \\
         --vgg_weights vgg19/model.safetensors --init_steps 2000 --max_train_steps 40000 --output_dir cartoongan
 
-    # Resume a run that stopped (or crashed) from its newest checkpoint
+    # Resume a run that stopped (or crashed) from its newest intact checkpoint: the same steps as without the stop
     accelerate launch train_accelerate.py ... --output_dir toon-unet --resume_from_checkpoint latest
 
     # Any checkpoint is also a model
@@ -40,11 +40,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ghibligan.checkpoints import checkpoint_step, resolve_resume, save_checkpoint
+from ghibligan.checkpoints import checkpoint_step, load_checkpoint, resume_candidates, save_checkpoint
 from ghibligan.data import (
+    DEFAULT_MAX_UNREADABLE_FRACTION,
     DIRECTIONS,
     PAIRED_LAYOUTS,
     PairedImageDataset,
@@ -58,7 +59,7 @@ from ghibligan.losses import GAN_MODES, CartoonGANObjective, Objective, Pix2PixO
 from ghibligan.models import load_generator
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
 from ghibligan.models.vgg import DEFAULT_VGG19_WEIGHTS, VGG19Features
-from ghibligan.training import fit_tone_head, lr_lambda, tone_head_samples, training_step, validate
+from ghibligan.training import fit_tone_head, lr_lambda, seed_step, tone_head_samples, training_step, validate
 
 logger = get_logger(__name__)
 
@@ -117,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--balance_brightness",
         action="store_true",
         help="Sample photos so every brightness bin is seen equally (fixes blurred dark photos from rare dark data).",
+    )
+    data.add_argument(
+        "--max_unreadable_fraction",
+        type=float,
+        default=DEFAULT_MAX_UNREADABLE_FRACTION,
+        help="Unreadable training rows are replaced by others (the same on every process); stop once more than this "
+        f"fraction of the rows read are unreadable, or 16 in a row ({DEFAULT_MAX_UNREADABLE_FRACTION}).",
     )
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0).")
     data.add_argument("--cache_dir", default=None, help="Where datasets caches downloads.")
@@ -218,6 +226,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument(
         "--mixed_precision", default=None, choices=["no", "fp16", "bf16"], help="Overrides accelerate's config."
     )
+    optim.add_argument(
+        "--skip_nonfinite_steps",
+        action="store_true",
+        help="Drop an update whose loss is NaN or infinite and go on (default: stop with an error naming the step "
+        "and the loss term, before the weights or a checkpoint are touched).",
+    )
     optim.add_argument("--seed", type=int, default=0, help="Random seed (0).")
 
     run = parser.add_argument_group("checkpoints, logging, output")
@@ -254,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--balance_brightness needs the whole dataset; it cannot be combined with --streaming")
     if args.streaming and args.init_epochs is not None:
         parser.error("--init_epochs needs a dataset with a length; with --streaming use --init_steps")
+    if not 0 <= args.max_unreadable_fraction <= 1:
+        parser.error(f"--max_unreadable_fraction must be in [0, 1], got {args.max_unreadable_fraction}")
     if args.resolution % 8 or args.resolution < 32:
         parser.error(f"--resolution must be a multiple of 8 and >= 32, got {args.resolution}")
     if args.objective != "cartoongan" and (args.init_steps is not None or args.init_epochs is not None):
@@ -324,7 +340,8 @@ def build_objective(args, device: torch.device) -> Objective:
 
 
 def build_train_dataloader(args, train_pairs: PairedImageDataset) -> torch.utils.data.DataLoader:
-    """Shuffled (or brightness-balanced) batches of training crops; unreadable samples are dropped and counted."""
+    """Shuffled (or brightness-balanced) batches of training crops, in an order that is a function of the seed and
+    the epoch (accelerate's seedable sampler, or the balanced sampler's own): a resumed run sees the same batches."""
     sampler = None
     if args.balance_brightness:
         sampler = brightness_balanced_sampler(dataset_brightness(train_pairs), seed=args.seed)
@@ -348,6 +365,7 @@ def main(args: argparse.Namespace) -> None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
         raise ValueError("fp16 mixed precision needs a GPU; on CPU use --mixed_precision bf16.")
@@ -356,7 +374,7 @@ def main(args: argparse.Namespace) -> None:
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    resume_path = resolve_resume(output_dir, args.resume_from_checkpoint)  # resolved now: a bad path fails at once
+    resume_from = resume_candidates(output_dir, args.resume_from_checkpoint)  # now: a bad path fails at once
 
     # 2. models and the objective (CartoonGAN's VGG fails here, at start, if its weights are missing)
     generator, discriminator = build_models(args, accelerator)
@@ -388,10 +406,11 @@ def main(args: argparse.Namespace) -> None:
         edge_smoothing=objective.needs_smoothed_targets,
         cache_dir=args.cache_dir,
         seed=args.seed,
+        max_unreadable_fraction=args.max_unreadable_fraction,
     )
-    validation_images = validation_pairs.whole_pairs(args.num_validation_images) if accelerator.is_main_process else []
+    validation_images = load_validation_images(args, accelerator, validation_pairs)
     tone_head = getattr(generator, "tone_head", None)  # a fine-tuned or resumed one is trained already
-    if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_path):
+    if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_from):
         samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
         loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
         logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
@@ -423,10 +442,10 @@ def main(args: argparse.Namespace) -> None:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
-    # 8. resume: models, optimizers, schedulers, scaler and RNG states from the newest complete checkpoint
+    # 8. resume: models, optimizers, schedulers, scaler, sampler and RNG states from the newest intact checkpoint
     global_step = 0
+    resume_path = load_checkpoint(accelerator, resume_from)  # a damaged one is named and skipped
     if resume_path is not None:
-        accelerator.load_state(str(resume_path))
         global_step = checkpoint_step(resume_path)
         logger.info(f"Resuming from checkpoint {resume_path.name} (step {global_step})")
     elif args.resume_from_checkpoint:
@@ -442,22 +461,23 @@ def main(args: argparse.Namespace) -> None:
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
-    skipped, values = 0, {}
+    values, skipped_updates = {}, 0
     epoch = global_step // steps_per_epoch if steps_per_epoch else 0
     resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps if steps_per_epoch else 0
+    batch_index = global_step * args.gradient_accumulation_steps  # micro-batches done: keys the step's randomness
     while global_step < max_train_steps:
-        train_dataloader.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)  # the sampler's order
+        train_pairs.set_epoch(epoch)  # the crops (accelerate tells the dataset only when there is no sampler)
         batches = (
             accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
         )
         resume_batches = 0
         for batch in batches:
-            skipped += batch.pop("skipped")
-            if "input" not in batch:  # every sample of this batch was unreadable
-                continue
+            seed_step(args.seed, accelerator.process_index, batch_index)  # dropout: the same after a resume
+            batch_index += 1
             logs = training_step(
                 accelerator, objective, generator, discriminator, (optimizer_g, optimizer_d),
-                (scheduler_g, scheduler_d), batch, global_step, args.max_grad_norm,
+                (scheduler_g, scheduler_d), batch, global_step, args.max_grad_norm, args.skip_nonfinite_steps,
             )  # fmt: skip
             if not accelerator.sync_gradients:
                 continue
@@ -465,6 +485,9 @@ def main(args: argparse.Namespace) -> None:
             progress.update(1)
             values = {k: accelerator.reduce(v.float(), "mean").item() for k, v in logs.items()}
             values["lr"] = scheduler_g.get_last_lr()[0]
+            if "skipped_d" in values or "skipped_g" in values:
+                skipped_updates += 1
+                logger.warning(f"Step {global_step}: a loss is not finite, its update was dropped: {values}")
             progress.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k != "lr"})
             accelerator.log(values, step=global_step)
 
@@ -472,22 +495,22 @@ def main(args: argparse.Namespace) -> None:
                 unwrapped = accelerator.unwrap_model(generator)
                 path = save_checkpoint(accelerator, output_dir, global_step, unwrapped, args.checkpoints_total_limit)
                 logger.info(f"Saved {path.name}")
-            if accelerator.is_main_process and (
-                global_step % args.validation_steps == 0 or global_step == max_train_steps
-            ):
-                log_validation(args, accelerator, generator, validation_images, global_step)
+            if global_step % args.validation_steps == 0 and global_step < max_train_steps:
+                run_validation(args, accelerator, generator, validation_images, global_step)
             if global_step >= max_train_steps:
                 break
         epoch += 1
     progress.close()
-    if skipped:
-        logger.warning(f"{skipped} unreadable samples were skipped (each named in a warning above).")
+    if skipped_updates:
+        logger.warning(f"{skipped_updates} steps had a non-finite loss and dropped an update (--skip_nonfinite_steps).")
 
-    # 10. check that every process holds the same weights, then save and push (main process only)
+    # 10. check that every process holds the same weights, save and push (main process only), then validate: a
+    # failing validation can no longer cost the model
     check_identical_weights(accelerator, generator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final_model(args, accelerator, objective, generator, discriminator, values, global_step)
+    run_validation(args, accelerator, generator, validation_images, global_step)
     accelerator.end_training()
 
 
@@ -498,6 +521,28 @@ def check_identical_weights(accelerator: Accelerator, model: torch.nn.Module) ->
     if not torch.allclose(checksums, checksums[0].expand_as(checksums)):
         raise RuntimeError(f"Weights differ between processes: checksums {checksums.tolist()}")
     logger.info(f"Weights identical on all {accelerator.num_processes} processes (checksum {checksums[0].item():.6f})")
+
+
+def load_validation_images(args, accelerator: Accelerator, validation_pairs: PairedImageDataset) -> list:
+    """The whole validation images, on the main process (others: []). An error here is reported, not raised: a run
+    without validation images still trains and saves."""
+    if not accelerator.is_main_process:
+        return []
+    try:
+        return validation_pairs.whole_pairs(args.num_validation_images)
+    except Exception:  # validation must never cost the run; reported in full
+        logger.exception("Cannot read the validation images: training goes on without validation.")
+        return []
+
+
+def run_validation(args, accelerator: Accelerator, generator, pairs: list, step: int) -> None:
+    """`log_validation` on the main process; any error in it is reported with its traceback and training goes on."""
+    if not accelerator.is_main_process:
+        return
+    try:
+        log_validation(args, accelerator, generator, pairs, step)
+    except Exception:  # validation must never cost the run; reported in full
+        logger.exception(f"Validation at step {step} failed: training goes on, and the model is saved regardless.")
 
 
 def log_validation(args, accelerator: Accelerator, generator, pairs: list, step: int) -> None:

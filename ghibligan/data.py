@@ -6,14 +6,18 @@ Sources (`load_pairs_dataset`): a Hub dataset id (optionally streamed), or a loc
 file names. Local sources are always resolved to explicit absolute files: `datasets.load_dataset(folder)` caches by the
 folder's *name*, so two folders called ``pairs`` would silently share one cache entry.
 
-`PairedImageDataset` decodes images itself, so a corrupt sample is skipped with a warning naming it instead of
-crashing an epoch; `collate_pairs` drops those and counts them. `brightness_balanced_sampler` fixes the seed
+`PairedImageDataset` decodes images itself, so a corrupt sample never crashes an epoch: it is replaced, with a warning
+naming it, by another row chosen from ``(seed, index)`` alone, so every process still yields full batches and DDP's
+collectives stay in step. An `UnreadableBudget` stops the run with `UnreadableDataError` when too many rows fail.
+The crop and flip of a sample are a function of ``(seed, epoch, index)``, so a resumed run (and any number of
+DataLoader workers) sees exactly the crops of an uninterrupted one. `brightness_balanced_sampler` fixes the seed
 project's failure mode (dark photos were rare, so the model blurred them) by sampling brightness bins equally.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import random
 from pathlib import Path
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 PAIRED_LAYOUTS = ("separate", "side_by_side")
 DIRECTIONS = ("AtoB", "BtoA")
 DEFAULT_VALIDATION_FRACTION = 0.05
+DEFAULT_MAX_UNREADABLE_FRACTION = 0.2
 # What Pillow raises on broken image data (truncated, not an image, a decompression bomb)
 PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -200,12 +205,14 @@ def build_pair_datasets(
     edge_smoothing: bool = False,
     cache_dir: str | None = None,
     seed: int = 0,
+    max_unreadable_fraction: float = DEFAULT_MAX_UNREADABLE_FRACTION,
 ) -> tuple[PairedImageDataset, PairedImageDataset]:
     """Load a paired dataset (`load_pairs_dataset`), split it (`split_train_validation`) and wrap both parts.
 
     Returns:
-        `(train, validation)`: training crops of ``resolution`` with the synchronized augmentation, and whole
-        validation images (no transform; read them with `PairedImageDataset.whole_pairs`).
+        `(train, validation)`: training crops of ``resolution`` with the synchronized augmentation (``seed`` fixes
+        the crops and the replacements of unreadable rows; more than ``max_unreadable_fraction`` of them unreadable
+        stops training), and whole validation images (no transform; read them with `PairedImageDataset.whole_pairs`).
     """
     splits = load_pairs_dataset(
         dataset_name=dataset_name,
@@ -226,6 +233,8 @@ def build_pair_datasets(
         transform=PairTransform(resolution, center_crop=center_crop, random_flip=random_flip),
         direction=direction,
         edge_smoothing=edge_smoothing,
+        seed=seed,
+        budget=UnreadableBudget(max_fraction=max_unreadable_fraction),
         **columns,
     )
     validation = PairedImageDataset(validation_rows, direction=direction, **columns)
@@ -295,8 +304,63 @@ class PairTransform:
         return source, target
 
 
+class UnreadableDataError(RuntimeError):
+    """Too many training rows could not be decoded: the data, not the run, needs fixing."""
+
+
+class UnreadableBudget:
+    """How many unreadable rows a run tolerates before `UnreadableDataError` stops it.
+
+    Args:
+        max_fraction (`float`, *optional*, defaults to 0.2): stop once more than this fraction of the rows read so far
+            were unreadable (checked after ``min_reads`` reads, so the first bad row of a run does not stop it).
+        max_in_a_row (`int`, *optional*, defaults to 16): stop once this many rows in a row were unreadable (a
+            sample and its replacements): with a healthy dataset that never happens, with a dead one it happens at
+            once instead of looping forever.
+        min_reads (`int`, *optional*, defaults to 32): reads before ``max_fraction`` is checked.
+
+    Each DataLoader worker (and each process) counts its own reads: the fraction is estimated on what it read.
+    """
+
+    def __init__(
+        self, max_fraction: float = DEFAULT_MAX_UNREADABLE_FRACTION, max_in_a_row: int = 16, min_reads: int = 32
+    ):
+        if not 0 <= max_fraction <= 1:
+            raise ValueError(f"`max_fraction` must be in [0, 1], got {max_fraction!r}.")
+        self.max_fraction, self.max_in_a_row, self.min_reads = max_fraction, max(1, max_in_a_row), min_reads
+        self.reads, self.failures = 0, 0
+        self.examples: list[str] = []  # "row 7: broken.png: cannot decode (...)", the first few
+
+    def read(self, index: int, error: Exception | None = None, in_a_row: int = 0) -> None:
+        """Count one read of row ``index`` (failed with ``error``, the ``in_a_row``-th failure of one sample);
+        raise `UnreadableDataError` naming example rows once the budget is spent."""
+        self.reads += 1
+        if error is None:
+            return
+        self.failures += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"row {index}: {error}")
+        if in_a_row >= self.max_in_a_row:
+            reason = f"{in_a_row} rows in a row could not be decoded"
+        elif self.reads >= self.min_reads and self.failures > self.max_fraction * self.reads:
+            reason = (
+                f"{self.failures} of the {self.reads} rows read so far could not be decoded "
+                f"(more than {self.max_fraction:.0%})"
+            )
+        else:
+            return
+        raise UnreadableDataError(
+            f"{reason}, e.g. {'; '.join(self.examples)}. Fix or remove these rows (re-run make-pairs, or check "
+            "the files), or tolerate more of them with --max_unreadable_fraction."
+        )
+
+
 class PairedImageDataset(torch.utils.data.Dataset):
-    """Map-style dataset of ``{"input", "target"[, "target_smoothed"]}`` tensors, or None for a corrupt sample.
+    """Map-style dataset of ``{"input", "target"[, "target_smoothed"]}`` tensors.
+
+    An unreadable row is replaced, with a warning naming it, by another row drawn from ``(seed, index, attempt)``
+    alone: the same on every process and in every worker, so each process always yields full batches (a DDP process
+    that skipped a batch would put the collectives out of step). ``budget`` stops the run when too many rows fail.
 
     Args:
         dataset: a `datasets.Dataset` with the two image columns (or one side-by-side column); a streamed
@@ -305,6 +369,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         paired_layout: ``"separate"`` (two columns) or ``"side_by_side"`` (one image holding A|B, pix2pix style).
         direction: ``"AtoB"`` or ``"BtoA"`` for the side-by-side layout.
         edge_smoothing: also return the edge-smoothed target (CartoonGAN).
+        seed: seed of the crops and flips (with the epoch and the row: see `set_epoch`) and of the replacements.
+        budget: the unreadable rows tolerated (default: `UnreadableBudget()`, 20 %).
     """
 
     def __init__(
@@ -316,6 +382,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         paired_layout: str = "separate",
         direction: str = "AtoB",
         edge_smoothing: bool = False,
+        seed: int = 0,
+        budget: UnreadableBudget | None = None,
     ):
         if paired_layout not in PAIRED_LAYOUTS:
             raise ValueError(f"`paired_layout` must be one of {list(PAIRED_LAYOUTS)}, got {paired_layout!r}.")
@@ -331,9 +399,15 @@ class PairedImageDataset(torch.utils.data.Dataset):
         self.dataset, self.transform = dataset, transform
         self.input_column, self.target_column = input_column, target_column
         self.paired_layout, self.direction, self.edge_smoothing = paired_layout, direction, edge_smoothing
+        self.seed, self.epoch = seed, 0
+        self.budget = budget or UnreadableBudget()
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's crops and flips (each a function of the seed, the epoch and the row)."""
+        self.epoch = epoch
 
     def pair(self, row: dict) -> tuple[Image.Image, Image.Image]:
         if self.paired_layout == "side_by_side":
@@ -353,7 +427,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
             try:
                 source, target = self.pair(row)
             except ImageLoadError as error:
-                logger.warning("Skipping sample %d: %s", index, error)
+                logger.warning("Skipping validation row %d: %s", index, error)
                 continue
             if target.size != source.size:
                 target = target.resize(source.size, Image.Resampling.BICUBIC)
@@ -366,22 +440,34 @@ class PairedImageDataset(torch.utils.data.Dataset):
             return self.pair(row)[0]
         return decode_image(row[self.input_column])
 
-    def __getitem__(self, index: int) -> dict | None:
-        return self.process(self.dataset[index], index)
+    def replacement(self, index: int, attempt: int) -> int:
+        """The row read instead of unreadable row ``index`` at its ``attempt``-th failure: random, yet a function of
+        ``(seed, index, attempt)`` only, so every process and worker picks the same one."""
+        return int(np.random.default_rng([self.seed, index, attempt]).integers(len(self)))
 
-    def process(self, row: dict, index: int) -> dict | None:
-        """One row → tensors, or None (with a warning naming it) if an image cannot be decoded."""
-        try:
-            source, target = self.pair(row)
-        except ImageLoadError as error:
-            logger.warning("Skipping sample %d: %s", index, error)
-            return None
+    def __getitem__(self, index: int) -> dict:
+        row_index = index
+        for attempt in itertools.count(1):  # ends: the budget raises after max_in_a_row failures
+            try:
+                item = self.load(self.dataset[row_index], row_index)
+            except ImageLoadError as error:
+                replacement = self.replacement(index, attempt)
+                logger.warning("Unreadable row %d (%s): reading row %d instead", row_index, error, replacement)
+                self.budget.read(row_index, error, in_a_row=attempt)
+                row_index = replacement
+                continue
+            self.budget.read(row_index)
+            return item
+
+    def load(self, row: dict, index: int) -> dict:
+        """Row number ``index`` → tensors; `ImageLoadError` if an image cannot be decoded."""
+        source, target = self.pair(row)
         if self.transform is None:
             if target.size != source.size:
                 target = target.resize(source.size, Image.Resampling.BICUBIC)
         else:
-            # torch's RNG: seeded by set_seed, distinct per DataLoader worker and epoch
-            rng = random.Random(int(torch.randint(0, 2**62, ())))
+            # a function of (seed, epoch, row): the same crops whatever the workers, processes or resumes
+            rng = random.Random(int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**62)))
             source, target = self.transform(source, target, rng)
         item = {"input": pil_to_tensor(source), "target": pil_to_tensor(target)}
         if self.edge_smoothing:
@@ -390,22 +476,34 @@ class PairedImageDataset(torch.utils.data.Dataset):
 
 
 class StreamingPairedDataset(torch.utils.data.IterableDataset):
-    """`PairedImageDataset`'s processing over a streamed (`datasets.IterableDataset`) source."""
+    """`PairedImageDataset`'s processing over a streamed (`datasets.IterableDataset`) source. Unreadable rows are
+    left out (with a warning, within the pairs' budget): accelerate reads a stream on the main process and
+    dispatches full batches, so every process still steps together."""
 
     def __init__(self, pairs: PairedImageDataset):
         self.pairs = pairs
 
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
     def __iter__(self):
+        in_a_row = 0
         for index, row in enumerate(self.pairs.dataset):
-            yield self.pairs.process(row, index)
+            try:
+                item = self.pairs.load(row, index)
+            except ImageLoadError as error:
+                in_a_row += 1
+                logger.warning("Skipping unreadable row %d of the stream: %s", index, error)
+                self.pairs.budget.read(index, error, in_a_row=in_a_row)
+                continue
+            in_a_row = 0
+            self.pairs.budget.read(index)
+            yield item
 
 
-def collate_pairs(items: list[dict | None]) -> dict:
-    """Stack the good samples; ``skipped`` counts the corrupt ones that were dropped."""
-    good = [item for item in items if item is not None]
-    batch = {key: torch.stack([item[key] for item in good]) for key in (good[0] if good else {})}
-    batch["skipped"] = len(items) - len(good)
-    return batch
+def collate_pairs(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack samples into a batch: ``input``, ``target`` (and ``target_smoothed``), each (B, 3, R, R)."""
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
 def brightness(image: Image.Image) -> float:
@@ -414,19 +512,34 @@ def brightness(image: Image.Image) -> float:
     return float(np.asarray(thumbnail, dtype=np.float32).mean() / 255.0)
 
 
+class EpochWeightedRandomSampler(WeightedRandomSampler):
+    """`WeightedRandomSampler` whose draws are a function of ``(seed, epoch)``: the same on every process, and the
+    same again when a resumed run calls `set_epoch` (accelerate's DataLoader does, each epoch)."""
+
+    def __init__(self, weights: list[float], num_samples: int, seed: int = 0):
+        super().__init__(weights, num_samples, replacement=True, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 def brightness_balanced_sampler(
     values: list[float], num_bins: int = 4, num_samples: int | None = None, seed: int = 0
-) -> WeightedRandomSampler:
+) -> EpochWeightedRandomSampler:
     """Sample so every brightness bin (equal-width over [0, 1]) is drawn equally often; empty bins are skipped."""
     bins = np.minimum((np.asarray(values) * num_bins).astype(int), num_bins - 1)
     counts = np.bincount(bins, minlength=num_bins)
     weights = 1.0 / counts[bins]
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights.tolist(), num_samples or len(values), replacement=True, generator=generator)
+    return EpochWeightedRandomSampler(weights.tolist(), num_samples or len(values), seed=seed)
 
 
 def dataset_brightness(dataset: PairedImageDataset) -> list[float]:
-    """Brightness of every sample's input (0.5 for unreadable ones, which the loader will skip anyway)."""
+    """Brightness of every sample's input (0.5 for unreadable ones, which the loader replaces anyway)."""
     values = []
     for index in range(len(dataset)):
         try:

@@ -2,7 +2,10 @@
 learning-rate schedule, and validation through the `Cartoonizer` on whole images.
 
 `training_step` is the pix2pix recipe (Isola et al., 2017) for any objective of `ghibligan.losses`: a D step on real
-and fake, then a G step with D frozen. Checkpoints live in `ghibligan.checkpoints`.
+and fake, then a G step with D frozen. A loss that is not finite on any process stops the run with
+`NonFiniteLossError` before it reaches the weights (or skips that update, on every process alike).
+`seed_step` makes the step's randomness (dropout) a function of the seed, the process and the batch, so a resumed run
+repeats an uninterrupted one exactly. Checkpoints live in `ghibligan.checkpoints`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,24 @@ from .losses import Objective
 from .pipeline import Cartoonizer
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite: the step it happened at and the terms are in the message."""
+
+
+def nonfinite_terms(accelerator, logs: dict[str, torch.Tensor]) -> list[str]:
+    """The loss terms of ``logs`` that are NaN or infinite on at least one process. Every process must call it (one
+    small all-reduce) and gets the same answer, so all of them stop or skip together."""
+    flags = torch.stack([(~torch.isfinite(value.detach().float())).any().float() for value in logs.values()])
+    flags = accelerator.reduce(flags.to(accelerator.device), "sum")
+    return [name for name, flag in zip(logs, flags.tolist(), strict=True) if flag > 0]
+
+
+def seed_step(seed: int, process_index: int, batch_index: int) -> None:
+    """Seed torch's global RNG (dropout's) from ``(seed, process, batch)``: a resumed run draws what an uninterrupted
+    one drew at that batch, whatever else (data loading, validation) used the RNG in between."""
+    torch.manual_seed(int(np.random.default_rng([seed, process_index, batch_index]).integers(2**63)))
+
+
 def training_step(
     accelerator,
     objective: Objective,
@@ -32,6 +53,7 @@ def training_step(
     batch: dict[str, torch.Tensor],
     step: int,
     max_grad_norm: float = 0.0,
+    skip_nonfinite: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One GAN step on ``batch`` (one micro-step under gradient accumulation): D on real and fake, then G with D frozen.
 
@@ -43,9 +65,12 @@ def training_step(
         batch (`dict`): ``input`` and ``target`` crops (B, 3, R, R) in [-1, 1] (and ``target_smoothed`` for CartoonGAN).
         step (`int`): the optimizer steps done so far.
         max_grad_norm (`float`, *optional*, defaults to 0.0): clip gradient norms to this (0: no clipping).
+        skip_nonfinite (`bool`, *optional*, defaults to False): when a loss is NaN or infinite on any process, drop
+            that update (D's, or G's) on every process and go on, instead of raising `NonFiniteLossError`.
 
     Returns:
-        `dict[str, torch.Tensor]`: the logged loss terms, detached.
+        `dict[str, torch.Tensor]`: the logged loss terms, detached (``skipped_d`` / ``skipped_g`` = 1 for an update
+        dropped under ``skip_nonfinite``).
     """
     optimizer_g, optimizer_d = optimizers
     scheduler_g, scheduler_d = schedulers
@@ -61,35 +86,54 @@ def training_step(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def finite(name: str, model_logs: dict[str, torch.Tensor], optimizer, scheduler) -> bool:
+        # Checked before backward, on every process at once: NaN never reaches the weights, no process skips alone.
+        bad = nonfinite_terms(accelerator, model_logs)
+        if not bad:
+            return True
+        values = ", ".join(f"{term} = {model_logs[term].item():.4g}" for term in bad)
+        if not skip_nonfinite:
+            raise NonFiniteLossError(
+                f"Step {step + 1}: the loss is not finite ({values} on some process); stopped before it reaches the "
+                "weights or a checkpoint. Lower --learning_rate, clip with --max_grad_norm, check the data and the "
+                "weights you start from, or drop such updates with --skip_nonfinite_steps."
+            )
+        optimizer.zero_grad(set_to_none=True)  # an accumulated update is dropped whole
+        scheduler.step()  # the schedule keeps counting optimizer steps
+        logs[f"skipped_{name}"] = torch.ones((), device=accelerator.device)
+        return False
+
     with accelerator.accumulate(generator, discriminator):
         fake = generator(batch["input"])  # (B, 3, R, R)
         if adversarial:  # D step: real → real, G's outputs (and, for CartoonGAN, smoothed-edge cartoons) → fake
             loss_d, logs_d = objective.discriminator_loss(discriminator, batch, fake)
-            accelerator.backward(loss_d)
-            optimizer_step(discriminator, optimizer_d, scheduler_d)
             logs.update(logs_d)
+            if finite("d", logs_d, optimizer_d, scheduler_d):
+                accelerator.backward(loss_d)
+                optimizer_step(discriminator, optimizer_d, scheduler_d)
         # G step with D frozen, used unwrapped so DDP does not wait for D's gradients; the unwrapped D (and VGG)
         # run outside the autocast that prepare() puts around the prepared models' forward.
         unwrapped_d.requires_grad_(False)
         try:
             with accelerator.autocast():
                 loss_g, logs_g = objective.generator_loss(unwrapped_d, batch, fake, adversarial=adversarial)
-            accelerator.backward(loss_g)
+            logs.update(logs_g)
+            if finite("g", logs_g, optimizer_g, scheduler_g):
+                accelerator.backward(loss_g)
+                optimizer_step(generator, optimizer_g, scheduler_g)
         finally:
             unwrapped_d.requires_grad_(True)
-        optimizer_step(generator, optimizer_g, scheduler_g)
-        logs.update(logs_g)
     return logs
 
 
 def tone_head_samples(pairs, streaming: bool, count: int = 256, seed: int = 0) -> list[dict]:
-    """``count`` random crops of the training pairs (the first ``count`` rows when streaming), unreadable ones left
-    out. Drawn with ``seed`` and the global torch RNG that `set_seed` seeded: the same on every process."""
+    """``count`` random crops of the training pairs (the first ``count`` readable rows when streaming), unreadable
+    rows replaced as in training. Drawn with ``seed`` alone: the same on every process."""
     if streaming:
-        return [s for s in itertools.islice(iter(StreamingPairedDataset(pairs)), count) if s is not None]
+        return list(itertools.islice(iter(StreamingPairedDataset(pairs)), count))
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randint(len(pairs), (count,), generator=generator).tolist()
-    return [sample for sample in (pairs[i] for i in indices) if sample is not None]
+    return [pairs[i] for i in indices]
 
 
 def fit_tone_head(

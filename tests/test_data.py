@@ -15,6 +15,8 @@ from ghibligan.data import (
     PairedImageDataset,
     PairTransform,
     StreamingPairedDataset,
+    UnreadableBudget,
+    UnreadableDataError,
     brightness_balanced_sampler,
     build_pair_datasets,
     collate_pairs,
@@ -54,7 +56,8 @@ def test_input_and_target_get_the_same_random_crop_and_flip():
     rows = image_dataset({"input_image": [photo], "target_image": [photo]})
     pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(48, random_flip=True))
     crops = set()
-    for _ in range(12):
+    for epoch in range(12):
+        pairs.set_epoch(epoch)
         item = pairs[0]
         assert item["input"].shape == (3, 48, 48)
         assert torch.equal(item["input"], item["target"])  # same crop, same flip
@@ -83,19 +86,92 @@ def test_modes_are_converted_to_rgb():
     assert item["input"].shape == item["target"].shape == (3, 32, 32)
 
 
-def test_corrupt_samples_are_skipped_with_a_warning_naming_them(caplog):
-    good = {"bytes": png_bytes(photo_like(40, 40)), "path": None}
-    broken = {"bytes": png_bytes(photo_like(40, 40))[:60], "path": "broken_17.png"}
-    rows = datasets.Dataset.from_dict(
-        {"input_image": [good, broken, good], "target_image": [good, good, good]},
+def corrupt_rows(count: int, broken: set[int]) -> datasets.Dataset:
+    """``count`` rows of distinct photos; the inputs of rows ``broken`` are truncated PNGs named ``broken_{i}.png``."""
+    good = [{"bytes": png_bytes(photo_like(40, 40, seed=i)), "path": None} for i in range(count)]
+    inputs = [{"bytes": g["bytes"][:60], "path": f"broken_{i}.png"} if i in broken else g for i, g in enumerate(good)]
+    return datasets.Dataset.from_dict(
+        {"input_image": inputs, "target_image": good},
         features=datasets.Features({"input_image": datasets.Image(), "target_image": datasets.Image()}),
     )
-    pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(32))
+
+
+def test_an_unreadable_row_is_replaced_by_the_same_other_row_everywhere(caplog):
+    """Every process (a fresh dataset object each) must get a full batch and the same replacement, or DDP desyncs."""
+    pairs = PairedImageDataset(corrupt_rows(6, {1}), "input_image", "target_image", PairTransform(32), seed=5)
     with caplog.at_level(logging.WARNING):
         loader = torch.utils.data.DataLoader(pairs, batch_size=3, collate_fn=collate_pairs)
         batch = next(iter(loader))
-    assert batch["input"].shape[0] == 2 and batch["skipped"] == 1
-    assert "broken_17.png" in caplog.text
+    assert batch["input"].shape == (3, 3, 32, 32)  # still a full batch
+    assert "broken_1.png" in caplog.text
+    replacement = pairs.replacement(1, 1) if pairs.replacement(1, 1) != 1 else pairs.replacement(1, 2)
+    assert torch.equal(batch["input"][1], pairs[replacement]["input"])  # a readable row, with its own crop
+    other = PairedImageDataset(corrupt_rows(6, {1}), "input_image", "target_image", PairTransform(32), seed=5)
+    assert torch.equal(other[1]["input"], batch["input"][1])  # the same replacement and crop on another "process"
+
+
+def test_too_many_unreadable_rows_stop_promptly_naming_them():
+    everything_broken = PairedImageDataset(
+        corrupt_rows(4, {0, 1, 2, 3}), "input_image", "target_image", PairTransform(32)
+    )
+    with pytest.raises(UnreadableDataError, match=r"16 rows in a row could not be decoded, e\.g\. row 0: broken_0"):
+        everything_broken[0]  # not an endless loop
+    budget = UnreadableBudget(max_fraction=0.2, min_reads=10)
+    a_third_broken = PairedImageDataset(
+        corrupt_rows(30, set(range(0, 30, 3))), "input_image", "target_image", PairTransform(32), budget=budget
+    )
+    with pytest.raises(
+        UnreadableDataError, match=r"of the \d+ rows read so far could not be decoded \(more than 20%\)"
+    ):
+        for index in range(30):
+            a_third_broken[index]
+    assert budget.reads < 30  # stopped as soon as the budget was spent
+    tolerant = PairedImageDataset(
+        corrupt_rows(30, set(range(0, 30, 3))), "input_image", "target_image", PairTransform(32),
+        budget=UnreadableBudget(max_fraction=0.5),
+    )  # fmt: skip
+    assert all(tolerant[i]["input"].shape == (3, 32, 32) for i in range(30))
+
+
+def test_crops_are_a_function_of_seed_epoch_and_row():
+    rows = image_dataset({"input_image": [photo_like(90, 70)], "target_image": [photo_like(90, 70)]})
+
+    def crop(seed, epoch):
+        pairs = PairedImageDataset(rows, "input_image", "target_image", PairTransform(48, random_flip=True), seed=seed)
+        pairs.set_epoch(epoch)
+        torch.manual_seed(epoch)  # the global RNG plays no part
+        return pairs[0]["input"]
+
+    assert torch.equal(crop(0, 3), crop(0, 3))
+    assert len({crop(0, epoch).sum().item() for epoch in range(8)}) > 3  # and differ from epoch to epoch
+    assert not torch.equal(crop(0, 1), crop(1, 1))
+
+
+def test_crops_and_replacements_do_not_depend_on_dataloader_workers():
+    pairs = PairedImageDataset(corrupt_rows(4, {2}), "input_image", "target_image", PairTransform(32), seed=1)
+    pairs.set_epoch(3)
+
+    def batches(num_workers):
+        loader = torch.utils.data.DataLoader(pairs, batch_size=2, num_workers=num_workers, collate_fn=collate_pairs)
+        return [batch["input"] for batch in loader]
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2), strict=True))
+
+
+def test_a_stream_leaves_unreadable_rows_out_within_the_budget(tmp_path):
+    corrupt_rows(6, {2}).to_parquet(str(tmp_path / "rows.parquet"))
+    stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "rows.parquet"), split="train", streaming=True)
+    assert (
+        len(list(StreamingPairedDataset(PairedImageDataset(stream, "input_image", "target_image", PairTransform(32)))))
+        == 5
+    )
+    corrupt_rows(6, set(range(6))).to_parquet(str(tmp_path / "dead.parquet"))
+    stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "dead.parquet"), split="train", streaming=True)
+    dead = PairedImageDataset(
+        stream, "input_image", "target_image", PairTransform(32), budget=UnreadableBudget(max_in_a_row=3)
+    )
+    with pytest.raises(UnreadableDataError, match="3 rows in a row"):
+        list(StreamingPairedDataset(dead))
 
 
 def test_brightness_balancing_rebalances_a_skewed_set():

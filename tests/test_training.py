@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ghibligan import Cartoonizer, PatchDiscriminator, ResNetGenerator, UNetGenerator
-from ghibligan.checkpoints import list_checkpoints, resolve_resume, save_checkpoint
+from ghibligan.checkpoints import list_checkpoints, resume_candidates, save_checkpoint
 from ghibligan.cli import main as ghibligan_main
 from ghibligan.losses import CartoonGANObjective, Pix2PixObjective
 from ghibligan.models.output_stage import ToneHead
@@ -128,12 +128,12 @@ def test_checkpoints_hold_a_loadable_generator_and_keep_the_newest(tmp_path):
         save_checkpoint(accelerator, tmp_path, step, accelerator.unwrap_model(generator), total_limit=2)
     (tmp_path / "checkpoint-8.tmp").mkdir()  # what an interrupted save leaves: never "latest"
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
-    assert resolve_resume(tmp_path, "latest") == tmp_path / "checkpoint-6"
-    assert resolve_resume(tmp_path / "empty", "latest") is None
+    assert resume_candidates(tmp_path, "latest") == [tmp_path / "checkpoint-6", tmp_path / "checkpoint-4"]
+    assert resume_candidates(tmp_path / "empty", "latest") == []
     cartoonizer = Cartoonizer.from_pretrained(tmp_path / "checkpoint-6" / "generator", device="cpu")
     assert cartoonizer(photo_like(40, 30))[0].size == (40, 30)
     with pytest.raises(FileNotFoundError, match="`resume_from_checkpoint` 'nowhere' is not a folder"):
-        resolve_resume(tmp_path, "nowhere")
+        resume_candidates(tmp_path, "nowhere")
 
 
 # -- the script's arguments and builders, in-process ------------------------------------------------------------------
