@@ -1,0 +1,130 @@
+"""Latency of the guided-filter student beside the bundled U-Net and the reference pix2pix ``unet_256``.
+
+For each model and precision, in one interleaved run (so a shared machine's load hits all alike): the minimum time of
+the bare ``model(x)`` forward on a (1, 3, H, W) tensor, and of PIL in → PIL out (tensor conversion included, one pass,
+no tiling), at 512², 1024² and 3840×2160. bf16 is measured only where the CPU computes it natively (elsewhere
+PyTorch emulates it, slower than fp32). Weights are random: speed does not depend on them. The minimum, not the
+median: on a shared machine other processes only ever add time, so the minimum is the least noisy estimate. Read the
+ratios.
+
+    python benchmarks/bench_student.py                       # prints a Markdown table for BENCHMARKS.md
+    python benchmarks/bench_student.py --repeats 9 --student '{"scale_factor": 4}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from datetime import date
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ghibligan import UNetGenerator
+from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
+from ghibligan.models.auto import load_generator
+from ghibligan.models.guided import GuidedFilterGenerator
+from ghibligan.pipeline import bundled_model_path, has_native_bf16_cpu
+
+SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
+
+
+def photo(width: int, height: int) -> Image.Image:
+    """A deterministic photo-like test image: gradients, a sinusoid and noise."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 31 + y / 17)], -1)
+    base += 0.03 * rng.standard_normal(base.shape, dtype=np.float32)
+    return Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8))
+
+
+def prepare(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    return model.eval().to(dtype=dtype, memory_format=torch.channels_last)
+
+
+def forward_fn(model: torch.nn.Module, image: Image.Image, dtype: torch.dtype) -> Callable[[], object]:
+    sample = pil_to_tensor(image)[None].to(dtype).contiguous(memory_format=torch.channels_last)
+    return lambda: model(sample)
+
+
+def end_to_end_fn(model: torch.nn.Module, image: Image.Image, dtype: torch.dtype) -> Callable[[], object]:
+    def run() -> Image.Image:
+        sample = pil_to_tensor(image)[None].to(dtype).contiguous(memory_format=torch.channels_last)
+        return Image.fromarray(tensor_to_uint8(model(sample)[0]))
+
+    return run
+
+
+@torch.inference_mode()
+def min_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up (oneDNN primitive creation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per configuration (minimum reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2, the target machine)")
+    parser.add_argument("--student", default="{}", help="GuidedFilterGenerator kwargs as JSON")
+    parser.add_argument("--skip_unet256_4k", action="store_true", help="unet_256 on 3840×2160 takes ~10 s a call")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    student_kwargs = {"styles": ["ghibli", "toon", "painterly"], **json.loads(args.student)}
+    models = {
+        "student": GuidedFilterGenerator(**student_kwargs),
+        "bundled": load_generator(bundled_model_path()),
+        "unet_256": UNetGenerator(),
+    }
+    dtypes = [torch.float32] + ([torch.bfloat16] if has_native_bf16_cpu() else [])
+    rows = []
+    for width, height in SIZES:
+        image = photo(width, height)
+        for dtype in dtypes:
+            row = {"size": f"{width}×{height}", "dtype": str(dtype).removeprefix("torch.")}
+            for name, model in models.items():
+                if name == "unet_256" and width > 2000 and args.skip_unet256_4k:
+                    continue
+                model = prepare(model, dtype)
+                repeats = args.repeats if width < 2000 else max(1, args.repeats // 3)
+                row[f"{name} forward"] = min_ms(forward_fn(model, image, dtype), repeats)
+                row[f"{name} e2e"] = min_ms(end_to_end_fn(model, image, dtype), repeats)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    print(
+        f"\n## Student model latency — {date.today()} — {platform.machine()}, {args.threads} threads, "
+        f"torch {torch.__version__}\n"
+    )
+    print(f"Command: `python benchmarks/bench_student.py {' '.join(f'--{k} {v}' for k, v in vars(args).items())}`")
+    print(
+        f"student = GuidedFilterGenerator({student_kwargs}), {params['student'] / 1e6:.2f} M parameters; "
+        f"bundled {params['bundled'] / 1e6:.2f} M; unet_256 {params['unet_256'] / 1e6:.1f} M\n"
+    )
+    print(
+        "| size | dtype | student fwd (ms) | student PIL→PIL (ms) | bundled PIL→PIL (ms) | unet_256 PIL→PIL (ms) | "
+        "unet_256 fp32 / student |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    fp32_unet = {r["size"]: r.get("unet_256 e2e") for r in rows if r["dtype"] == "float32"}
+    for r in rows:
+        unet = r.get("unet_256 e2e")
+        ratio = fp32_unet[r["size"]] / r["student e2e"] if fp32_unet[r["size"]] else float("nan")
+        print(
+            f"| {r['size']} | {r['dtype']} | {r['student forward']:.1f} | {r['student e2e']:.1f} | "
+            f"{r['bundled e2e']:.1f} | {unet if unet is None else f'{unet:.1f}'} | {ratio:.1f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
