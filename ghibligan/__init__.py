@@ -18,6 +18,7 @@ _EXPORTS = {
     "Cartoonizer": ".pipeline",
     "ImageLoadError": ".image_io",
     "load_image": ".image_io",
+    "GuidedFilterGenerator": ".models",
     "PatchDiscriminator": ".models",
     "ResNetGenerator": ".models",
     "UNetGenerator": ".models",
@@ -26,7 +27,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from .image_io import ImageLoadError, load_image
-    from .models import PatchDiscriminator, ResNetGenerator, UNetGenerator, load_generator
+    from .models import GuidedFilterGenerator, PatchDiscriminator, ResNetGenerator, UNetGenerator, load_generator
     from .pipeline import Cartoonizer
 
 
@@ -42,6 +43,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Cartoonizer",
+    "GuidedFilterGenerator",
     "ImageLoadError",
     "PatchDiscriminator",
     "ResNetGenerator",

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,3 +175,20 @@ def test_bfloat16_model_runs_and_stays_close_to_float32():
         half = model.to(torch.bfloat16)(sample.bfloat16(), torch.tensor([1]))
     assert half.dtype == torch.bfloat16
     assert (half.float() - full).abs().mean() < 0.03
+
+
+def test_load_generator_and_the_pipeline_read_a_guided_checkpoint(tmp_path):
+    """Registered with `load_generator` (built on the meta device first, as every checkpoint is) and served by the
+    `Cartoonizer`, which bounds its activation memory like the other generators'."""
+    from ghibligan import Cartoonizer, load_generator
+
+    model = GuidedFilterGenerator(styles=["ghibli", "toon"]).eval()
+    model.save_pretrained(tmp_path)
+    loaded = load_generator(tmp_path)
+    assert type(loaded) is GuidedFilterGenerator and loaded.styles == ["ghibli", "toon"]
+    sample = torch.rand(1, 3, 37, 53) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(sample), model(sample))
+    pipe = Cartoonizer(loaded, device="cpu")
+    assert pipe(np.zeros((37, 53, 3), np.uint8))[0].size == (53, 37)
+    assert pipe.activation_bytes(256, 256) > 0

@@ -1,4 +1,5 @@
 from .auto import GENERATOR_CLASSES, load_generator
+from .guided import GuidedFilterGenerator
 from .patchgan import PatchDiscriminator
 from .presets import GENERATOR_PRESETS, GeneratorPreset, build_discriminator, build_generator
 from .resnet import ResNetGenerator
@@ -8,6 +9,7 @@ __all__ = [
     "GENERATOR_CLASSES",
     "GENERATOR_PRESETS",
     "GeneratorPreset",
+    "GuidedFilterGenerator",
     "PatchDiscriminator",
     "ResNetGenerator",
     "UNetGenerator",

@@ -11,12 +11,14 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
+from .guided import GuidedFilterGenerator
 from .resnet import ResNetGenerator
 from .unet import UNetGenerator
 
 GENERATOR_CLASSES: dict[str, type[nn.Module]] = {
     "UNetGenerator": UNetGenerator,
     "ResNetGenerator": ResNetGenerator,
+    "GuidedFilterGenerator": GuidedFilterGenerator,
 }
 
 

@@ -23,6 +23,7 @@ shift, zero at initialisation), and the guide map's hidden layer gets a per-styl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -57,7 +58,7 @@ class GuidedFilter(nn.Module):
         super().__init__()
         self.radius = radius
         # eps = softplus(raw) > 0, one per channel, trainable
-        self.raw_eps = nn.Parameter(torch.full((1, channels, 1, 1), float(torch.tensor(eps).expm1().log())))
+        self.raw_eps = nn.Parameter(torch.full((1, channels, 1, 1), math.log(math.expm1(eps))))
 
     @property
     def eps(self) -> torch.Tensor:

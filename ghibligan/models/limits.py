@@ -33,7 +33,17 @@ CONFIG_BOUNDS: dict[str, int] = {
     "n_blocks": 64,
     "attention_heads": 64,
     "tone_head_channels": 256,
+    # GuidedFilterGenerator
+    "scale_factor": 16,
+    "channels": 256,
+    "num_levels": 8,
+    "num_blocks": 64,
+    "radius": 32,
+    "guide_channels": 256,
+    "tone_channels": 256,
+    "line_channels": 256,
 }
+MAX_STYLES = 64  # style names a config may list (each one a row of small embedding tables)
 
 
 class ResourceLimitError(ValueError):
@@ -41,7 +51,18 @@ class ResourceLimitError(ValueError):
 
 
 def check_config_bounds(config: Mapping[str, object], source: str) -> None:
-    """Refuse a config whose size-like values (`CONFIG_BOUNDS`) are not integers within their bounds."""
+    """Refuse a config whose size-like values (`CONFIG_BOUNDS`) are not integers within their bounds, or that lists
+    more than `MAX_STYLES` styles (or style names that are not short strings)."""
+    styles = config.get("styles")
+    if styles is not None and (
+        not isinstance(styles, (list, tuple))
+        or len(styles) > MAX_STYLES
+        or not all(isinstance(name, str) and 0 < len(name) <= 64 for name in styles)
+    ):
+        raise ValueError(
+            f"config.json of {source!r}: `styles` must be a list of at most {MAX_STYLES} style names of 1 to 64 "
+            "characters. The checkpoint is broken or not meant for ghibligan."
+        )
     for key, bound in CONFIG_BOUNDS.items():
         if key not in config:
             continue
