@@ -334,9 +334,9 @@ class Cartoonizer:
         """
         self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size)
         style_index = self.style_index(style)
-        generate = self._generate  # every batch and tile in this style:
+        generate = self._generate  # what runs every batch and tile below
         if style_index is not None:
-            generate = functools.partial(self._generate, style=style_index)
+            generate = functools.partial(self._generate, style=style_index)  # ... in this style
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         loaded: list[LoadedImage] = [load_image(image, max_pixels=max_pixels) for image in inputs]
