@@ -372,6 +372,7 @@ def test_browser_style_selector_follows_the_model(server, browser, tmp_path):
     upload_and_run(page, EXAMPLE)
     page.locator("#before_after img").first.wait_for(state="visible", timeout=60_000)
     assert page.locator("#result img").get_attribute("src").endswith("/cat-toon.png")
+    page.screenshot(path=str(screenshot_path(tmp_path, "space-styles.png")), full_page=True)
     page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name=server.plain).click()
     style.wait_for(state="hidden", timeout=30_000)
