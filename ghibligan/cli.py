@@ -40,9 +40,11 @@ def _cartoonize(args: argparse.Namespace) -> int:
         print("ghibligan: error: nothing to cartoonize", file=sys.stderr)
         return 2
     cartoonizer = Cartoonizer.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    cartoonizer.style_index(args.style)  # an unknown style is refused now, with the model's styles, before any work
     report = cartoonize_files(
         cartoonizer,
         jobs,
+        style=args.style,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         max_side=args.max_side,
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ghibligan cartoonize photo.jpg -o cartoon.png\n"
         "  ghibligan cartoonize holiday/ -r -o holiday-toon/ --max_side 1536 --smoothing 0.3\n"
         "  ghibligan cartoonize 'shots/*.jpg' -o out/ --model you/your-ghibli-unet --dtype bfloat16\n"
+        "  ghibligan cartoonize photo.jpg -o photo-toon.png --model you/three-style-model --style toon\n"
         "  ghibligan cartoonize clip.mp4 -o clip-toon.mp4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -212,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cartoonize.add_argument(
         "--model", default=None, help="checkpoint folder or Hub repo id (default: the model bundled with ghibligan)"
+    )
+    cartoonize.add_argument(
+        "--style",
+        default=None,
+        metavar="NAME",
+        help="style of a style-conditioned model, one of the names in its config.json 'styles' (e.g. ghibli, toon, "
+        "painterly; default: its first); a model without styles takes none. An unknown name is refused with the "
+        "model's styles, before any work",
     )
     cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     cartoonize.add_argument(

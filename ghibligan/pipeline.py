@@ -7,11 +7,14 @@ Examples:
     >>> cartoonizer = Cartoonizer.from_pretrained()            # the bundled model; or a Hub id / local folder
     >>> cartoons = cartoonizer(["photo.jpg", Image.open("portrait.png")], max_side=1024, smoothing=0.3)
     >>> cartoons[0].save("cartoon.png")
+    >>> cartoonizer.styles                                      # a style-conditioned model's styles, else []
+    >>> cartoonizer("photo.jpg", style="ghibli")                # one of them (default: the first)
     ```
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -121,13 +124,15 @@ class Cartoonizer:
     r"""Turn photos into cartoons with a ghibligan generator.
 
     Args:
-        generator (`nn.Module` or `OnnxGenerator`): a `UNetGenerator` or `ResNetGenerator` (images in [-1, 1] →
-            [-1, 1]), or its ONNX export run by onnxruntime (`ghibligan.onnx_generator.OnnxGenerator`).
+        generator (`nn.Module` or `OnnxGenerator`): a `UNetGenerator`, `ResNetGenerator` or style-conditioned
+            `GuidedFilterGenerator` (images in [-1, 1] → [-1, 1]), or its ONNX export run by onnxruntime
+            (`ghibligan.onnx_generator.OnnxGenerator`).
         device (`str` or `torch.device`, *optional*): defaults to CUDA, then MPS, then CPU (for an `OnnxGenerator`:
             the device its session runs on, the CPU unless it was made for ``"cuda"``).
-        dtype (`torch.dtype` or `str`, *optional*, defaults to float32): ``bfloat16`` / ``float16`` run the generator
-            in half precision (faster on recent CPUs and GPUs); ``"auto"`` picks the fastest safe one for the device
-            (see `auto_dtype`), which is what the CLI and the Space use.
+        dtype (`torch.dtype` or `str`, *optional*, defaults to `"auto"`): the fastest safe precision for the device
+            (see `auto_dtype`: bf16 on CUDA GPUs and CPUs with native bf16, else float32; float32 for an
+            `OnnxGenerator`). Pass ``"float32"`` (or ``torch.float32``) for full precision everywhere, or
+            ``"bfloat16"`` / ``"float16"``.
         tile_size (`int`, *optional*, defaults to 1024): tile side for images above ``auto_tile_pixels``.
         auto_tile_pixels (`int`, *optional*, defaults to 2048 * 2048): images with more pixels are tiled.
     """
@@ -136,7 +141,7 @@ class Cartoonizer:
         self,
         generator: nn.Module | OnnxGenerator,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = "auto",
         tile_size: int = 1024,
         auto_tile_pixels: int = 2048 * 2048,
     ):
@@ -158,7 +163,7 @@ class Cartoonizer:
         pretrained_model_name_or_path: str | os.PathLike | None = None,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = "auto",
         tile_size: int = 1024,
         auto_tile_pixels: int = 2048 * 2048,
         backend: str = "torch",
@@ -166,7 +171,8 @@ class Cartoonizer:
     ) -> Cartoonizer:
         """Load a generator checkpoint: ``None`` (the bundled model), a local folder or a Hub repo id.
 
-        The generator class (U-Net or ResNet) is read from the checkpoint's config. ``kwargs`` go to
+        The generator class (U-Net, ResNet, guided filter) is read from the checkpoint's config; ``dtype`` defaults to
+        ``"auto"`` (see `Cartoonizer`). ``kwargs`` go to
         `from_pretrained` of that class (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ...).
         ``backend="onnxruntime"`` runs the checkpoint's ``model.onnx`` with onnxruntime instead (float32; a checkpoint
         without one is exported once and cached, see `ghibligan.onnx_generator.load_onnx_generator`).
@@ -204,6 +210,33 @@ class Cartoonizer:
     @property
     def size_multiple(self) -> int:
         return int(getattr(self.generator, "size_multiple", 1))
+
+    @property
+    def styles(self) -> list[str]:
+        """The style names of a style-conditioned generator, in index order; ``[]`` for a model without styles."""
+        return list(getattr(self.generator, "styles", None) or [])
+
+    def style_index(self, style: str | int | None) -> int | None:
+        """A style name or index → its index in `styles`; ``None`` → ``None`` (the model's first style, or no style).
+
+        Raises:
+            ValueError: naming ``style`` and listing the model's styles (or saying it has none).
+        """
+        if style is None:
+            return None
+        styles = self.styles
+        if not styles:
+            raise ValueError(
+                f"`style` {style!r} was given, but this model has no styles (styles: none); leave it unset."
+            )
+        if isinstance(style, str) and style in styles:
+            return styles.index(style)
+        if isinstance(style, int) and not isinstance(style, bool) and 0 <= style < len(styles):
+            return style
+        raise ValueError(
+            f"`style` {style!r} is not one of this model's styles {styles} (a name, or an index from 0 to "
+            f"{len(styles) - 1})."
+        )
 
     def check_inputs(self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size) -> None:
         if max_side is not None and (not isinstance(max_side, int) or max_side < 16):
@@ -247,10 +280,13 @@ class Cartoonizer:
             )
         return max(1, max_activation_bytes // needed)
 
-    def _generate(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float in [-1, 1] on any device → (B, 3, H, W) float32 on CPU."""
+    def _generate(self, batch: torch.Tensor, style: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) float in [-1, 1] on any device, a style index or None → (B, 3, H, W) float32 on CPU."""
         batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.generator(batch).float().cpu()
+        if style is None:  # style-less models take no style; style models use their first
+            return self.generator(batch).float().cpu()
+        styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)  # (B,)
+        return self.generator(batch, styles).float().cpu()
 
     def _tile_side(self, height: int, width: int, tile: int | None) -> int:
         """Tile side to use for this image, or 0 for a single pass."""
@@ -263,6 +299,7 @@ class Cartoonizer:
         self,
         images: ImageInput | Sequence[ImageInput],
         *,
+        style: str | int | None = None,
         max_side: int | None = None,
         tile: int | None = None,
         tile_overlap: int = 64,
@@ -276,6 +313,8 @@ class Cartoonizer:
 
         Args:
             images: paths, PIL images or numpy arrays (HxW[x1|3|4], uint8 / uint16 / float in [0, 1]), or a list.
+            style (`str` or `int`, *optional*): for a style-conditioned model, one of `styles` (a name or an index);
+                defaults to its first style. A model without styles takes none.
             max_side (`int`, *optional*): downscale so the longer side is at most this (never upscales).
             tile (`int`, *optional*): tile side for tiled inference; ``None`` tiles automatically above
                 ``auto_tile_pixels``, ``0`` never tiles.
@@ -294,6 +333,10 @@ class Cartoonizer:
             where the input had alpha.
         """
         self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size)
+        style_index = self.style_index(style)
+        generate = self._generate  # what runs every batch and tile below
+        if style_index is not None:
+            generate = functools.partial(self._generate, style=style_index)  # ... in this style
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         loaded: list[LoadedImage] = [load_image(image, max_pixels=max_pixels) for image in inputs]
@@ -311,7 +354,7 @@ class Cartoonizer:
             width, height = rgb.size
             if tile_side:
                 tensor = pil_to_tensor(rgb)  # (3, H, W)
-                result = tiled_apply(self._generate, tensor, tile_side, tile_overlap)  # one tile at a time
+                result = tiled_apply(generate, tensor, tile_side, tile_overlap)  # one tile at a time
                 outputs[index] = tensor_to_uint8(result)
                 progress.update()
             else:
@@ -321,7 +364,7 @@ class Cartoonizer:
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
                 batch = torch.stack([pil_to_tensor(rgbs[i]) for i in chunk])  # (B, 3, H, W)
-                for i, result in zip(chunk, self._generate(batch), strict=True):
+                for i, result in zip(chunk, generate(batch), strict=True):
                     outputs[i] = tensor_to_uint8(result)
                 progress.update(len(chunk))
         progress.close()

@@ -15,7 +15,10 @@ API (named endpoint ``/cartoonize``)::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
-    png_path = client.predict(handle_file("photo.jpg"), "bundled", 1024, 0.0, api_name="/cartoonize")
+    png_path = client.predict(handle_file("photo.jpg"), "bundled", 1024, 0.0, "", api_name="/cartoonize")
+
+The last argument, the style, is one of the chosen model's styles, or "" (or left out) for its default: ``ghibli``
+when it has it, else its first; a model without styles takes only "".
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ MAX_ACTIVATION_BYTES = 6 * 2**30  # one generator pass; a 2048² output of the b
 LOAD_TIMEOUT_S = 600.0  # a model not loaded by then is reported as failed
 OUTPUT_MAX_AGE_S = 600  # our PNGs are copied into gradio's cache (cleared after an hour); ours go after 10 minutes
 OUTPUTS = Path(tempfile.gettempdir()) / "ghibligan-space-outputs"
+DEFAULT_STYLE = "ghibli"  # the style pre-selected for a model that has it
 
 logger = logging.getLogger("ghibligan.space")
 
@@ -112,6 +116,11 @@ class ModelRegistry:
                 return
             self._failures[name] = reason
         logger.error("model %r is unavailable: %s", name, reason.replace("\n", " ")[:500])
+
+    def styles(self, name: object) -> list[str]:
+        """The styles of ``name`` if it is loaded (``[]`` for a model without styles, or one not loaded yet)."""
+        model = self._models.get(name) if isinstance(name, str) else None
+        return model.styles if model is not None else []
 
     def get(self, name: object) -> Cartoonizer:
         """The loaded model ``name``, or a `gr.Error` for the visitor."""
@@ -178,6 +187,29 @@ def read_upload(upload: object) -> tuple[Path, str]:
     return path, name
 
 
+def default_style(styles: list[str]) -> str | None:
+    """The style pre-selected for a model: ``ghibli`` when it has it, else its first; None without styles."""
+    return DEFAULT_STYLE if DEFAULT_STYLE in styles else (styles[0] if styles else None)
+
+
+def read_style(value: object, model: str, styles: list[str]) -> str | None:
+    """The style to run ``model`` in: one of its ``styles``, or its default for ``""`` / None; or a `gr.Error`."""
+    if value is None or value == "":
+        return default_style(styles)
+    shown = str(value)[:40]
+    if not styles:
+        raise refuse(
+            f"The model {model!r} has no styles; leave the style empty.",
+            f"style {shown!r} for {model!r}, which has none",
+        )
+    if not isinstance(value, str) or value not in styles:
+        raise refuse(
+            f"Choose one of the styles of the model {model!r}: {', '.join(styles)}; got {shown[:20]!r}.",
+            f"style {shown!r} is not one of {model!r}'s",
+        )
+    return value
+
+
 def output_path(upload_name: str, style: str | None = None) -> Path:
     """Where to write the result: ``holiday-ghibli.png`` for ``holiday.jpg`` in the style ``ghibli``, else
     ``holiday-cartoon.png``; in a fresh folder, after removing folders older than ``OUTPUT_MAX_AGE_S``."""
@@ -192,14 +224,15 @@ def output_path(upload_name: str, style: str | None = None) -> Path:
 
 
 def make_cartoonize(models: ModelRegistry):
-    def cartoonize(upload, model: str, max_side: float, smoothing: float) -> str:
+    def cartoonize(upload, model: str, max_side: float, smoothing: float, style: str | None = "") -> str:
         """Cartoonize one uploaded photo; every refusal is a message for the visitor and one log line."""
         path, name = read_upload(upload)
         side, strength = read_side(max_side), read_smoothing(smoothing)
         cartoonizer = models.get(model)
+        style = read_style(style, model, cartoonizer.styles)
         try:
             cartoon = cartoonizer(
-                path, max_side=side, smoothing=strength or None, max_pixels=MAX_PIXELS,
+                path, style=style, max_side=side, smoothing=strength or None, max_pixels=MAX_PIXELS,
                 max_activation_bytes=MAX_ACTIVATION_BYTES,
             )[0]  # fmt: skip
         except ImageLoadError as error:  # name the upload, not the server's temporary folder
@@ -210,7 +243,7 @@ def make_cartoonize(models: ModelRegistry):
                 "This photo is too large for this model at that output size. Choose a smaller output size.",
                 str(error),
             ) from None
-        destination = output_path(name)
+        destination = output_path(name, style)
         cartoon.save(destination, format="PNG")
         return str(destination)
 
@@ -229,6 +262,16 @@ def comparison(upload, cartoon, max_side: float):
     return photo.resize(result.size), result
 
 
+def style_choices(models: ModelRegistry):
+    """The style selector for ``model``: its styles, its default selected; hidden for a model without styles."""
+
+    def choices(model: str) -> gr.Dropdown:
+        styles = models.styles(model)
+        return gr.Dropdown(choices=styles or [("default", "")], value=default_style(styles) or "", visible=bool(styles))
+
+    return choices
+
+
 def build_demo(models: ModelRegistry) -> gr.Blocks:
     with gr.Blocks(title="ghibligan — photo to cartoon", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
@@ -241,6 +284,14 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
                     label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], elem_id="photo"
                 )
                 model = gr.Dropdown(models.names, value=models.names[0], label="Model", allow_custom_value=False)
+                # the API schema lists the styles of the models loaded now ("": the chosen model's default); the page
+                # shows the chosen model's own styles (updated on load and on every model change)
+                known = list(dict.fromkeys(style for name in models.names for style in models.styles(name)))
+                first = models.styles(models.names[0])
+                style = gr.Dropdown(
+                    [("default", ""), *known], value=default_style(first) or "", label="Style",
+                    allow_custom_value=False, visible=bool(first), elem_id="style",
+                )  # fmt: skip
                 max_side = gr.Slider(
                     MIN_SIDE, MAX_SIDE, value=DEFAULT_SIDE, step=64, label="Output size (longer side, pixels)"
                 )
@@ -256,15 +307,17 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
                 )
         # preprocess=False: the raw payloads reach the checks above (gradio's would decode the photo first)
         event = run.click(
-            make_cartoonize(models), [photo, model, max_side, smoothing], result, api_name="cartoonize",
+            make_cartoonize(models), [photo, model, max_side, smoothing, style], result, api_name="cartoonize",
             preprocess=False,
         )  # fmt: skip
+        model.change(style_choices(models), model, style, api_visibility="private")
         event.success(comparison, [photo, result, max_side], before_after, api_visibility="private", preprocess=False)
         gr.Examples(
             examples=[[str(p)] for p in sorted(EXAMPLES.glob("*.jpg"))],
             inputs=[photo],
             label="Examples (CC0 / public domain, see examples/SOURCES.md) — click one, then Cartoonize",
         )
+        demo.load(style_choices(models), model, style, api_visibility="private")
     return demo
 
 

@@ -58,3 +58,23 @@ def write_broken_files(folder: Path) -> list[Path]:
     truncated.write_bytes(truncated.read_bytes()[:300])
     bomb = write_png_with_huge_header(folder / "bomb.png")
     return [empty, text, truncated, bomb]
+
+
+STYLES = ["ghibli", "toon", "painterly"]
+
+
+def save_tiny_style_model(path: Path, styles: list[str] = STYLES, seed: int = 0, scale: float = 0.3) -> Path:
+    """A tiny `GuidedFilterGenerator` with random weights. Its per-style tables and output layers start at zero (every
+    style the same, the output close to the photo); here they are random too, so styles differ."""
+    import torch
+
+    from ghibligan.models.guided import GuidedFilterGenerator
+
+    torch.manual_seed(seed)
+    model = GuidedFilterGenerator(styles=styles, channels=4, num_levels=2, num_blocks=1, tone_channels=8)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, scale)
+    model.save_pretrained(path)
+    return path

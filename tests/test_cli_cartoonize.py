@@ -11,7 +11,7 @@ from PIL import Image
 
 from ghibligan.cli import main
 
-from .helpers import photo_like, save_tiny_unet, write_broken_files
+from .helpers import STYLES, photo_like, save_tiny_style_model, save_tiny_unet, write_broken_files
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,16 @@ def test_cartoonize_help_explains_itself(capsys):
         main(["cartoonize", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--max_side", "--smoothing_method", "--overwrite", "--recursive", "--tile", "--dtype"):
+    for flag in (
+        "--model",
+        "--max_side",
+        "--smoothing_method",
+        "--overwrite",
+        "--recursive",
+        "--tile",
+        "--dtype",
+        "--style",
+    ):
         assert flag in out
     assert "--max-side" not in out  # one spelling shown: the training script's
     assert "ghibligan cartoonize clip.mp4" in out
@@ -149,3 +158,37 @@ def test_a_bad_dtype_is_refused_by_the_parser(tmp_path, model, capsys):
         main(["cartoonize", str(tmp_path), "-o", str(tmp_path / "o"), "--model", model, "--dtype", "float8"])
     assert exit_info.value.code == 2
     assert "'float8': choose auto or one of float32, bfloat16, float16" in capsys.readouterr().err
+
+
+def test_style_picks_the_models_style_and_keeps_output_names(tmp_path):
+    model = str(save_tiny_style_model(tmp_path / "styled"))
+    Image.fromarray(photo_like(80, 60)).save(tmp_path / "photo.jpg")
+    outputs = {}
+    for style in STYLES:
+        out = tmp_path / style
+        assert (
+            main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(out), "--model", model, "--style", style]) == 0
+        )
+        assert [p.name for p in out.iterdir()] == ["photo.png"]  # named as without --style
+        outputs[style] = np.asarray(Image.open(out / "photo.png"), dtype=np.int16)
+    assert np.abs(outputs["ghibli"] - outputs["toon"]).mean() > 2
+    assert main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "default.png"), "--model", model]) == 0
+    default = np.asarray(Image.open(tmp_path / "default.png"), dtype=np.int16)
+    assert np.abs(default - outputs["ghibli"]).max() <= 1  # no --style: the model's first
+
+
+@pytest.mark.parametrize(
+    ("styled", "style", "message"),
+    [
+        (True, "pixel_art", "`style` 'pixel_art' is not one of this model's styles ['ghibli', 'toon', 'painterly']"),
+        (False, "ghibli", "`style` 'ghibli' was given, but this model has no styles (styles: none)"),
+    ],
+)
+def test_a_style_the_model_lacks_is_one_line_before_any_work(tmp_path, model, capsys, styled, style, message):
+    chosen = str(save_tiny_style_model(tmp_path / "styled")) if styled else model
+    Image.fromarray(photo_like(50, 40)).save(tmp_path / "photo.jpg")
+    out = tmp_path / "out"
+    assert main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(out), "--model", chosen, "--style", style]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ghibligan: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()

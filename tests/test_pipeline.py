@@ -21,7 +21,7 @@ def unet_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cartoonizer(unet_dir):
-    pipe = Cartoonizer.from_pretrained(unet_dir, device="cpu")
+    pipe = Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="float32")  # the same results on every CPU
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -113,7 +113,7 @@ def test_equal_sizes_are_batched_and_batching_does_not_change_results(cartoonize
 
 
 def test_tiled_matches_untiled_away_from_seams(tmp_path):
-    pipe = Cartoonizer.from_pretrained(save_tiny_resnet(tmp_path / "r"), device="cpu")
+    pipe = Cartoonizer.from_pretrained(save_tiny_resnet(tmp_path / "r"), device="cpu", dtype="float32")
     image = photo_like(384, 256)
     (full,) = pipe(image, tile=0)
     seen = []
@@ -201,7 +201,7 @@ def test_bomb_is_refused_before_decoding(tmp_path):
 
 def test_bf16_runs_and_stays_close_to_fp32(unet_dir):
     image = photo_like(64, 64)
-    fp32 = Cartoonizer.from_pretrained(unet_dir, device="cpu")(image)[0]
+    fp32 = Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="float32")(image)[0]
     bf16 = Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="bfloat16")
     assert bf16.generator.conv_in.weight.dtype == torch.bfloat16
     difference = np.abs(as_array(bf16(image)[0]) - as_array(fp32))
@@ -214,8 +214,9 @@ def test_auto_dtype_uses_bf16_only_where_the_cpu_has_it(monkeypatch, unet_dir, n
     monkeypatch.setattr("ghibligan.pipeline.has_native_bf16_cpu", lambda: native)
     expected = torch.bfloat16 if native else torch.float32
     assert auto_dtype("cpu") == expected
-    pipe = Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="auto")
+    pipe = Cartoonizer.from_pretrained(unet_dir, device="cpu")  # "auto" is the default
     assert pipe.dtype == expected and pipe.generator.conv_in.weight.dtype == expected
+    assert Cartoonizer.from_pretrained(unet_dir, device="cpu", dtype="float32").dtype == torch.float32
     with pytest.raises(ValueError, match="'auto' or one of"):
         pipe.to(device="meta", dtype="half")
     assert pipe.device == torch.device("cpu")  # a refused call changes nothing

@@ -4,6 +4,7 @@ Set GHIBLIGAN_SCREENSHOT_DIR to keep the browser screenshots (the README's comes
 """
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -15,10 +16,13 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import photo_like
+from ghibligan.pipeline import bundled_model_path
+
+from .helpers import STYLES, photo_like, save_tiny_style_model, save_tiny_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "space" / "examples" / "cat.jpg"
@@ -41,13 +45,22 @@ def free_port() -> int:
 
 
 ALLOWED = "bundled,nobody/no-such-model"  # the second cannot load offline: a cached failure
+BUNDLED_STYLES = json.loads((bundled_model_path() / "config.json").read_text()).get("styles") or []
+# what the Space names a cartoon of cat.jpg made by the bundled model in its default style
+CAT_OUTPUT = f"cat-{'ghibli' if 'ghibli' in BUNDLED_STYLES else (BUNDLED_STYLES or ['cartoon'])[0]}.png"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The Space serving the bundled model, one that cannot load, and two the operator trained: a tiny random
+    3-style `GuidedFilterGenerator` (``server.styled``) and a tiny U-Net without styles (``server.plain``)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("space") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GHIBLIGAN_MODELS": ALLOWED}
+    folder = tmp_path_factory.mktemp("space")
+    log = folder / "server.log"
+    styled = str(save_tiny_style_model(folder / "styled"))
+    plain = str(save_tiny_unet(folder / "plain"))
+    allowed = f"{ALLOWED},{styled},{plain}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GHIBLIGAN_MODELS": allowed}
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "space" / "app.py"), "--port", str(port)],
@@ -66,7 +79,7 @@ def server(tmp_path_factory):
             process.kill()
             pytest.fail(f"the Space did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield SimpleNamespace(url=url, process=process, log=log)
+    yield SimpleNamespace(url=url, process=process, log=log, allowed=allowed.split(","), styled=styled, plain=plain)
     process.terminate()
     process.wait(timeout=30)
 
@@ -103,9 +116,10 @@ def test_api_endpoint_returns_a_png_named_after_the_upload(server):
 
     client = Client(server.url, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/cartoonize"]
-    assert api["parameters"][1]["type"]["enum"] == ALLOWED.split(",")  # the schema lists the operator's models
+    assert api["parameters"][1]["type"]["enum"] == server.allowed  # the schema lists the operator's models
+    assert api["parameters"][4]["parameter_has_default"]  # the style: callers of the 4-argument API still work
     path = client.predict(handle_file(str(EXAMPLE)), "bundled", 1024, 0.0, api_name="/cartoonize")
-    assert Path(path).name == "cat-cartoon.png"
+    assert Path(path).name == CAT_OUTPUT
     with Image.open(path) as cartoon:
         assert cartoon.format == "PNG"  # lossless, not gradio's default webp
         assert cartoon.size == Image.open(EXAMPLE).size
@@ -146,7 +160,7 @@ def test_hostile_models_and_arguments_are_refused_at_once_and_memory_stays_flat(
     rss_before, logged_before = rss_mb(server.process), len(refusals(server.log))
     log_start = len(server.log.read_text())
 
-    not_served = "Choose one of the models this Space serves: bundled, nobody/no-such-model."
+    not_served = f"Choose one of the models this Space serves: {', '.join(server.allowed)}."
     cases = [
         ((str(Path(uploaded).parent), 512, 0.0), not_served),
         (("/etc", 512, 0.0), not_served),
@@ -166,18 +180,82 @@ def test_hostile_models_and_arguments_are_refused_at_once_and_memory_stays_flat(
             job.result(timeout=60)
         assert str(info.value) == message or message in str(info.value), (args, str(info.value))
         assert "Traceback" not in str(info.value) and "/etc" not in str(info.value)
-    assert Path(queued.result(timeout=60)).name == "cat-cartoon.png"
+    assert Path(queued.result(timeout=60)).name == CAT_OUTPUT
 
     assert len(refusals(server.log)) - logged_before == len(cases)  # one line each
     assert "Traceback" not in server.log.read_text()[log_start:]
     assert rss_mb(server.process) - rss_before < 100, "a refused request allocated memory"
-    stream = raw_call(server.url, [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0])
+    stream = raw_call(server.url, [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0, ""])
     assert "event: error" in stream and "could not be used as a photo" in stream and "/tmp" not in stream
+
+
+def wait_until_loaded(client, model: str) -> None:
+    """The operator's models load in the background: wait (briefly) until ``model`` answers."""
+    deadline = time.time() + 60
+    while True:
+        try:
+            client.predict(handle_example(), model, 256, 0.0, api_name="/cartoonize")
+            return
+        except Exception as error:
+            if "still loading" not in str(error) or time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def handle_example():
+    from gradio_client import handle_file
+
+    return handle_file(str(EXAMPLE))
+
+
+def test_api_style_is_checked_against_the_chosen_model_and_names_the_output(server):
+    """A style model's styles give different cartoons named after the style; an unknown style, a style for a model
+    without styles, and a non-string are each one visitor-facing message and one log line."""
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    wait_until_loaded(client, server.styled)
+    paths = {
+        style: client.predict(handle_example(), server.styled, 256, 0.0, style, api_name="/cartoonize")
+        for style in STYLES
+    }
+    assert {style: Path(path).name for style, path in paths.items()} == {s: f"cat-{s}.png" for s in STYLES}
+    pixels = {style: np.asarray(Image.open(path), dtype=np.int16) for style, path in paths.items()}
+    assert (
+        np.abs(pixels["ghibli"] - pixels["toon"]).mean() > 2 and np.abs(pixels["toon"] - pixels["painterly"]).mean() > 2
+    )
+    default = client.predict(handle_example(), server.styled, 256, 0.0, "", api_name="/cartoonize")
+    assert Path(default).name == "cat-ghibli.png"  # "" is the model's default: ghibli, when it has it
+    assert np.array_equal(np.asarray(Image.open(default), dtype=np.int16), pixels["ghibli"])
+    wait_until_loaded(client, server.plain)
+    plain = client.predict(handle_example(), server.plain, 256, 0.0, "", api_name="/cartoonize")
+    assert Path(plain).name == "cat-cartoon.png"
+
+    before, log_start = len(refusals(server.log)), len(server.log.read_text())
+    cases = [
+        (
+            (server.styled, "pixel_art"),
+            f"Choose one of the styles of the model {server.styled!r}: ghibli, toon, painterly; got 'pixel_art'.",
+        ),
+        (
+            (server.styled, 1),
+            f"Choose one of the styles of the model {server.styled!r}: ghibli, toon, painterly; got '1'.",
+        ),
+        ((server.plain, "ghibli"), f"The model {server.plain!r} has no styles; leave the style empty."),
+    ]
+    for (model, style), message in cases:
+        with pytest.raises(Exception) as info:
+            client.predict(handle_example(), model, 256, 0.0, style, api_name="/cartoonize")
+        assert str(info.value) == message or message in str(info.value), (style, str(info.value))
+    assert len(refusals(server.log)) - before == len(cases)  # one line each
+    assert "Traceback" not in server.log.read_text()[log_start:]
 
 
 def test_api_server_paths_as_photos_are_refused(server):
     """A file the visitor did not upload is refused by gradio before our code runs, and nothing of it is echoed."""
-    stream = raw_call(server.url, [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0])
+    stream = raw_call(
+        server.url, [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0, ""]
+    )
     assert "event: error" in stream
     assert Path("/etc/hostname").read_text().strip() not in stream
 
@@ -270,4 +348,32 @@ def test_browser_bad_upload_shows_an_error_and_the_page_keeps_working(server, br
     page.goto(server.url)  # the server keeps serving: a good photo still works
     upload_and_run(page, EXAMPLE)
     page.locator("#result img").wait_for(state="visible", timeout=60_000)
+    page.close()
+
+
+def test_browser_style_selector_follows_the_model(server, browser, tmp_path):
+    """Hidden for a model without styles; the chosen model's styles, ghibli first selected, for a style model; the
+    cartoon is made in the style picked and named after it."""
+    from gradio_client import Client
+
+    wait_until_loaded(Client(server.url, verbose=False), server.styled)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url)
+    style = page.locator("#style")
+    if not BUNDLED_STYLES:
+        style.wait_for(state="hidden", timeout=30_000)
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name=server.styled).click()
+    style.wait_for(state="visible", timeout=30_000)
+    assert page.get_by_role("combobox", name="Style", exact=True).input_value() == "ghibli"
+    page.get_by_role("combobox", name="Style", exact=True).click()
+    assert [text.strip("✓\n ") for text in style.get_by_role("option").all_inner_texts()] == STYLES
+    style.get_by_role("option", name="toon", exact=True).click()
+    upload_and_run(page, EXAMPLE)
+    page.locator("#before_after img").first.wait_for(state="visible", timeout=60_000)
+    assert page.locator("#result img").get_attribute("src").endswith("/cat-toon.png")
+    page.screenshot(path=str(screenshot_path(tmp_path, "space-styles.png")), full_page=True)
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name=server.plain).click()
+    style.wait_for(state="hidden", timeout=30_000)
     page.close()

@@ -1,0 +1,149 @@
+"""One model, several styles: `Cartoonizer(images, style=...)` through batching, tiling and the ONNX backend; the
+library's ``dtype="auto"`` default."""
+
+import numpy as np
+import pytest
+import torch
+
+from ghibligan import Cartoonizer
+from ghibligan.pipeline import auto_dtype
+
+from .helpers import STYLES, photo_like, save_tiny_style_model, save_tiny_unet
+
+
+@pytest.fixture(scope="module")
+def style_dir(tmp_path_factory):
+    return save_tiny_style_model(tmp_path_factory.mktemp("styles") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def cartoonizer(style_dir):
+    pipe = Cartoonizer.from_pretrained(style_dir, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def as_array(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def record_styles(pipe: Cartoonizer) -> tuple[list, torch.utils.hooks.RemovableHandle]:
+    """Every generator call's (batch shape, style indices)."""
+    calls = []
+
+    def hook(module, args):
+        calls.append((tuple(args[0].shape), args[1].tolist() if len(args) > 1 else None))
+
+    return calls, pipe.generator.register_forward_pre_hook(hook)
+
+
+def test_styles_are_listed_and_change_the_output(cartoonizer):
+    assert cartoonizer.styles == STYLES
+    image = photo_like(96, 64)
+    outputs = {style: as_array(cartoonizer(image, style=style)[0]) for style in STYLES}
+    for a, b in [("ghibli", "toon"), ("toon", "painterly"), ("ghibli", "painterly")]:
+        assert np.abs(outputs[a] - outputs[b]).mean() > 2, (a, b)
+    assert np.array_equal(as_array(cartoonizer(image)[0]), outputs["ghibli"])  # default: the first style
+    assert np.array_equal(as_array(cartoonizer(image, style=2)[0]), outputs["painterly"])  # an index works too
+
+
+def test_the_style_reaches_every_batch_and_every_tile(cartoonizer):
+    images = [photo_like(64, 48, seed=s) for s in range(3)]
+    calls, hook = record_styles(cartoonizer)
+    try:
+        together = cartoonizer(images, style="toon", batch_size=4)
+        assert calls == [((3, 3, 48, 64), [1, 1, 1])]
+        calls.clear()
+        big = photo_like(256, 192)
+        for style in STYLES:
+            (full,) = cartoonizer(big, style=style, tile=0)
+            calls.clear()
+            (tiled,) = cartoonizer(big, style=style, tile=128, tile_overlap=32)
+            assert len(calls) == 3 * 2 and all(styles == [STYLES.index(style)] for _, styles in calls)
+            calls.clear()
+            difference = np.abs(as_array(full) - as_array(tiled))
+            assert difference.mean() < 0.5, style  # seams blend (tiles see a little less context)
+            assert difference[16:48, 16:64].max() <= 1, style  # inside the first tile: as in one pass
+    finally:
+        hook.remove()
+    for image, batched in zip(images, together, strict=True):
+        assert np.abs(as_array(batched) - as_array(cartoonizer(image, style="toon")[0])).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("style", "message"),
+    [
+        ("pixel_art", r"`style` 'pixel_art' is not one of this model's styles \['ghibli', 'toon', 'painterly'\]"),
+        (3, r"`style` 3 is not one of this model's styles \['ghibli', 'toon', 'painterly'\] \(a name, or an index"),
+        (True, r"`style` True is not one of"),
+        (["toon"], r"`style` \['toon'\] is not one of"),
+    ],
+)
+def test_an_unknown_style_is_refused_before_any_work(cartoonizer, style, message):
+    calls, hook = record_styles(cartoonizer)
+    try:
+        with pytest.raises(ValueError, match=message):
+            cartoonizer(photo_like(32, 32), style=style)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_a_model_without_styles_takes_no_style(tmp_path):
+    pipe = Cartoonizer.from_pretrained(save_tiny_unet(tmp_path / "plain"), device="cpu")
+    assert pipe.styles == []
+    assert pipe(photo_like(40, 32), style=None)[0].size == (40, 32)
+    with pytest.raises(ValueError, match=r"`style` 'ghibli' was given, but this model has no styles \(styles: none\)"):
+        pipe(photo_like(40, 32), style="ghibli")
+
+
+def test_onnx_backend_takes_the_style_and_matches_torch(tmp_path):
+    """The pipeline threads the style through onnxruntime as through torch (batches and tiles), within 2 grey levels.
+    The model is test_onnx's exportable style stand-in: `GuidedFilterGenerator` does not export yet (below)."""
+    pytest.importorskip("onnxruntime")
+    from ghibligan.onnx_export import export_onnx
+    from ghibligan.onnx_generator import OnnxGenerator
+
+    from .test_onnx import TinyStyleGenerator, trained_looking
+
+    model = trained_looking(TinyStyleGenerator(styles=STYLES))
+    torch_pipe = Cartoonizer(model, device="cpu", dtype="float32")
+    onnx_pipe = Cartoonizer(OnnxGenerator(export_onnx(model, tmp_path), num_threads=2))
+    assert onnx_pipe.styles == STYLES and onnx_pipe.dtype == torch.float32  # "auto" is float32 on onnxruntime
+    images = [photo_like(75, 50, seed=1), photo_like(75, 50, seed=2), photo_like(200, 150)]
+    outputs = {}
+    for style in STYLES:
+        expected = torch_pipe(images, style=style, tile=128, tile_overlap=32)
+        got = onnx_pipe(images, style=style, tile=128, tile_overlap=32)  # a batch of two and a tiled image
+        for a, b in zip(expected, got, strict=True):
+            assert np.abs(as_array(a) - as_array(b)).max() <= 2, style
+        outputs[style] = as_array(got[0])
+    assert np.abs(outputs["ghibli"] - outputs["toon"]).mean() > 1
+    with pytest.raises(ValueError, match=r"`style` 'sketch' is not one of this model's styles"):
+        onnx_pipe(images[0], style="sketch")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,  # "Cannot export GuidedFilterGenerator to ONNX: TorchExportError: ..."
+    reason="torch.export specializes GuidedFilterGenerator's input size, so export_onnx refuses it (no dynamic height "
+    "and width yet); the bundled 3-style model needs this for --backend onnxruntime",
+)
+def test_guided_filter_generator_runs_on_onnxruntime_with_styles(style_dir, cartoonizer):
+    pytest.importorskip("onnxruntime")
+    onnx_pipe = Cartoonizer.from_pretrained(style_dir, backend="onnxruntime")  # exported once, cached in HF_HOME
+    image = photo_like(75, 50)
+    for style in STYLES:
+        got, expected = onnx_pipe(image, style=style)[0], cartoonizer(image, style=style)[0]
+        assert np.abs(as_array(got) - as_array(expected)).max() <= 2, style
+
+
+def test_dtype_defaults_to_auto_and_an_explicit_dtype_wins(style_dir, tmp_path):
+    from ghibligan import load_generator
+
+    device = torch.device("cpu")
+    assert Cartoonizer.from_pretrained(style_dir, device="cpu").dtype == auto_dtype(device)
+    assert Cartoonizer(load_generator(style_dir), device="cpu").dtype == auto_dtype(device)
+    plain = Cartoonizer.from_pretrained(save_tiny_unet(tmp_path / "plain"), device="cpu", dtype="float32")
+    assert plain.dtype == torch.float32 and plain.generator.conv_in.weight.dtype == torch.float32
+    assert Cartoonizer(load_generator(style_dir), device="cpu", dtype=torch.float32).dtype == torch.float32
