@@ -9,6 +9,11 @@ each, so peaks don't mask each other). Ratios are what to read on a noisy machin
     python benchmarks/bench_inference.py                 # prints a Markdown section for BENCHMARKS.md
     python benchmarks/bench_inference.py --model DIR --repeats 9 --device cuda
     python benchmarks/bench_inference.py --sizes 512 --repeats 21   # one size, no memory runs: a quick comparison
+    python benchmarks/bench_inference.py --only batching --device cuda   # batch of 16 vs one at a time, side by side
+
+``--only batching`` times 16 photos of 256² per image, interleaved: the previous path (float tensors made on the CPU,
+one image per pass), the `Cartoonizer` one image per call, the `Cartoonizer` with ``batch_size=16`` (PIL in and out,
+uint8 to and from the device), and `Cartoonizer.generate_uint8` on a (16, 256, 256, 3) uint8 array (no PIL).
 """
 
 from __future__ import annotations
@@ -109,6 +114,61 @@ def child_peak_memory(args: argparse.Namespace) -> None:
     )
 
 
+@torch.inference_mode()
+def previous_path(pipe: Cartoonizer, image: Image.Image) -> np.ndarray:
+    """The path before batched uint8 inference: a float tensor made on the CPU, moved, one image per pass."""
+    from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
+
+    batch = pil_to_tensor(image)[None].to(pipe.device, pipe.dtype).contiguous(memory_format=torch.channels_last)
+    return tensor_to_uint8(pipe.generator(batch).float().cpu()[0])
+
+
+def batching(args: argparse.Namespace) -> None:
+    """Per-image time of 16 photos of 256²: one at a time against batches of 16, interleaved repeats (medians)."""
+    count, side = 16, 256
+    images = [photo(side, side) for _ in range(count)]
+    arrays = np.stack([np.asarray(image) for image in images])  # (16, 256, 256, 3) uint8
+    print(
+        f"### Batched inference — {date.today()} — {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}\n"
+    )
+    print(
+        f"Command: `python benchmarks/bench_inference.py --only batching --repeats {args.repeats}"
+        f"{' --device ' + args.device if args.device != 'cpu' else ''}`\n"
+    )
+    print(f"ms per image, {count} photos of {side}², median of {args.repeats} interleaved repeats:\n")
+    print(
+        "| model, dtype | previous path, 1 per pass | `pipe(image)` × 16 | `pipe(images, batch_size=16)` | "
+        "`generate_uint8`, batch 16 | batch 16 / one at a time |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in ("model", "unet_256"):
+        for dtype in ("float32", "bfloat16") if args.device != "cpu" or "bf16" in args.dtypes else ("float32",):
+            pipe = build(name, args.model, args.device, dtype)
+            runs = {
+                "previous": lambda pipe=pipe: [previous_path(pipe, image) for image in images],
+                "single": lambda pipe=pipe: [pipe(image) for image in images],
+                "batched": lambda pipe=pipe: pipe(images, batch_size=count),
+                "uint8": lambda pipe=pipe: pipe.generate_uint8(arrays, batch_size=count),
+            }
+            times: dict[str, list[float]] = {key: [] for key in runs}
+            for run in runs.values():  # warm-up
+                run()
+            for _ in range(args.repeats):
+                for key, run in runs.items():
+                    sync(args.device)
+                    start = time.perf_counter()
+                    run()
+                    sync(args.device)
+                    times[key].append((time.perf_counter() - start) / count * 1000)
+            ms = {key: statistics.median(values) for key, values in times.items()}
+            print(
+                f"| {name}, {dtype} | {ms['previous']:.2f} | {ms['single']:.2f} | {ms['batched']:.2f} | "
+                f"{ms['uint8']:.2f} | {ms['batched'] / ms['single']:.2f}× |",
+                flush=True,
+            )
+
+
 def describe(pipe: Cartoonizer) -> str:
     config = getattr(pipe.generator, "config", {}) or {}
     params = sum(p.numel() for p in pipe.generator.parameters()) / 1e6
@@ -125,12 +185,16 @@ def main() -> None:
     parser.add_argument(
         "--sizes", default="256,512,1024,4k", help="square sides and/or 4k, comma-separated (256,512,1024,4k)"
     )
+    parser.add_argument("--only", default=None, choices=["batching"], help="run only this part (batching)")
+    parser.add_argument("--dtypes", default="fp32", help="--only batching on CPU: fp32, or fp32,bf16 (emulated: slow)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--untiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child_peak_memory(args)
+    if args.only == "batching":
+        return batching(args)
 
     names = ["model", "unet_256"]
     dtypes = ["float32", "bfloat16"]

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import os
 import shutil
 import subprocess
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_io import IMAGE_EXTENSIONS, ImageLoadError
+from .background import map_ahead
+from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, LoadedImage, load_image
 from .pipeline import Cartoonizer
 
 VIDEO_FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG", ".webm": "VP80"}
@@ -239,9 +243,12 @@ def plan_jobs(
     return jobs, problems
 
 
-def _write_video(cartoonizer: Cartoonizer, job: Job, tmp: Path, batch_size: int, **kwargs) -> str | None:
-    """Cartoonize ``job.source`` frame by frame into ``tmp``, with its audio if ffmpeg is there. Returns a note if the
-    output lacks part of the source (frames after a truncation, audio ffmpeg could not copy), else ``None``."""
+def _write_video(
+    cartoonizer: Cartoonizer, job: Job, tmp: Path, batch_size: int, num_workers: int = 2, **kwargs
+) -> str | None:
+    """Cartoonize ``job.source`` in batches of frames into ``tmp``, with its audio if ffmpeg is there. Returns a note
+    if the output lacks part of the source (frames after a truncation, audio ffmpeg could not copy), else ``None``.
+    With ``num_workers`` > 0, frames are decoded and encoded in background threads while the generator runs."""
     if not can_write_video(job.target.suffix):
         raise WriteError(f"{job.target}: this OpenCV build cannot write {job.target.suffix} videos.")
     capture = cv2.VideoCapture(str(job.source))
@@ -256,20 +263,40 @@ def _write_video(cartoonizer: Cartoonizer, job: Job, tmp: Path, batch_size: int,
     try:
         if not writer.isOpened():
             raise WriteError(f"{job.target}: OpenCV cannot open a {fourcc} video writer at {tmp}.")
-        with tqdm(total=total, desc=job.source.name, unit="frame", leave=False) as progress:
-            while True:
-                frames = []
-                while len(frames) < batch_size:
-                    ok, frame = capture.read()
-                    if not ok:
-                        break
-                    frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+
+        def read_batch(_) -> list[np.ndarray]:
+            frames = []
+            while len(frames) < batch_size:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            return frames
+
+        def write_batch(cartoons: list[Image.Image]) -> None:
+            for cartoon in cartoons:
+                writer.write(cv2.cvtColor(_video_frame(cartoon, width, height), cv2.COLOR_RGB2BGR))
+
+        # One reader thread decodes the next frames and one writer thread encodes the last ones while the generator
+        # runs (one each: a capture and a writer are sequential). Both are done before capture and writer close.
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="write") as encoder,
+            tqdm(total=total, desc=job.source.name, unit="frame", leave=False) as progress,
+        ):
+            written = None
+            for _, batch in map_ahead(read_batch, itertools.count(), reader if num_workers else None, lookahead=2):
+                frames = batch.result()
                 if not frames:
                     break
-                for cartoon in cartoonizer(frames, batch_size=batch_size, **kwargs):
-                    writer.write(cv2.cvtColor(_video_frame(cartoon, width, height), cv2.COLOR_RGB2BGR))
+                cartoons = cartoonizer(frames, batch_size=batch_size, **kwargs)
+                if written is not None:
+                    written.result()  # in order; a codec error stops here
+                written = encoder.submit(write_batch, cartoons) if num_workers else _done(write_batch(cartoons))
                 frames_done += len(frames)
                 progress.update(len(frames))
+            if written is not None:
+                written.result()
     finally:
         capture.release()
         writer.release()
@@ -311,38 +338,120 @@ def _remove_temporary(tmp: Path) -> str | None:
     return None
 
 
+def _done(value=None) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _save_image(cartoon: Image.Image, job: Job) -> str | None:
+    """Write ``cartoon`` to a temporary name beside ``job.target`` and rename it into place; returns why it failed
+    (the write, or removing the temporary file after a failed one), or ``None``."""
+    tmp = job.target.with_name(f".tmp-{job.target.name}")
+    failure = None
+    try:
+        if job.target.suffix.lower() in (".jpg", ".jpeg", ".bmp"):
+            cartoon = cartoon.convert("RGB")  # no alpha in these formats
+        cartoon.save(tmp)
+        os.replace(tmp, job.target)
+    except (OSError, ValueError) as error:  # permissions, read-only mounts, full disks, encoder errors
+        failure = f"{job.source}: could not write {job.target} ({error})"
+    finally:
+        cleanup = _remove_temporary(tmp)  # also on Ctrl-C
+    return "; ".join(message for message in (failure, cleanup) if message) or None
+
+
+def _cartoonize_images(
+    cartoonizer: Cartoonizer,
+    jobs: list[Job],
+    report: Report,
+    batch_size: int,
+    num_workers: int,
+    max_pixels: int | None,
+    **kwargs,
+) -> None:
+    """Image jobs in batches of ``batch_size`` (equal sizes share a generator pass), the next files decoded and the
+    previous cartoons encoded by ``num_workers`` threads meanwhile; results reported in the order of ``jobs``."""
+
+    def decode(job: Job) -> LoadedImage:
+        job.target.parent.mkdir(parents=True, exist_ok=True)  # here, so a folder that can't be made fails this job
+        return load_image(job.source, max_pixels=max_pixels)
+
+    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="io") if num_workers else None
+    saving: deque[tuple[Job, Future]] = deque()
+
+    def collect(wait: bool) -> None:
+        while saving and (wait or saving[0][1].done()):
+            job, future = saving.popleft()
+            failure = future.result()
+            if failure:
+                report.failed.append(failure)
+            else:
+                report.written.append(job.target)
+
+    decoded = map_ahead(decode, jobs, pool, lookahead=max(batch_size, 2 * num_workers))
+    try:
+        with tqdm(total=len(jobs), desc="cartoonize", unit="file", disable=len(jobs) < 2) as progress:
+            for chunk in iter(lambda: list(itertools.islice(decoded, batch_size)), []):
+                ready = []
+                for job, future in chunk:
+                    try:
+                        ready.append((job, future.result()))
+                    except ImageLoadError as error:
+                        report.failed.append(str(error))
+                    except OSError as error:
+                        report.failed.append(f"{job.source}: could not write {job.target} ({error})")
+                cartoons = cartoonizer([image for _, image in ready], batch_size=batch_size, **kwargs) if ready else []
+                for (job, _), cartoon in zip(ready, cartoons, strict=True):
+                    saving.append(
+                        (job, pool.submit(_save_image, cartoon, job) if pool else _done(_save_image(cartoon, job)))
+                    )
+                collect(wait=False)
+                progress.update(len(chunk))
+            collect(wait=True)
+    finally:
+        decoded.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # a save under way finishes (and cleans up) first
+
+
 def cartoonize_files(
     cartoonizer: Cartoonizer,
     jobs: list[Job],
     overwrite: bool = False,
     batch_size: int = 4,
+    num_workers: int = 2,
     **kwargs,
 ) -> Report:
     """Run every job, collecting what was written, skipped, partial and failed. ``kwargs`` go to `Cartoonizer.__call__`.
 
-    A file that cannot be read, and an output that cannot be written (`OSError`, codec errors), fail that job only.
+    Images run ``batch_size`` files at a time, videos ``batch_size`` frames at a time; ``num_workers`` threads decode
+    and encode while the generator runs (0: all in this thread). A file that cannot be read, and an output that cannot
+    be written (`OSError`, codec errors), fail that job only.
     """
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be an integer >= 0 (0: no threads), got {num_workers!r}.")
     report = Report()
     sources = {job.source.resolve() for job in jobs}
-    for job in tqdm(jobs, desc="cartoonize", unit="file", disable=len(jobs) < 2):
+    runnable = []
+    for job in jobs:
         if job.target.resolve() in sources:
             report.failed.append(f"{job.source}: refusing to write over an input file ({job.target})")
-            continue
-        if job.target.exists() and not overwrite:
+        elif job.target.exists() and not overwrite:
             report.skipped.append(f"{job.target} exists (`overwrite=True`, or --overwrite, replaces it)")
-            continue
+        else:
+            runnable.append(job)
+    images = [job for job in runnable if not job.is_video]
+    max_pixels = kwargs.pop("max_pixels", DEFAULT_MAX_PIXELS)
+    _cartoonize_images(cartoonizer, images, report, batch_size, num_workers, max_pixels, **kwargs)
+    for job in [job for job in runnable if job.is_video]:
         tmp = job.target.with_name(f".tmp-{job.target.name}")
         failure = None
         try:
             job.target.parent.mkdir(parents=True, exist_ok=True)
-            partial = None
-            if job.is_video:
-                partial = _write_video(cartoonizer, job, tmp, batch_size=batch_size, **kwargs)
-            else:
-                cartoon = cartoonizer(job.source, batch_size=batch_size, **kwargs)[0]
-                if job.target.suffix.lower() in (".jpg", ".jpeg", ".bmp"):
-                    cartoon = cartoon.convert("RGB")  # no alpha in these formats
-                cartoon.save(tmp)
+            partial = _write_video(
+                cartoonizer, job, tmp, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels, **kwargs
+            )
             os.replace(tmp, job.target)
             report.written.append(job.target)
             if partial:

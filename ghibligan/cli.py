@@ -47,6 +47,7 @@ def _cartoonize(args: argparse.Namespace) -> int:
         style=args.style,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
+        num_workers=args.num_workers,
         max_side=args.max_side,
         tile=args.tile,
         smoothing=args.smoothing,
@@ -245,7 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     cartoonize.add_argument(
         "--tile", type=int, default=None, help="tile side for large images (default: automatic above 4 MP; 0: never)"
     )
-    _add_option(cartoonize, "--batch_size", type=int, default=4, help="video frames run together (4)")
+    _add_option(
+        cartoonize, "--batch_size", type=int, default=4, help="equal-sized photos, or video frames, run together (4)"
+    )
+    _add_option(
+        cartoonize,
+        "--num_workers",
+        type=int,
+        default=2,
+        help="threads that decode and encode files while the model runs (2; 0: none)",
+    )
     cartoonize.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     cartoonize.add_argument(
         "--dtype",

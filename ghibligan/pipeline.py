@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,9 +32,7 @@ from .image_io import (
     ImageInput,
     LoadedImage,
     load_image,
-    pil_to_tensor,
     resize_to_max_side,
-    tensor_to_uint8,
 )
 from .models.auto import load_generator
 from .models.hub import GhibliganHubMixin
@@ -118,6 +117,18 @@ def smooth(image: np.ndarray, strength: float, method: str = "guided", strip_pix
         start, stop = max(0, top - reach), min(height, bottom + reach)  # the strip and its margins
         output[top:bottom] = apply(np.ascontiguousarray(image[start:stop]))[top - start : bottom - start]
     return output
+
+
+def uint8_to_model_input(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → (B, 3, H, W) in [-1, 1] of ``dtype``, on the same device, channels-last (a view of the
+    permuted pixels: no copy of the layout). Normalized in float32, as `pil_to_tensor` does, then cast."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).to(dtype)
+
+
+def model_output_to_uint8(output: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] → (B, H, W, 3) uint8 on the same device, rounded as `tensor_to_uint8` does."""
+    pixels = output.float().clamp(-1, 1).add_(1).mul_(127.5).round_()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 class Cartoonizer:
@@ -238,7 +249,9 @@ class Cartoonizer:
             f"{len(styles) - 1})."
         )
 
-    def check_inputs(self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size) -> None:
+    def check_inputs(
+        self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size=None
+    ) -> None:
         if max_side is not None and (not isinstance(max_side, int) or max_side < 16):
             raise ValueError(f"`max_side` must be an integer >= 16 or None, got {max_side!r}.")
         if tile is not None and (not isinstance(tile, int) or (tile != 0 and tile < 2 * tile_overlap + 16)):
@@ -251,6 +264,8 @@ class Cartoonizer:
             raise ValueError(f"`smoothing_method` must be one of {list(SMOOTHING_METHODS)}, got {smoothing_method!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+        if tile_batch_size is not None and (not isinstance(tile_batch_size, int) or tile_batch_size < 1):
+            raise ValueError(f"`tile_batch_size` must be an integer >= 1 or None, got {tile_batch_size!r}.")
 
     def activation_bytes(self, height: int, width: int) -> int | None:
         """Estimated peak memory of one generator pass on a (1, 3, height, width) input, traced on the meta device
@@ -281,12 +296,75 @@ class Cartoonizer:
         return max(1, max_activation_bytes // needed)
 
     def _generate(self, batch: torch.Tensor, style: int | None = None) -> torch.Tensor:
-        """(B, 3, H, W) float in [-1, 1] on any device, a style index or None → (B, 3, H, W) float32 on CPU."""
+        """(B, 3, H, W) float in [-1, 1] on any device, a style index or None → (B, 3, H, W) in [-1, 1], left on the
+        device (the one place the generator runs)."""
         batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
         if style is None:  # style-less models take no style; style models use their first
-            return self.generator(batch).float().cpu()
+            return self.generator(batch)
         styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)  # (B,)
-        return self.generator(batch, styles).float().cpu()
+        return self.generator(batch, styles)
+
+    # -- the batched uint8 path: one H2D copy of uint8, pre/post-processing on the device, one D2H copy of uint8 --
+
+    def _upload_uint8(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 (numpy or tensor, any device) → the same on ``self.device``, in one (pinned, async on
+        CUDA) copy."""
+        if isinstance(images, np.ndarray):
+            with warnings.catch_warnings():  # read-only arrays (np.asarray of a PIL image): only ever read from
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                images = torch.from_numpy(np.ascontiguousarray(images))
+        tensor = images
+        if tensor.device == self.device:
+            return tensor
+        if self.device.type == "cuda" and tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+    def generate_uint8(
+        self, images: np.ndarray | torch.Tensor, batch_size: int = 16, style: int | None = None
+    ) -> np.ndarray | torch.Tensor:
+        """Cartoonize a stack of equal-sized images, uint8 in and uint8 out, with no PIL on the way.
+
+        Args:
+            images (`np.ndarray` or `torch.Tensor`): (B, H, W, 3) uint8 RGB; a tensor may already be on the device.
+            batch_size (`int`, *optional*, defaults to 16): images per generator pass.
+            style (`int`, *optional*): a style index (`style_index`) for a style-conditioned model.
+
+        Returns:
+            (B, H, W, 3) uint8: a numpy array for numpy input, else a tensor on ``images``' device.
+        """
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype not in (np.uint8, torch.uint8):
+            raise ValueError(
+                f"`images` must be a (B, H, W, 3) uint8 array or tensor, got shape {tuple(images.shape)} of "
+                f"{images.dtype}."
+            )
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            pixels = self._upload_uint8(images[start : start + batch_size])  # (b, H, W, 3) uint8 on the device
+            batch = uint8_to_model_input(pixels, self.dtype)  # (b, 3, H, W)
+            outputs.append(model_output_to_uint8(self._generate(batch, style)))  # (b, H, W, 3) uint8 on the device
+        result = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        if isinstance(images, np.ndarray):
+            return result.cpu().numpy()
+        return result.to(images.device)
+
+    def generate_uint8_tiled(
+        self, image: np.ndarray, tile: int, overlap: int, tile_batch_size: int, style: int | None = None
+    ) -> np.ndarray:
+        """One (H, W, 3) uint8 image in overlapping ``tile`` squares, ``tile_batch_size`` tiles per generator pass,
+        blended on the device (`ghibligan.tiling.tiled_apply`), every tile in ``style``; returns (H, W, 3) uint8 on
+        the CPU."""
+        generate = functools.partial(self._generate, style=style)
+        pixels = uint8_to_model_input(self._upload_uint8(image[None]), torch.float32)[0]  # (3, H, W) on the device
+        result = tiled_apply(generate, pixels, tile, overlap, batch_size=tile_batch_size)  # (3, H, W) float32
+        return model_output_to_uint8(result[None])[0].cpu().numpy()
+
+    def _tile_batch_size(self, tile_batch_size: int | None) -> int:
+        """Tiles per pass: as given, else 1 on CPU (batching gains nothing there; bounded memory is what tiling is
+        for) and 8 on accelerators (one launch for most photos)."""
+        if tile_batch_size is not None:
+            return tile_batch_size
+        return 1 if self.device.type == "cpu" else 8
 
     def _tile_side(self, height: int, width: int, tile: int | None) -> int:
         """Tile side to use for this image, or 0 for a single pass."""
@@ -308,11 +386,13 @@ class Cartoonizer:
         batch_size: int = 4,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
+        tile_batch_size: int | None = None,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
         Args:
-            images: paths, PIL images or numpy arrays (HxW[x1|3|4], uint8 / uint16 / float in [0, 1]), or a list.
+            images: paths, PIL images or numpy arrays (HxW[x1|3|4], uint8 / uint16 / float in [0, 1]), or a list;
+                a `LoadedImage` (decoded already, e.g. in a background thread) is used as it is.
             style (`str` or `int`, *optional*): for a style-conditioned model, one of `styles` (a name or an index);
                 defaults to its first style. A model without styles takes none.
             max_side (`int`, *optional*): downscale so the longer side is at most this (never upscales).
@@ -321,25 +401,26 @@ class Cartoonizer:
             tile_overlap (`int`, *optional*, defaults to 64): overlap between tiles, blended linearly.
             smoothing (`float`, *optional*): edge-preserving smoothing of the output, strength in [0, 1].
             smoothing_method (`str`, *optional*, defaults to `"guided"`): ``"guided"`` or ``"bilateral"``.
-            batch_size (`int`, *optional*, defaults to 4): equal-sized images run together (tiles run one at a time:
-                bounded memory is what tiling is for).
+            batch_size (`int`, *optional*, defaults to 4): equal-sized images run together, uint8 in and out of the
+                device (one copy each way; normalization on the device).
             max_pixels (`int`, *optional*): refuse larger files before decoding them (decompression bombs).
             max_activation_bytes (`int`, *optional*, defaults to 16 GiB): refuse an image (or tile) whose generator
                 pass is estimated to need more memory than this (see `activation_bytes`); batches shrink to fit.
                 ``None``: no limit.
+            tile_batch_size (`int`, *optional*): tiles of one large image run together, at most this many per pass
+                (and no more than ``max_activation_bytes`` allows); defaults to 1 on CPU and 8 on accelerators.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
             where the input had alpha.
         """
-        self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size)
+        self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size)
         style_index = self.style_index(style)
-        generate = self._generate  # what runs every batch and tile below
-        if style_index is not None:
-            generate = functools.partial(self._generate, style=style_index)  # ... in this style
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
-        loaded: list[LoadedImage] = [load_image(image, max_pixels=max_pixels) for image in inputs]
+        loaded: list[LoadedImage] = [
+            image if isinstance(image, LoadedImage) else load_image(image, max_pixels=max_pixels) for image in inputs
+        ]
 
         outputs: list[np.ndarray | None] = [None] * len(loaded)
         pending: dict[tuple[int, int], list[int]] = {}  # size → indices of untiled images, batched together
@@ -350,12 +431,15 @@ class Cartoonizer:
             shape = (min(side, rgb.height), min(side, rgb.width)) if side else (rgb.height, rgb.width)
             fitting[shape] = self._check_memory(*shape, max_activation_bytes)
         progress = tqdm(total=len(loaded), **{"disable": len(loaded) < 2, **self._progress_bar_config})
+        tile_batch_size = self._tile_batch_size(tile_batch_size)
         for index, (rgb, tile_side) in enumerate(zip(rgbs, tile_sides, strict=True)):
             width, height = rgb.size
             if tile_side:
-                tensor = pil_to_tensor(rgb)  # (3, H, W)
-                result = tiled_apply(generate, tensor, tile_side, tile_overlap)  # one tile at a time
-                outputs[index] = tensor_to_uint8(result)
+                shape = (min(tile_side, height), min(tile_side, width))
+                tiles = min(tile_batch_size, fitting[shape] or tile_batch_size)
+                outputs[index] = self.generate_uint8_tiled(
+                    np.asarray(rgb), tile_side, tile_overlap, tiles, style=style_index
+                )
                 progress.update()
             else:
                 pending.setdefault((height, width), []).append(index)
@@ -363,9 +447,11 @@ class Cartoonizer:
             size = min(batch_size, fitting[height, width] or batch_size)
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
-                batch = torch.stack([pil_to_tensor(rgbs[i]) for i in chunk])  # (B, 3, H, W)
-                for i, result in zip(chunk, generate(batch), strict=True):
-                    outputs[i] = tensor_to_uint8(result)
+                batch = np.stack([np.asarray(rgbs[i]) for i in chunk])  # (B, H, W, 3) uint8
+                for i, result in zip(
+                    chunk, self.generate_uint8(batch, batch_size=size, style=style_index), strict=True
+                ):
+                    outputs[i] = result
                 progress.update(len(chunk))
         progress.close()
 
