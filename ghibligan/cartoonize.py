@@ -260,6 +260,8 @@ def _write_video(
     fourcc = VIDEO_FOURCCS[job.target.suffix.lower()]
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     frames_done = 0
+    reader = ThreadPoolExecutor(1, thread_name_prefix="read")
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="write")
     try:
         if not writer.isOpened():
             raise WriteError(f"{job.target}: OpenCV cannot open a {fourcc} video writer at {tmp}.")
@@ -280,8 +282,8 @@ def _write_video(
         # One reader thread decodes the next frames and one writer thread encodes the last ones while the generator
         # runs (one each: a capture and a writer are sequential). Both are done before capture and writer close.
         with (
-            ThreadPoolExecutor(1, thread_name_prefix="read") as reader,
-            ThreadPoolExecutor(1, thread_name_prefix="write") as encoder,
+            reader,
+            encoder,
             tqdm(total=total, desc=job.source.name, unit="frame", leave=False) as progress,
         ):
             written = None
@@ -298,6 +300,10 @@ def _write_video(
             if written is not None:
                 written.result()
     finally:
+        # Join the threads again before closing what they use: a Ctrl-C during the `with` block's own join would
+        # otherwise release the capture under a read still running (a crash, not an exit).
+        reader.shutdown(wait=True, cancel_futures=True)
+        encoder.shutdown(wait=True, cancel_futures=True)
         capture.release()
         writer.release()
     if frames_done == 0:

@@ -8,6 +8,7 @@ versions (``--max-side``) still work, unlisted. Each command imports torch and t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DESCRIPTION = """\
@@ -372,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ghibligan: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ghibligan: interrupted", file=sys.stderr)
-        return 130
+        # Outputs in progress were removed on the way up. Exit at once: decode/encode threads may still be inside
+        # OpenCV, and tearing the interpreter down around them can crash instead of ending with one line.
+        print("ghibligan: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from .helpers import photo_like, save_tiny_unet
 
 @pytest.fixture(scope="module")
 def cartoonizer(tmp_path_factory):
-    pipe = Cartoonizer.from_pretrained(save_tiny_unet(tmp_path_factory.mktemp("unet") / "ckpt"), device="cpu")
+    # float32: the float path below runs the same generator directly (the library default, "auto", may pick bf16)
+    pipe = Cartoonizer.from_pretrained(
+        save_tiny_unet(tmp_path_factory.mktemp("unet") / "ckpt"), device="cpu", dtype="float32"
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
