@@ -12,6 +12,9 @@ cannot hold:
 * the tone head's row chunking at inference (a loop over 64-row slices, for the CPU cache): exported in its
   single-pass form, which computes the same per-pixel function.
 
+A model with ``size_multiple`` 1 (`GuidedFilterGenerator`) takes any size by itself: its forward has no Python
+branch on the size (its padding is an index gather), so it is exported with a free height and width.
+
 Every export is verified: onnxruntime runs the file at two sizes that are not multiples of ``size_multiple`` and must
 reproduce the PyTorch model; if it does not, the file is deleted and a `ValueError` says
 why. A style-conditioned generator (a ``styles`` attribute and ``forward(sample, style)``) gets ``style`` as a second,

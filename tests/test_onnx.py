@@ -16,6 +16,7 @@ from torch import nn
 from ghibligan import Cartoonizer, PatchDiscriminator, ResNetGenerator, UNetGenerator
 from ghibligan.cli import main
 from ghibligan.image_io import tensor_to_uint8
+from ghibligan.models.guided import GuidedFilterGenerator
 from ghibligan.models.layers import crop_padding, pad_to_multiple
 from ghibligan.onnx_export import export_onnx, onnx_cache_dir
 from ghibligan.onnx_generator import OnnxGenerator, load_onnx_generator
@@ -83,6 +84,9 @@ MODELS = {
     "unet_resize_instance": lambda: UNetGenerator(num_downs=4, ngf=8, norm="instance", upsample="resize"),
     "resnet": lambda: ResNetGenerator(ngf=8, n_blocks=1),
     "styles": lambda: TinyStyleGenerator(),
+    "guided_styles": lambda: GuidedFilterGenerator(  # every branch: guide map, tone head, ink lines
+        ["ghibli", "toon", "sketch"], channels=4, num_levels=2, num_blocks=1, guide_channels=4, line_channels=4
+    ),
 }
 
 

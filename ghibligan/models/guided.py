@@ -31,7 +31,45 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hub import GhibliganHubMixin
-from .layers import check_positive_int, crop_padding, pad_to_multiple
+from .layers import check_positive_int
+
+
+def pad_to_multiple_indexed(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """`ghibligan.models.layers.pad_to_multiple` as index gathers, with no Python branch on the size (so
+    `torch.export` keeps the height and width dynamic): the same values, padding by 0 included.
+
+    Returns the padded tensor and the ``(top, left)`` offsets of the original pixels in it.
+    """
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (multiple - height % multiple) % multiple, (multiple - width % multiple) % multiple  # no negatives
+    top, left = pad_h // 2, pad_w // 2
+    rows = torch.arange(-top, height + pad_h - top, device=x.device)  # source rows, before mirroring
+    cols = torch.arange(-left, width + pad_w - left, device=x.device)
+    # mirroring needs every pad smaller than its side (else repeat the edge, on both axes, as pad_to_multiple does)
+    fits = ((rows > -height) & (rows < 2 * height - 1)).all() & ((cols > -width) & (cols < 2 * width - 1)).all()
+    indices = []
+    for index, size in ((rows, height), (cols, width)):
+        mirrored = (size - 1) - ((size - 1) - index.abs()).abs()
+        indices.append(torch.where(fits, mirrored, index.clamp(0, size - 1)))
+    return x.index_select(-2, indices[0]).index_select(-1, indices[1]), (top, left)
+
+
+def area_downsample_indexed(x: torch.Tensor, size: tuple[int, int], span: int) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="area")`` (adaptive average pooling) as index gathers, for `torch.export`:
+    output pixel ``i`` averages input pixels ``[floor(i·H/h), ceil((i+1)·H/h))``, at most ``span`` of them. Equal to
+    the area interpolation up to float rounding (the two axes are averaged one after the other)."""
+    for dim, out_size in ((-2, size[0]), (-1, size[1])):
+        in_size = x.shape[dim]
+        start = torch.arange(out_size, device=x.device) * in_size // out_size
+        end = (torch.arange(1, out_size + 1, device=x.device) * in_size + out_size - 1) // out_size
+        index = start[:, None] + torch.arange(span, device=x.device)  # (out, span)
+        weight = (index < end[:, None]).to(x.dtype) / (end - start)[:, None].to(x.dtype)  # (out, span)
+        gathered = x.index_select(dim, index.clamp_max(in_size - 1).flatten())
+        if dim == -2:  # (B, C, out * span, W) → (B, C, out, W)
+            x = (gathered.unflatten(-2, (out_size, span)) * weight[:, :, None]).sum(-2)
+        else:  # (B, C, H, out * span) → (B, C, H, out)
+            x = (gathered.unflatten(-1, (out_size, span)) * weight).sum(-1)
+    return x
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -282,8 +320,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         return style.to(device)
 
     def _low_res_net(self, low: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low, pads = pad_to_multiple(low, 2 ** len(self.down_blocks))
-        hidden = self.conv_in(low)  # (B, c, h, w)
+        height, width = low.shape[-2:]
+        padded, (top, left) = pad_to_multiple_indexed(low, 2 ** len(self.down_blocks))
+        hidden = self.conv_in(padded)  # (B, c, h', w'), h' and w' multiples of 2**num_levels
         skips = []
         for block in self.down_blocks:
             skips.append(hidden)
@@ -293,10 +332,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             scale, shift = block_film.chunk(2, dim=1)  # (B, C) each
             hidden = block(hidden, scale[:, :, None, None], shift[:, :, None, None])
         for block, skip in zip(self.up_blocks, reversed(skips), strict=True):
-            hidden = F.interpolate(F.leaky_relu(hidden, 0.2), scale_factor=2.0, mode="nearest")
+            # ×2 nearest, written as the skip's size so torch.export needs no proof that the sizes match
+            hidden = F.interpolate(F.leaky_relu(hidden, 0.2), size=skip.shape[-2:], mode="nearest")
             hidden = block(hidden) + skip  # (B, C/2, 2h', 2w')
-        out = crop_padding(self.conv_out(F.leaky_relu(hidden, 0.2)), pads)  # (B, 3 or 4, h, w)
-        return out[:, :3] + crop_padding(low, pads), out[:, 3:]  # surface (B, 3, h, w), line gate (B, 0 or 1, h, w)
+        out = self.conv_out(F.leaky_relu(hidden, 0.2))[..., top : top + height, left : left + width]  # (B, 3|4, h, w)
+        return out[:, :3] + low, out[:, 3:]  # surface (B, 3, h, w), line gate (B, 0 or 1, h, w)
 
     def forward(self, sample: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] and style indices (B,) (None: style 0) → (B, 3, H, W) in [-1, 1]."""
@@ -304,8 +344,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         style = self._check_style(style, batch, sample.device)
 
         # 1. downsample (area averaging: pixel i covers [i·H/h, (i+1)·H/h), matching bilinear upsampling below)
-        low_size = (-(-height // self.scale_factor), -(-width // self.scale_factor))
-        low = F.interpolate(sample, size=low_size, mode="area")  # (B, 3, h, w)
+        # ceil(H / s), (H + s - 1) // s: the exported graph divides integers by truncation, so no negative operands
+        low_size = (
+            (height + self.scale_factor - 1) // self.scale_factor,
+            (width + self.scale_factor - 1) // self.scale_factor,
+        )
+        if torch.compiler.is_exporting():  # adaptive pooling's bins depend on the size: no exportable aten op
+            low = area_downsample_indexed(sample, low_size, span=self.scale_factor + 1)  # (B, 3, h, w)
+        else:
+            low = F.interpolate(sample, size=low_size, mode="area")  # (B, 3, h, w)
 
         # 2. the cartoon's surface at low resolution
         surface_low, line_gate = self._low_res_net(low, style)  # (B, 3, h, w), (B, 0 or 1, h, w)
