@@ -17,6 +17,12 @@ Examples:
     accelerate launch train_accelerate.py --objective cartoongan --preset cartoongan_resnet --train_data_dir pairs/ \\
         --vgg_weights vgg19/model.safetensors --init_steps 2000 --max_train_steps 40000 --output_dir cartoongan
 
+    # One style-conditioned generator for three teachers (make-pairs --teacher toon:ghibli toon:toon toon:painterly):
+    # each sample trains on one target column, drawn per sample; no GAN (D is not style-aware), L1 + image gradients
+    accelerate launch train_accelerate.py --train_data_dir pairs/ --output_dir ghibli-styles --preset guided \\
+        --target_column ghibli toon painterly --lambda_adversarial 0 --lambda_l1 1 --lambda_gradient 1 \\
+        --learning_rate 2e-3 --adam_beta1 0.9 --train_batch_size 8 --max_train_steps 5000
+
     # Resume a run that stopped (or crashed) from its newest intact checkpoint: the same steps as without the stop
     accelerate launch train_accelerate.py ... --output_dir toon-unet --resume_from_checkpoint latest
 
@@ -91,7 +97,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     data.add_argument("--split", default="train", help="Split to train on (default: train).")
     data.add_argument("--input_column", default="input_image", help="Column of the photos (default: input_image).")
-    data.add_argument("--target_column", default="target_image", help="Column of the targets (default: target_image).")
+    data.add_argument(
+        "--target_column",
+        nargs="+",
+        default=["target_image"],
+        help="Column of the targets (default: target_image). Several train one style-conditioned generator (e.g. "
+        "--preset guided), one style per column in this order, named after it; STYLE=COLUMN names a style "
+        "differently from its column (ghibli=Ghibli). Each sample trains on one of them, drawn from the seed, the "
+        "epoch and the row.",
+    )
     data.add_argument(
         "--paired_layout",
         default="separate",
@@ -194,6 +208,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss = parser.add_argument_group("objective")
     loss.add_argument("--gan_mode", default="vanilla", choices=GAN_MODES, help="Adversarial loss (vanilla).")
     loss.add_argument("--lambda_l1", type=float, default=100.0, help="pix2pix L1 weight λ (100).")
+    loss.add_argument(
+        "--lambda_gradient",
+        type=float,
+        default=0.0,
+        help="pix2pix: weight of an L1 on image gradients (finite differences): penalizes texture the teacher "
+        "removed (0 = off).",
+    )
+    loss.add_argument(
+        "--lambda_adversarial",
+        type=float,
+        default=1.0,
+        help="pix2pix: weight of the GAN term (1); 0 trains no discriminator (plain distillation; needed with several "
+        "--target_column styles, as D is not style-aware).",
+    )
     loss.add_argument("--lambda_content", type=float, default=10.0, help="CartoonGAN content weight ω (10).")
     loss.add_argument(
         "--vgg_weights",
@@ -276,6 +304,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--init_steps and --init_epochs are CartoonGAN's initialization phase: add --objective cartoongan")
     if args.init_steps is not None and args.init_epochs is not None:
         parser.error("give --init_steps or --init_epochs, not both")
+    args.styles, args.target_columns = parse_target_columns(parser, args.target_column)
+    multi_style = len(args.target_columns) > 1
+    # the data's target_column: one column as before, or the list of style columns
+    args.target_column = args.target_columns if multi_style else args.target_columns[0]
+    if multi_style and args.objective != "pix2pix":
+        parser.error(f"several --target_column styles train with --objective pix2pix, not {args.objective}")
+    if multi_style and args.lambda_adversarial:
+        parser.error(
+            "several --target_column styles: the discriminator is not style-aware, add --lambda_adversarial 0 "
+            f"(got {args.lambda_adversarial})"
+        )
+    if multi_style and args.paired_layout != "separate":
+        parser.error("several --target_column styles need --paired_layout separate")
+    for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -296,7 +340,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"{' '.join('--' + name for name in foreign)}: not an option of {cls.__name__}, the generator of "
                 f"--preset {args.preset or 'unet_256'}"
             )
+        if multi_style and "styles" not in cls.config_keys():
+            parser.error(
+                f"several --target_column styles need a style-conditioned generator (--preset guided); "
+                f"{cls.__name__} of --preset {args.preset or 'unet_256'} has one style"
+            )
     return args
+
+
+def parse_target_columns(parser: argparse.ArgumentParser, values: list[str]) -> tuple[list[str], list[str]]:
+    """``--target_column`` values (``COLUMN`` or ``STYLE=COLUMN``) → (style names, columns), in the given order."""
+    styles, columns = [], []
+    for value in values:
+        style, _, column = value.rpartition("=")
+        if not column or (value.count("=") and not style):
+            parser.error(f"--target_column {value!r}: give COLUMN or STYLE=COLUMN (e.g. ghibli=Ghibli)")
+        styles.append(style or column)
+        columns.append(column)
+    for name, items in (("style", styles), ("column", columns)):
+        repeated = sorted({item for item in items if items.count(item) > 1})
+        if repeated:
+            parser.error(f"--target_column {' '.join(values)}: the {name} {repeated[0]!r} is given twice")
+    return styles, columns
+
+
+def generator_styles(args) -> list[str] | None:
+    """The styles the new generator gets: the --target_column names, unless the only one is the default column."""
+    if args.target_columns == ["target_image"] and args.styles == ["target_image"]:
+        return None
+    return args.styles
 
 
 def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -304,8 +376,18 @@ def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch
     of the objective; BatchNorm becomes SyncBatchNorm across GPUs."""
     if args.pretrained_model_name_or_path:
         generator = load_generator(args.pretrained_model_name_or_path).train()
+        styles = getattr(generator, "styles", None)
+        if len(args.target_columns) > 1 and styles != args.styles:
+            raise ValueError(
+                f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r} has the styles {styles}, "
+                f"not the --target_column styles {args.styles}: name them in the model's order."
+            )
     else:
-        generator = build_generator(args.preset, **{name: getattr(args, name) for name in GENERATOR_OVERRIDES})
+        overrides = {name: getattr(args, name) for name in GENERATOR_OVERRIDES}
+        cls, _ = preset_config(args.preset)
+        if "styles" in cls.config_keys():
+            overrides["styles"] = generator_styles(args)  # None keeps the preset's
+        generator = build_generator(args.preset, **overrides)
     objective_class = OBJECTIVES[args.objective]
     discriminator = build_discriminator(
         args.discriminator_layout or objective_class.discriminator_layout,
@@ -329,7 +411,12 @@ def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch
 def build_objective(args, device: torch.device) -> Objective:
     """The objective the flags describe. CartoonGAN loads VGG19 here, so missing weights fail at start."""
     if args.objective == "pix2pix":
-        return Pix2PixObjective(gan_mode=args.gan_mode, lambda_l1=args.lambda_l1)
+        return Pix2PixObjective(
+            gan_mode=args.gan_mode,
+            lambda_l1=args.lambda_l1,
+            lambda_gradient=args.lambda_gradient,
+            lambda_adversarial=args.lambda_adversarial,
+        )
     try:
         vgg = VGG19Features.from_pretrained(args.vgg_weights).to(device)
     except RuntimeError as error:
@@ -523,48 +610,63 @@ def check_identical_weights(accelerator: Accelerator, model: torch.nn.Module) ->
     logger.info(f"Weights identical on all {accelerator.num_processes} processes (checksum {checksums[0].item():.6f})")
 
 
-def load_validation_images(args, accelerator: Accelerator, validation_pairs: PairedImageDataset) -> list:
-    """The whole validation images, on the main process (others: []). An error here is reported, not raised: a run
-    without validation images still trains and saves."""
+def load_validation_images(args, accelerator: Accelerator, validation_pairs: PairedImageDataset) -> dict:
+    """The whole validation images of each style (``None``: a one-style run), on the main process (others: {}). An
+    error here is reported, not raised: a run without validation images still trains and saves."""
     if not accelerator.is_main_process:
-        return []
+        return {}
+    styles = args.styles if validation_pairs.num_styles > 1 else [None]
     try:
-        return validation_pairs.whole_pairs(args.num_validation_images)
+        return {
+            style: validation_pairs.whole_pairs(args.num_validation_images, style=index)
+            for index, style in enumerate(styles)
+        }
     except Exception:  # validation must never cost the run; reported in full
         logger.exception("Cannot read the validation images: training goes on without validation.")
-        return []
+        return {}
 
 
-def run_validation(args, accelerator: Accelerator, generator, pairs: list, step: int) -> None:
-    """`log_validation` on the main process; any error in it is reported with its traceback and training goes on."""
+def run_validation(args, accelerator: Accelerator, generator, pairs: dict, step: int) -> None:
+    """`log_validation` of each style on the main process; any error in it is reported with its traceback and
+    training goes on."""
     if not accelerator.is_main_process:
         return
-    try:
-        log_validation(args, accelerator, generator, pairs, step)
-    except Exception:  # validation must never cost the run; reported in full
-        logger.exception(f"Validation at step {step} failed: training goes on, and the model is saved regardless.")
-
-
-def log_validation(args, accelerator: Accelerator, generator, pairs: list, step: int) -> None:
-    """Cartoonize the whole validation images; save the (photo | output | target) grid and log it with L1 / PSNR."""
-    if not pairs:
+    if not any(pairs.values()):
         logger.warning("No readable validation images: skipping validation.")
         return
+    for style, style_pairs in pairs.items():
+        try:
+            log_validation(args, accelerator, generator, style_pairs, step, style)
+        except Exception:  # validation must never cost the run; reported in full
+            logger.exception(f"Validation at step {step} failed: training goes on, and the model is saved regardless.")
+
+
+def log_validation(args, accelerator: Accelerator, generator, pairs: list, step: int, style: str | None) -> None:
+    """Cartoonize the whole validation images (in ``style``, for a multi-style run); save the (photo | output |
+    target) grid and log it with L1 / PSNR (under ``val/STYLE/`` for a style)."""
     grid, metrics = validate(
-        accelerator.unwrap_model(generator), pairs, accelerator.device, args.validation_max_side, args.resolution
+        accelerator.unwrap_model(generator),
+        pairs,
+        accelerator.device,
+        args.validation_max_side,
+        args.resolution,
+        style=style,
     )
+    if style is not None:
+        metrics = {name.replace("val/", f"val/{style}/"): value for name, value in metrics.items()}
+    suffix = f"-{style}" if style is not None else ""
     (Path(args.output_dir) / "validation").mkdir(parents=True, exist_ok=True)
-    grid.save(Path(args.output_dir) / "validation" / f"step-{step:07d}.png")
+    grid.save(Path(args.output_dir) / "validation" / f"step-{step:07d}{suffix}.png")
     accelerator.log(metrics, step=step)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             import numpy as np
 
-            tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+            tracker.writer.add_image(f"validation{suffix}", np.asarray(grid), step, dataformats="HWC")
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Image(grid, caption="photo | output | target")]}, step=step)
+            tracker.log({f"validation{suffix}": [wandb.Image(grid, caption="photo | output | target")]}, step=step)
     logger.info(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
@@ -579,7 +681,7 @@ def save_final_model(
         [
             "| | |",
             "| --- | --- |",
-            f"| dataset | `{source}` (`{args.input_column}` → `{args.target_column}`) |",
+            f"| dataset | `{source}` (`{args.input_column}` → {', '.join(f'`{c}`' for c in args.target_columns)}) |",
             f"| objective | {objective.description} |",
             f"| steps | {steps} × batch {args.train_batch_size} × {accelerator.num_processes} processes |",
             f"| resolution | {args.resolution} |",

@@ -82,6 +82,26 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_pairs_teacher(spec: str, args: argparse.Namespace, dtypes: dict, make_teacher):
+    """The teacher of one ``--teacher`` value, with the diffusers options of ``args`` for a diffusers one."""
+    if spec.startswith("diffusers"):
+        options = {
+            "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt,
+            "strength": args.strength,
+            "guidance_scale": args.guidance_scale,
+            "num_inference_steps": args.num_inference_steps,
+            "resolution": args.resolution,
+            "lora_weights": args.lora_weights,
+            "lora_scale": args.lora_scale,
+            "device": args.device,
+            "dtype": dtypes.get(args.dtype),
+            "base_seed": args.seed,
+        }
+        return make_teacher(spec, **{k: v for k, v in options.items() if v is not None})
+    return make_teacher(spec)
+
+
 def _make_pairs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -106,26 +126,10 @@ def _make_pairs(args: argparse.Namespace) -> int:
     else:
         photos = photos_from_dataset(args.photos_dataset, args.image_column, args.split, args.dataset_config_name)
         total = None
-    if args.teacher.startswith("diffusers"):
-        options = {
-            "prompt": args.prompt,
-            "negative_prompt": args.negative_prompt,
-            "strength": args.strength,
-            "guidance_scale": args.guidance_scale,
-            "num_inference_steps": args.num_inference_steps,
-            "resolution": args.resolution,
-            "lora_weights": args.lora_weights,
-            "lora_scale": args.lora_scale,
-            "device": args.device,
-            "dtype": DTYPES.get(args.dtype),
-            "base_seed": args.seed,
-        }
-        teacher = make_teacher(args.teacher, **{k: v for k, v in options.items() if v is not None})
-    else:
-        teacher = make_teacher(args.teacher)
+    teachers = [_make_pairs_teacher(spec, args, DTYPES, make_teacher) for spec in args.teacher]
     report = make_pairs(
         photos,
-        teacher,
+        teachers[0] if len(teachers) == 1 else teachers,
         args.output_dir,
         max_side=args.max_side,
         shard_size=args.shard_size,
@@ -332,7 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset_config_name", default=None, help="config of --photos_dataset")
     output = pairs.add_argument_group("output")
     output.add_argument("--output_dir", required=True, help="dataset folder to write (or resume)")
-    output.add_argument("--teacher", default="toon", help="toon, toon:toon, toon:painterly or diffusers:ID_OR_DIR")
+    output.add_argument(
+        "--teacher",
+        nargs="+",
+        default=["toon"],
+        help="toon, toon:toon, toon:painterly, toon:ghibli or diffusers:ID_OR_DIR; several (e.g. toon:ghibli "
+        "toon:toon) write one target column per teacher, named after its style (ghibli, toon)",
+    )
     output.add_argument("--max_side", type=int, default=1024, help="downscale photos to this longer side (1024)")
     output.add_argument("--validation_fraction", type=float, default=0.0, help="photos held out as validation (0)")
     output.add_argument("--shard_size", type=int, default=16, help="pairs per parquet shard; the resume unit (16)")

@@ -10,8 +10,11 @@ folder's *name*, so two folders called ``pairs`` would silently share one cache 
 naming it, by another row chosen from ``(seed, index)`` alone, so every process still yields full batches and DDP's
 collectives stay in step. An `UnreadableBudget` stops the run with `UnreadableDataError` when too many rows fail.
 The crop and flip of a sample are a function of ``(seed, epoch, index)``, so a resumed run (and any number of
-DataLoader workers) sees exactly the crops of an uninterrupted one. `brightness_balanced_sampler` fixes the seed
-project's failure mode (dark photos were rare, so the model blurred them) by sampling brightness bins equally.
+DataLoader workers) sees exactly the crops of an uninterrupted one. With several target columns (one per style, as
+multi-teacher `make-pairs` writes them), each sample also draws its style from ``(seed, epoch, index)`` and carries it
+as ``style`` (the column's position), so one dataset trains a style-conditioned generator.
+`brightness_balanced_sampler` fixes the seed project's failure mode (dark photos were rare, so the model blurred them)
+by sampling brightness bins equally.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import io
 import itertools
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -60,7 +64,7 @@ def load_pairs_dataset(
     split: str = "train",
     streaming: bool = False,
     input_column: str = "input_image",
-    target_column: str = "target_image",
+    target_column: str | Sequence[str] = "target_image",
     cache_dir: str | None = None,
 ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Load every split of a paired dataset from the Hub or a local path (see the module docstring)."""
@@ -85,32 +89,36 @@ def load_pairs_dataset(
     if (path / "metadata.jsonl").is_file() or (path / "metadata.csv").is_file():
         files = [str(f.resolve()) for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")]
         return datasets.load_dataset("imagefolder", data_files={split: files}, cache_dir=cache_dir)
-    if (path / input_column).is_dir() and (path / target_column).is_dir():
-        return datasets.DatasetDict({split: _sibling_folders(path, input_column, target_column)})
+    columns = [input_column, *as_columns(target_column)]
+    if all((path / column).is_dir() for column in columns):
+        return datasets.DatasetDict({split: _sibling_folders(path, columns)})
     raise ValueError(
         f"Don't know how to read `train_data_dir` {train_data_dir!r}: expected parquet files, a save_to_disk folder, "
-        f"an imagefolder with metadata.jsonl, or two sub-folders {input_column!r} and {target_column!r} holding "
-        f"images with matching names."
+        f"an imagefolder with metadata.jsonl, or sub-folders {columns} holding images with matching names."
     )
 
 
-def _sibling_folders(path: Path, input_column: str, target_column: str) -> datasets.Dataset:
+def as_columns(target_column: str | Sequence[str]) -> list[str]:
+    """One target column or several (one per style) → a list of column names."""
+    return [target_column] if isinstance(target_column, str) else list(target_column)
+
+
+def _sibling_folders(path: Path, columns: list[str]) -> datasets.Dataset:
     def by_stem(folder: Path) -> dict[str, str]:
         return {f.stem: str(f.resolve()) for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS}
 
-    inputs, targets = by_stem(path / input_column), by_stem(path / target_column)
-    names = sorted(inputs.keys() & targets.keys())
-    unmatched = sorted(inputs.keys() ^ targets.keys())
+    files = [by_stem(path / column) for column in columns]
+    names = sorted(set.intersection(*(set(found) for found in files)))
+    unmatched = sorted(set.union(*(set(found) for found in files)) - set(names))
     if unmatched:
-        logger.warning(
-            "%d images have no partner in the other folder and are left out: %s", len(unmatched), unmatched[:10]
-        )
+        logger.warning("%d images are missing from another folder and are left out: %s", len(unmatched), unmatched[:10])
     if not names:
-        raise ValueError(f"No file names match between {path / input_column} and {path / target_column}.")
-    dataset = datasets.Dataset.from_dict(
-        {input_column: [inputs[n] for n in names], target_column: [targets[n] for n in names]}
-    )
-    return dataset.cast_column(input_column, datasets.Image()).cast_column(target_column, datasets.Image())
+        raise ValueError(f"No file names match between the folders {[str(path / column) for column in columns]}.")
+    rows = {column: [found[n] for n in names] for column, found in zip(columns, files, strict=True)}
+    dataset = datasets.Dataset.from_dict(rows)
+    for column in columns:
+        dataset = dataset.cast_column(column, datasets.Image())
+    return dataset
 
 
 def check_columns(dataset, columns: dict[str, str]) -> None:
@@ -196,7 +204,7 @@ def build_pair_datasets(
     max_train_samples: int | None = None,
     streaming: bool = False,
     input_column: str = "input_image",
-    target_column: str = "target_image",
+    target_column: str | Sequence[str] = "target_image",
     paired_layout: str = "separate",
     direction: str = "AtoB",
     resolution: int = 256,
@@ -211,8 +219,9 @@ def build_pair_datasets(
 
     Returns:
         `(train, validation)`: training crops of ``resolution`` with the synchronized augmentation (``seed`` fixes
-        the crops and the replacements of unreadable rows; more than ``max_unreadable_fraction`` of them unreadable
-        stops training), and whole validation images (no transform; read them with `PairedImageDataset.whole_pairs`).
+        the crops, the styles drawn when ``target_column`` is a list, and the replacements of unreadable rows; more
+        than ``max_unreadable_fraction`` of them unreadable stops training), and whole validation images (no
+        transform; read them with `PairedImageDataset.whole_pairs`).
     """
     splits = load_pairs_dataset(
         dataset_name=dataset_name,
@@ -356,7 +365,11 @@ class UnreadableBudget:
 
 
 class PairedImageDataset(torch.utils.data.Dataset):
-    """Map-style dataset of ``{"input", "target"[, "target_smoothed"]}`` tensors.
+    """Map-style dataset of ``{"input", "target"[, "target_smoothed"][, "style"]}`` tensors.
+
+    With a list of target columns (one per style), each sample draws one of them from ``(seed, epoch, index)``
+    (uniformly), decodes only that target, and returns its position in the list as ``style`` (a 0-d LongTensor;
+    `collate_pairs` stacks them into the (B,) tensor a style-conditioned generator takes).
 
     An unreadable row is replaced, with a warning naming it, by another row drawn from ``(seed, index, attempt)``
     alone: the same on every process and in every worker, so each process always yields full batches (a DDP process
@@ -365,6 +378,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
     Args:
         dataset: a `datasets.Dataset` with the two image columns (or one side-by-side column); a streamed
             `datasets.IterableDataset` is read through `StreamingPairedDataset` or `whole_pairs`.
+        target_column: the column of the targets, or a list of them, one per style (style ``i`` is column ``i``).
         transform: the synchronized crop / flip; ``None`` gives whole images (the target resized to the input's size).
         paired_layout: ``"separate"`` (two columns) or ``"side_by_side"`` (one image holding A|B, pix2pix style).
         direction: ``"AtoB"`` or ``"BtoA"`` for the side-by-side layout.
@@ -377,7 +391,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
         self,
         dataset: datasets.Dataset | datasets.IterableDataset,
         input_column: str,
-        target_column: str,
+        target_column: str | Sequence[str],
         transform: PairTransform | None = None,
         paired_layout: str = "separate",
         direction: str = "AtoB",
@@ -389,15 +403,21 @@ class PairedImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"`paired_layout` must be one of {list(PAIRED_LAYOUTS)}, got {paired_layout!r}.")
         if direction not in DIRECTIONS:
             raise ValueError(f"`direction` must be one of {list(DIRECTIONS)}, got {direction!r}.")
+        target_columns = as_columns(target_column)
+        if not target_columns or len(set(target_columns)) != len(target_columns):
+            raise ValueError(f"`target_column` must be one column or a list of distinct ones, got {target_column!r}.")
+        if paired_layout != "separate" and len(target_columns) > 1:
+            raise ValueError(f"`paired_layout` {paired_layout!r} has one target: pass one `target_column`.")
         columns = {"input_column": input_column}
         if paired_layout == "separate":
-            columns["target_column"] = target_column
+            for i, column in enumerate(target_columns):
+                columns["target_column" if len(target_columns) == 1 else f"target_column[{i}]"] = column
         check_columns(dataset, columns)
         for column in columns.values():  # decode ourselves, so one corrupt file cannot crash the epoch
             if dataset.features and isinstance(dataset.features.get(column), datasets.Image):
                 dataset = dataset.cast_column(column, datasets.Image(decode=False))
         self.dataset, self.transform = dataset, transform
-        self.input_column, self.target_column = input_column, target_column
+        self.input_column, self.target_columns = input_column, target_columns
         self.paired_layout, self.direction, self.edge_smoothing = paired_layout, direction, edge_smoothing
         self.seed, self.epoch = seed, 0
         self.budget = budget or UnreadableBudget()
@@ -409,23 +429,33 @@ class PairedImageDataset(torch.utils.data.Dataset):
         """Draw this epoch's crops and flips (each a function of the seed, the epoch and the row)."""
         self.epoch = epoch
 
-    def pair(self, row: dict) -> tuple[Image.Image, Image.Image]:
+    @property
+    def num_styles(self) -> int:
+        """How many target columns (styles) there are; ``style`` is in every sample when it is more than one."""
+        return len(self.target_columns)
+
+    def style_of(self, index: int) -> int:
+        """The style (target column position) row ``index`` trains on this epoch: a function of (seed, epoch, row)."""
+        return int(np.random.default_rng([self.seed, self.epoch, index, 1]).integers(self.num_styles))
+
+    def pair(self, row: dict, style: int = 0) -> tuple[Image.Image, Image.Image]:
+        """The (input, target) images of ``row``, the target of style ``style`` (its column's position)."""
         if self.paired_layout == "side_by_side":
             both = decode_image(row[self.input_column])
             half = both.width // 2
             a, b = both.crop((0, 0, half, both.height)), both.crop((half, 0, 2 * half, both.height))
             return (a, b) if self.direction == "AtoB" else (b, a)
-        return decode_image(row[self.input_column]), decode_image(row[self.target_column])
+        return decode_image(row[self.input_column]), decode_image(row[self.target_columns[style]])
 
-    def whole_pairs(self, limit: int) -> list[tuple[Image.Image, Image.Image]]:
-        """The first ``limit`` readable rows as whole (input, target) RGB images, the target at the input's size.
-        Unreadable rows are skipped with a warning naming them. Works on streamed datasets too."""
+    def whole_pairs(self, limit: int, style: int = 0) -> list[tuple[Image.Image, Image.Image]]:
+        """The first ``limit`` readable rows as whole (input, target of style ``style``) RGB images, the target at the
+        input's size. Unreadable rows are skipped with a warning naming them. Works on streamed datasets too."""
         found = []
         for index, row in enumerate(self.dataset):
             if len(found) == limit:
                 break
             try:
-                source, target = self.pair(row)
+                source, target = self.pair(row, style)
             except ImageLoadError as error:
                 logger.warning("Skipping validation row %d: %s", index, error)
                 continue
@@ -461,7 +491,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
 
     def load(self, row: dict, index: int) -> dict:
         """Row number ``index`` → tensors; `ImageLoadError` if an image cannot be decoded."""
-        source, target = self.pair(row)
+        style = self.style_of(index) if self.num_styles > 1 else 0
+        source, target = self.pair(row, style)
         if self.transform is None:
             if target.size != source.size:
                 target = target.resize(source.size, Image.Resampling.BICUBIC)
@@ -472,6 +503,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         item = {"input": pil_to_tensor(source), "target": pil_to_tensor(target)}
         if self.edge_smoothing:
             item["target_smoothed"] = pil_to_tensor(Image.fromarray(edge_smooth(np.asarray(target))))
+        if self.num_styles > 1:
+            item["style"] = torch.tensor(style, dtype=torch.long)
         return item
 
 
@@ -502,7 +535,8 @@ class StreamingPairedDataset(torch.utils.data.IterableDataset):
 
 
 def collate_pairs(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack samples into a batch: ``input``, ``target`` (and ``target_smoothed``), each (B, 3, R, R)."""
+    """Stack samples into a batch: ``input``, ``target`` (and ``target_smoothed``), each (B, 3, R, R) (and ``style``,
+    (B,) long)."""
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 

@@ -1,7 +1,9 @@
 """The objectives: adversarial losses (vanilla / lsgan / hinge), and the two training objectives as objects.
 
 `Pix2PixObjective` (Isola et al., 2017): D judges (input, target) as real and (input, G(input)) as fake; G minimises
-adversarial + λ·L1(G(input), target) with λ = 100.
+λ_adv·adversarial + λ·L1(G(input), target) with λ = 100, plus λ_grad·L1 between the images' gradients (finite
+differences), which penalizes texture the teacher removed and edges it drew more than plain L1 does. λ_adv = 0 leaves
+out D altogether: a regression to the teacher (distillation), as for a multi-style generator (D is not style-aware).
 
 `CartoonGANObjective` (Chen et al., 2018): D judges cartoons as real and both G(photo) and edge-smoothed cartoons as
 fake (edge-promoting adversarial loss); G minimises adversarial + ω·L1(VGG(G(photo)), VGG(photo)) at conv4_4, ω = 10,
@@ -56,6 +58,14 @@ def content_loss(vgg: nn.Module, generated: torch.Tensor, photo: torch.Tensor) -
     return F.l1_loss(vgg(generated), target)
 
 
+def gradient_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical finite differences of two (B, C, H, W) images (sum of the two means)."""
+    generated, target = generated.float(), target.float()
+    dx = F.l1_loss(generated.diff(dim=-1), target.diff(dim=-1))  # (B, C, H, W-1)
+    dy = F.l1_loss(generated.diff(dim=-2), target.diff(dim=-2))  # (B, C, H-1, W)
+    return dx + dy
+
+
 def _check_gan_mode(gan_mode: str) -> None:
     if gan_mode not in GAN_MODES:
         raise ValueError(f"`gan_mode` must be one of {list(GAN_MODES)}, got {gan_mode!r}.")
@@ -63,15 +73,19 @@ def _check_gan_mode(gan_mode: str) -> None:
 
 @dataclass(frozen=True)
 class Pix2PixObjective:
-    r"""pix2pix's conditional GAN + λ·L1 objective.
+    r"""pix2pix's conditional GAN + λ·L1 objective, with an optional L1 on image gradients.
 
     Args:
         gan_mode (`str`, *optional*, defaults to `"vanilla"`): ``"vanilla"``, ``"lsgan"`` or ``"hinge"``.
         lambda_l1 (`float`, *optional*, defaults to 100.0): weight λ of the L1 distance to the target.
+        lambda_gradient (`float`, *optional*, defaults to 0.0): weight of `gradient_loss` (L1 on image gradients).
+        lambda_adversarial (`float`, *optional*, defaults to 1.0): weight of the adversarial term; 0 trains no D.
     """
 
     gan_mode: str = "vanilla"
     lambda_l1: float = 100.0
+    lambda_gradient: float = 0.0
+    lambda_adversarial: float = 1.0
 
     # How the rest of the run adapts to this objective: D sees the input photo beside the image it judges.
     discriminator_condition_channels = 3
@@ -80,14 +94,24 @@ class Pix2PixObjective:
 
     def __post_init__(self):
         _check_gan_mode(self.gan_mode)
+        for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
 
     @property
     def description(self) -> str:
-        return f"pix2pix ({self.gan_mode} GAN, λ_L1 = {self.lambda_l1:g})"
+        terms = [f"λ_L1 = {self.lambda_l1:g}"]
+        if self.lambda_gradient:
+            terms.append(f"λ_gradient = {self.lambda_gradient:g}")
+        if not self.lambda_adversarial:
+            return f"pix2pix without GAN ({', '.join(terms)})"
+        if self.lambda_adversarial != 1:
+            terms.append(f"λ_adversarial = {self.lambda_adversarial:g}")
+        return f"pix2pix ({self.gan_mode} GAN, {', '.join(terms)})"
 
     def is_adversarial(self, step: int) -> bool:
-        """Whether D trains and G gets the adversarial term at ``step``: always, for pix2pix."""
-        return True
+        """Whether D trains and G gets the adversarial term at ``step``: always, unless ``lambda_adversarial`` is 0."""
+        return self.lambda_adversarial > 0
 
     def discriminator_loss(
         self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor
@@ -100,14 +124,19 @@ class Pix2PixObjective:
     def generator_loss(
         self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor, adversarial: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """adversarial(D(photo, G(photo))) + λ·L1(G(photo), target); ``adversarial=False`` leaves out the first."""
+        """λ_adv·adversarial(D(photo, G(photo))) + λ·L1(G(photo), target) + λ_grad·L1(∇G(photo), ∇target);
+        ``adversarial=False`` leaves out the first."""
         l1 = F.l1_loss(fake.float(), batch["target"].float())
         logs = {"loss_g_l1": l1.detach()}
         loss = self.lambda_l1 * l1
+        if self.lambda_gradient:
+            gradient = gradient_loss(fake, batch["target"])
+            logs["loss_g_gradient"] = gradient.detach()
+            loss = loss + self.lambda_gradient * gradient
         if adversarial:
             gan = generator_adversarial_loss(discriminator(fake, batch["input"]).float(), self.gan_mode)
             logs["loss_g_gan"] = gan.detach()
-            loss = loss + gan
+            loss = loss + self.lambda_adversarial * gan
         return loss, logs
 
 

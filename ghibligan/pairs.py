@@ -1,5 +1,9 @@
 """Paired data from photos: photo ──teacher──▶ (input_image, target_image) rows of a Hugging Face dataset.
 
+With several teachers, each row holds the photo and one target per teacher, in a column named after the teacher's style
+(`style_name`: ``toon:ghibli`` → ``ghibli``), e.g. ``input_image, ghibli, toon, painterly``: one dataset to train a
+multi-style generator (``train_accelerate.py --target_column ghibli toon painterly``).
+
 The output folder is laid out as a Hub dataset repo: ``data/{split}-NNNNN.parquet`` shards with the images embedded,
 and a dataset card (``README.md``). ``datasets.load_dataset(OUT)``, ``train_accelerate.py --train_data_dir OUT`` and,
 after ``--push_to_hub``, ``--dataset_name ID`` all read it as is.
@@ -16,7 +20,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,36 @@ FEATURES = datasets.Features(
         "source": datasets.Value("string"),
     }
 )
+
+
+METADATA_FEATURES = {name: FEATURES[name] for name in ("teacher", "prompt", "seed", "source")}
+
+
+def style_name(teacher) -> str:
+    """The column and style name of a teacher's targets: its ``--teacher`` value after the kind, last path part
+    (``toon:ghibli`` → ``ghibli``, ``diffusers:you/ghibli-sd`` → ``ghibli-sd``, ``toon`` → ``toon``)."""
+    kind, _, argument = teacher.name.partition(":")
+    return (argument or kind).rstrip("/").rsplit("/", 1)[-1]
+
+
+def pair_features(teachers: list) -> datasets.Features:
+    """The columns `make_pairs` writes: ``input_image, target_image`` for one teacher, ``input_image`` and one image
+    column per teacher's `style_name` for several; then ``teacher, prompt, seed, source``.
+
+    Raises:
+        ValueError: two teachers share a style name, or a style name is a reserved column.
+    """
+    if len(teachers) == 1:
+        return FEATURES
+    names = [style_name(teacher) for teacher in teachers]
+    clashes = sorted({name for name in names if names.count(name) > 1 or name in FEATURES})
+    if clashes:
+        raise ValueError(
+            f"`teacher`s {[t.name for t in teachers]} give the target columns {names}: {clashes} repeat or clash with "
+            f"{list(FEATURES)}. Give each teacher once."
+        )
+    images = {"input_image": datasets.Image(), **{name: datasets.Image() for name in names}}
+    return datasets.Features({**images, **METADATA_FEATURES})
 
 
 SHARD_NAME = re.compile(r"(?P<split>[A-Za-z0-9_]+)-(?P<index>\d+)\.parquet")  # train-00000.parquet, never .tmp-*
@@ -160,14 +194,26 @@ def check_make_pairs_args(
     return output_dir
 
 
-def _write_shard(rows: list[dict], output_dir: Path, split: str) -> None:
+def check_shard_columns(output_dir: Path, features: datasets.Features) -> None:
+    """Raise if ``output_dir`` already holds shards with other columns (a resumed run must use the same teachers)."""
+    existing = shards(output_dir)
+    if existing:
+        columns = pq.read_schema(existing[0]).names
+        if set(columns) != set(features):
+            raise ValueError(
+                f"`output_dir` {str(output_dir)!r} holds pairs with the columns {columns}, not {list(features)}: "
+                "re-run with the teachers that made them, or use another `output_dir`."
+            )
+
+
+def _write_shard(rows: list[dict], output_dir: Path, split: str, features: datasets.Features = FEATURES) -> None:
     data = output_dir / "data"
     index = max((int(SHARD_NAME.fullmatch(path.name)["index"]) for path in shards(output_dir, split)), default=-1) + 1
     final = data / f"{split}-{index:05d}.parquet"
     tmp = data / f"{TEMPORARY_PREFIX}{final.name}"
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    columns = {name: [row[name] for row in rows] for name in features}
     try:
-        datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(str(tmp))
+        datasets.Dataset.from_dict(columns, features=features).to_parquet(str(tmp))
         os.replace(tmp, final)  # a shard is either complete or absent
     finally:
         tmp.unlink(missing_ok=True)  # after an error or Ctrl-C; a kill -9 leaves it to the next run's cleanup
@@ -175,7 +221,7 @@ def _write_shard(rows: list[dict], output_dir: Path, split: str) -> None:
 
 def make_pairs(
     photos: Iterable[tuple[str, object]],
-    teacher,
+    teacher: object | Sequence[object],
     output_dir: str | os.PathLike,
     *,
     max_side: int | None = 1024,
@@ -186,6 +232,9 @@ def make_pairs(
 ) -> PairsReport:
     """Run ``teacher`` on every photo not yet done and append the pairs to ``output_dir``'s shards.
 
+    ``teacher`` may be a list: every photo then gets one target per teacher, in columns named by `style_name`
+    (`pair_features`); ``teacher`` holds their names joined by commas, ``prompt`` and ``seed`` the first teacher's.
+
     Arguments are checked (`check_make_pairs_args`) and leftovers of a killed run removed before any teacher work.
     """
     output_dir = check_make_pairs_args(
@@ -195,6 +244,11 @@ def make_pairs(
         batch_size=batch_size,
         validation_fraction=validation_fraction,
     )
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if not teachers:
+        raise ValueError("`teacher` is an empty list: give at least one teacher.")
+    features = pair_features(teachers)
+    check_shard_columns(output_dir, features)
     (output_dir / "data").mkdir(parents=True, exist_ok=True)
     remove_temporary_shards(output_dir)
     done = done_sources(output_dir)
@@ -203,19 +257,23 @@ def make_pairs(
     batch: list[tuple[str, Image.Image]] = []
 
     def flush_batch() -> None:
-        outputs, seeds = teacher.generate([image for _, image in batch], [key for key, _ in batch])
-        prompt = getattr(teacher, "prompt", None)
-        for (key, image), target, seed in zip(batch, outputs, seeds, strict=True):
+        images, keys = [image for _, image in batch], [key for key, _ in batch]
+        results = [teacher.generate(images, keys) for teacher in teachers]  # [(outputs, seeds)] per teacher
+        target_columns = [name for name in features if name not in METADATA_FEATURES and name != "input_image"]
+        prompt = getattr(teachers[0], "prompt", None)
+        for index, (key, image) in enumerate(batch):
             split = split_of(key, validation_fraction)
-            row = {"input_image": image, "target_image": target, "teacher": teacher.name}
-            pending[split].append({**row, "prompt": prompt, "seed": seed, "source": key})
+            row = {"input_image": image, "teacher": names}
+            row.update({column: outputs[index] for column, (outputs, _) in zip(target_columns, results, strict=True)})
+            pending[split].append({**row, "prompt": prompt, "seed": results[0][1][index], "source": key})
             if len(pending[split]) >= shard_size:
-                _write_shard(pending[split], output_dir, split)
+                _write_shard(pending[split], output_dir, split, features)
                 report.written[split] = report.written.get(split, 0) + len(pending[split])
                 pending[split] = []
         batch.clear()
 
-    for key, photo in tqdm(photos, total=total, desc=f"make-pairs ({teacher.name})", unit="photo"):
+    names = ",".join(teacher.name for teacher in teachers)
+    for key, photo in tqdm(photos, total=total, desc=f"make-pairs ({names})", unit="photo"):
         if key in done:
             report.already_done += 1
             continue
@@ -231,20 +289,27 @@ def make_pairs(
         flush_batch()
     for split, rows in pending.items():
         if rows:
-            _write_shard(rows, output_dir, split)
+            _write_shard(rows, output_dir, split, features)
             report.written[split] = report.written.get(split, 0) + len(rows)
-    write_dataset_card(output_dir, teacher)
+    write_dataset_card(output_dir, teachers)
     return report
 
 
-def write_dataset_card(output_dir: Path, teacher) -> None:
+def write_dataset_card(output_dir: Path, teachers: list) -> None:
     """README.md with the Hub YAML header (splits, task) and what made the pairs."""
     counts = {}
     for shard in shards(output_dir):
         split = SHARD_NAME.fullmatch(shard.name)["split"]
         counts[split] = counts.get(split, 0) + pq.read_metadata(shard).num_rows
     configs = "\n".join(f"      - split: {split}\n        path: data/{split}-*" for split in sorted(counts))
-    parameters = "\n".join(f"| `{key}` | `{value}` |" for key, value in teacher.describe().items())
+    if len(teachers) == 1:
+        columns = f"its stylization by the teacher `{teachers[0].name}` (`target_image`)"
+    else:
+        columns = "its stylizations by " + ", ".join(f"`{t.name}` (`{style_name(t)}`)" for t in teachers)
+    parameters = "\n\n".join(
+        "| parameter | value |\n| --- | --- |\n" + "\n".join(f"| `{k}` | `{v}` |" for k, v in t.describe().items())
+        for t in teachers
+    )
     sizes = ", ".join(f"{split}: {count}" for split, count in sorted(counts.items()))
     (output_dir / "README.md").write_text(
         f"""---
@@ -262,13 +327,11 @@ configs:
 
 # Paired photo → cartoon data made by `ghibligan make-pairs`
 
-Each row pairs a photo (`input_image`) with its stylization by the teacher `{teacher.name}` (`target_image`), aligned
-pixel for pixel, with `teacher`, `prompt`, `seed` and `source` (the photo's key) metadata. Rows: {sizes}.
+Each row pairs a photo (`input_image`) with {columns}, aligned pixel for pixel, with `teacher`, `prompt`, `seed` and
+`source` (the photo's key) metadata. Rows: {sizes}.
 
 ## Teacher
 
-| parameter | value |
-| --- | --- |
 {parameters}
 
 ## Train on it

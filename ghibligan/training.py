@@ -22,6 +22,7 @@ from torch import nn
 from .data import StreamingPairedDataset
 from .image_io import pil_to_tensor, resize_to_max_side
 from .losses import Objective
+from .models.guided import StyleColorMap
 from .pipeline import Cartoonizer
 
 
@@ -62,7 +63,8 @@ def training_step(
             ones it prepared, the (G, D) pairs in that order.
         objective (`Pix2PixObjective` or `CartoonGANObjective`): the losses; its ``is_adversarial(step)`` says
             whether D trains at this step (CartoonGAN's initialization phase trains G on content only).
-        batch (`dict`): ``input`` and ``target`` crops (B, 3, R, R) in [-1, 1] (and ``target_smoothed`` for CartoonGAN).
+        batch (`dict`): ``input`` and ``target`` crops (B, 3, R, R) in [-1, 1] (and ``target_smoothed`` for CartoonGAN;
+            ``style`` (B,) long for multi-target data, passed to the generator).
         step (`int`): the optimizer steps done so far.
         max_grad_norm (`float`, *optional*, defaults to 0.0): clip gradient norms to this (0: no clipping).
         skip_nonfinite (`bool`, *optional*, defaults to False): when a loss is NaN or infinite on any process, drop
@@ -104,7 +106,8 @@ def training_step(
         return False
 
     with accelerator.accumulate(generator, discriminator):
-        fake = generator(batch["input"])  # (B, 3, R, R)
+        # a style-conditioned generator gets each sample's style (multi-target data): (B,) long
+        fake = generator(batch["input"], batch["style"]) if "style" in batch else generator(batch["input"])
         if adversarial:  # D step: real → real, G's outputs (and, for CartoonGAN, smoothed-edge cartoons) → fake
             loss_d, logs_d = objective.discriminator_loss(discriminator, batch, fake)
             logs.update(logs_d)
@@ -141,15 +144,19 @@ def fit_tone_head(
 ) -> float:
     """Fit a generator's per-pixel tone head to training pairs pixel by pixel (photo colour → target colour).
 
-    A warm start for ``UNetGenerator(tone_head_channels=N)``: the teacher's colour mapping (grading, flat levels) is
-    mostly a function of each pixel's own colour, which a small MLP learns in seconds, while a U-Net — whose only
-    full-resolution nonlinearity is its final tanh — learns it slowly and coarsely. Joint training then refines the
-    head on the U-Net's outputs. Returns the final L1 loss.
+    A warm start for ``UNetGenerator(tone_head_channels=N)`` and `GuidedFilterGenerator`'s tone head: the teacher's
+    colour mapping (grading, flat levels) is mostly a function of each pixel's own colour, which a small MLP learns in
+    seconds, while a U-Net — whose only full-resolution nonlinearity is its final tanh — learns it slowly and
+    coarsely. Joint training then refines the head on the network's outputs. A style-conditioned head
+    (`StyleColorMap`) is fitted per style at once: each pixel with its sample's ``style`` (0 when samples have none).
+    Returns the final L1 loss.
     """
     if not samples:
         raise ValueError("fit_tone_head: no readable training pairs to fit the tone head on.")
     photos = torch.cat([sample["input"].flatten(1).T for sample in samples])  # (pixels, 3) in [-1, 1]
     targets = torch.cat([sample["target"].flatten(1).T for sample in samples])
+    styled = isinstance(tone_head, StyleColorMap)
+    styles = torch.cat([sample.get("style", torch.tensor(0)).expand(sample["input"][0].numel()) for sample in samples])
     device = next(tone_head.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(tone_head.parameters(), lr=learning_rate)
@@ -157,8 +164,16 @@ def fit_tone_head(
     loss = torch.zeros(())
     for _ in range(steps):
         batch = torch.randint(len(photos), (16384,), generator=generator)
-        photo, target = (t[batch].T[None, :, :, None].to(device) for t in (photos, targets))  # a (1, 3, N, 1) image
-        loss = torch.nn.functional.l1_loss(tone_head(photo), target)
+        if styled:  # one (1, 3, n, 1) image of the drawn pixels of each style, with that style
+            parts = [batch[styles[batch] == style] for style in styles[batch].unique()]
+            prediction = torch.cat(
+                [tone_head(photos[p].T[None, :, :, None].to(device), styles[p[:1]].to(device)) for p in parts], dim=2
+            )
+            target = torch.cat([targets[p].T[None, :, :, None] for p in parts], dim=2).to(device)
+        else:
+            photo, target = (t[batch].T[None, :, :, None].to(device) for t in (photos, targets))  # a (1, 3, N, 1) image
+            prediction = tone_head(photo)
+        loss = torch.nn.functional.l1_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,6 +192,26 @@ def lr_lambda(schedule: str, total_steps: int, decay_start: int | None):
 # -- validation ------------------------------------------------------------------------------------------------------
 
 
+class StyleSelected(nn.Module):
+    """A style-conditioned generator drawing one style: ``forward(x)`` is ``generator(x, style)`` for every image,
+    so the `Cartoonizer` (which passes images only) can run it.
+
+    Args:
+        generator (`nn.Module`): a generator with ``styles`` and ``style_indices`` (e.g. `GuidedFilterGenerator`).
+        style (`str`): one of ``generator.styles``.
+    """
+
+    def __init__(self, generator: nn.Module, style: str):
+        super().__init__()
+        self.generator = generator
+        self.style_index = int(generator.style_indices(style, 1)[0])  # raises for an unknown style, naming them
+        self.size_multiple = getattr(generator, "size_multiple", 1)
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        style = torch.full((sample.shape[0],), self.style_index, dtype=torch.long, device=sample.device)
+        return self.generator(sample, style)
+
+
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB between images in [-1, 1] (peak-to-peak 2)."""
     mse = torch.mean((prediction.float() - target.float()) ** 2).item()
@@ -190,6 +225,7 @@ def validate(
     device: str | torch.device = "cpu",
     max_side: int | None = None,
     cell_size: int = 256,
+    style: str | None = None,
 ) -> tuple[Image.Image, dict[str, float]]:
     """Cartoonize whole validation photos as users will (`Cartoonizer` on a copy of ``generator``, in float32).
 
@@ -198,6 +234,7 @@ def validate(
         pairs (`list`): whole (photo, target) images, e.g. from `PairedImageDataset.whole_pairs`.
         max_side (`int`, *optional*): downscale photo and target first, so the longer side is at most this.
         cell_size (`int`, *optional*, defaults to 256): side of each image's square cell in the grid.
+        style (`str`, *optional*): the style to draw in, for a style-conditioned generator (default: its first).
 
     Returns:
         `(grid, metrics)`: rows of (photo | output | target), each fitted into a ``cell_size`` square, and the mean
@@ -206,7 +243,8 @@ def validate(
     """
     if not pairs:
         raise ValueError("`pairs` is empty: no readable validation images.")
-    cartoonizer = Cartoonizer(copy.deepcopy(generator), device=device, dtype=torch.float32)
+    generator = copy.deepcopy(generator)
+    cartoonizer = Cartoonizer(generator if style is None else StyleSelected(generator, style), device, torch.float32)
     cartoonizer.set_progress_bar_config(disable=True)
     photos = [resize_to_max_side(photo, max_side) for photo, _ in pairs]
     targets = [resize_to_max_side(target, max_side) for _, target in pairs]

@@ -14,6 +14,13 @@ teacher's and the photo's own values for scale.
     python scripts/evaluate_fidelity.py ... --export ghibligan/pretrained/toon-painterly-unet --teacher toon:painterly
     python scripts/evaluate_fidelity.py ... --reference runs/bundled/reference-unet256   # a unet_256 beside it
 
+A style-conditioned model (``styles`` in its config, e.g. ``--preset guided`` trained on several ``--target_column``
+styles) is evaluated style by style, each against the pairs column named after the style (multi-teacher make-pairs
+output); ``--teacher`` then names one teacher per style, in the model's order, for the card:
+
+    python scripts/evaluate_fidelity.py --model runs/bundled-styles/model --pairs runs/bundled-styles/pairs \
+        --teacher toon:ghibli toon:toon toon:painterly --export ghibligan/pretrained/ghibli-styles
+
 ``--reference`` evaluates a second checkpoint (the reference pix2pix unet_256 trained on the same pairs for the same
 steps) on the same photos; with ``--export`` its numbers go into the card and metrics.json beside the model's.
 """
@@ -32,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
+from ghibligan.training import StyleSelected
 
 
 def pooled_psnr(mean_squared_error: float) -> float:
@@ -46,10 +54,10 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 STRUCTURE = ("flat_share", "gradient_energy_vs_photo", "gradient_energy_vs_teacher", "palette_size", "ink_f_score")
 
 
-def evaluate(cartoonizer: Cartoonizer, rows) -> dict:
+def evaluate(cartoonizer: Cartoonizer, rows, target_column: str = "target_image") -> dict:
     per_image = []
     for row in rows:
-        photo, teacher = np.asarray(row["input_image"].convert("RGB")), np.asarray(row["target_image"].convert("RGB"))
+        photo, teacher = np.asarray(row["input_image"].convert("RGB")), np.asarray(row[target_column].convert("RGB"))
         output = np.asarray(cartoonizer(photo)[0])
         structure = structure_metrics(output, photo=photo, teacher=teacher)
         per_image.append(
@@ -119,12 +127,16 @@ def report(name: str, metrics: dict) -> None:
             )
 
 
-def evaluate_checkpoint(model: str, dtype: str, rows) -> dict:
-    """Load a checkpoint into the pipeline users run, evaluate it on ``rows`` and print the summary."""
-    cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
+def evaluate_checkpoint(model: str, dtype: str, rows, style: str | None = None, target_column="target_image") -> dict:
+    """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one), evaluate it on
+    ``rows`` against ``target_column`` and print the summary."""
+    if style is None:
+        cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
+    else:
+        cartoonizer = Cartoonizer(StyleSelected(load_generator(model), style), device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
-    metrics = evaluate(cartoonizer, rows)
-    report(model, metrics)
+    metrics = evaluate(cartoonizer, rows, target_column)
+    report(f"{model} ({style})" if style else model, metrics)
     return metrics
 
 
@@ -135,7 +147,12 @@ def main() -> None:
     parser.add_argument("--split", default="validation", help="split of held-out photos (validation)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="inference precision")
     parser.add_argument("--export", default=None, help="write the model here: fp16 safetensors, config, model card")
-    parser.add_argument("--teacher", default=None, help="the --teacher value the pairs were made with (for the card)")
+    parser.add_argument(
+        "--teacher",
+        nargs="+",
+        default=None,
+        help="the --teacher value(s) the pairs were made with (for the card): one per style of a multi-style model",
+    )
     parser.add_argument("--json", default=None, help="also write the metrics here")
     parser.add_argument("--notes", default=None, help="with --export: a paragraph for the card (what it can't do)")
     parser.add_argument("--reference", default=None, help="also evaluate this checkpoint (e.g. a unet_256 baseline)")
@@ -145,6 +162,18 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no {args.split}-*.parquet shards in {args.pairs}/data")
     rows = datasets.load_dataset("parquet", data_files={args.split: files}, split=args.split)
+    styles = (
+        json.loads((Path(args.model) / "config.json").read_text()).get("styles") if Path(args.model).is_dir() else None
+    )
+    if styles and len(styles) > 1:
+        metrics = {
+            "styles": {style: evaluate_checkpoint(args.model, args.dtype, rows, style, style) for style in styles}
+        }
+        if args.json:
+            Path(args.json).write_text(json.dumps(metrics, indent=2))
+        if args.export:
+            export_styles(args, styles, metrics["styles"])
+        return
     metrics = evaluate_checkpoint(args.model, args.dtype, rows)
     if args.reference:
         reference_metrics = evaluate_checkpoint(args.reference, args.dtype, rows)
@@ -154,7 +183,82 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
     if args.export:
+        args.teacher = args.teacher[0] if args.teacher else None
         export(args, metrics)
+
+
+def structure_cells(m: dict) -> str:
+    """One table row's cells: error removed, flat share and gradient energy vs the teacher, palette, ink F-score."""
+    return (
+        f"{100 * m['error_removed']:.1f} % | {m['flat_share'] / m['teacher_flat_share']:.2f}× "
+        f"({m['flat_share']:.2f} vs {m['teacher_flat_share']:.2f}) | {m['gradient_energy_vs_teacher']:.2f}× | "
+        f"{m['palette_size']:.0f} ({m['teacher_palette_size']:.0f}) | {m['ink_f_score']:.2f} | "
+        f"{m['psnr_model']:.2f} dB ({m['psnr_photo']:.2f})"
+    )
+
+
+def export_styles(args, styles: list[str], metrics: dict) -> None:
+    """A multi-style model: fp16 weights + config + a card naming each style's teacher, with per-style metrics."""
+    teachers = args.teacher or [None] * len(styles)
+    if len(teachers) != len(styles):
+        raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
+    generator = load_generator(args.model)
+    training = json.loads((Path(args.model) / "training_args.json").read_text())
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
+    parameters = sum(p.numel() for p in generator.parameters())
+    rows = {
+        split: sum(pq.read_metadata(p).num_rows for p in Path(args.pairs, "data").glob(f"{split}-*.parquet"))
+        for split in ("train", "validation")
+    }
+    table = "\n".join(
+        f"| `{style}` | `{teacher}` | {structure_cells(metrics[style]['all'])} |"
+        for style, teacher in zip(styles, teachers, strict=True)
+    )
+    notes = f"\n{args.notes}\n" if args.notes else ""
+    details = f"""One style-conditioned generator for {len(styles)} styles, each distilled from a classical toon teacher
+of ghibligan (`make-pairs --teacher {" ".join(str(t) for t in teachers)} --max_side 512`): trained with ghibligan's own
+tools to reproduce those teachers, **not** on Studio Ghibli images. Pick a style by name (`{styles[0]}` by default).
+
+| style | teacher | error removed | flat share vs teacher | gradient energy vs teacher | palette (teacher) | ink F | \
+PSNR (photo) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{table}
+
+Held-out: {rows["validation"]} photos at 512 px never seen in training ({rows["train"]} for training). Error removed:
+1 − MSE(model, teacher) / MSE(photo, teacher). Flat share: pixels whose Sobel gradient is below 8/255 (see
+`ghibligan.metrics`).
+
+| | |
+| --- | --- |
+| generator | `{type(generator).__name__}({architecture})`, {parameters / 1e3:.1f} k parameters |
+| objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients, no GAN (λ_adversarial = \
+{training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); per-style tone \
+head fitted pixel by pixel first ({training["tone_head_init_steps"]} steps) |
+| steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
+Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
+{notes}
+Reproduce it from scratch on a CPU: `bash scripts/train_bundled_model.sh styles PHOTOS_DIR`. Weights are stored in
+float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the training photos; their
+licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
+    export_dir = Path(args.export)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    (export_dir / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card: write a fresh one
+    generator.half().save_pretrained(
+        export_dir,
+        model_card_kwargs={
+            "description": "a multi-style model bundled with ghibligan: "
+            + ", ".join(f"`{s}` (teacher `{t}`)" for s, t in zip(styles, teachers, strict=True))
+            + ".",
+            "training_details": details,
+        },
+    )
+    summary = {
+        style: {"teacher": t, **{k: metrics[style][k] for k in ("all", "dark")}}
+        for style, t in zip(styles, teachers, strict=True)
+    }
+    (export_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(f"exported to {export_dir} ({sum(p.stat().st_size for p in export_dir.iterdir()) / 1e6:.2f} MB)")
 
 
 def export(args, metrics: dict) -> None:

@@ -1,16 +1,43 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model from scratch on CPU (about 15 minutes on 2 cores; a GPU is not needed):
+# Reproduce a bundled model from scratch on CPU (a GPU is not needed). MODEL picks which:
+#
+#   bash scripts/train_bundled_model.sh [PHOTOS_DIR] [WORK_DIR]                            toon-painterly-unet (default)
+#   MODEL=ghibli-styles bash scripts/train_bundled_model.sh [PHOTOS_DIR] [WORK_DIR]        ghibli-styles
+#
+# toon-painterly-unet (about 15 minutes on 2 cores; STEPS=1000 by default):
 #   1. pairs: photos → toon:painterly targets, 512 px, 12 % of the photos held out (stable by file name)
 #   2. Pix2Pix training of a small residual U-Net (ngf=16, 5 levels, no dropout) with a per-pixel tone head fitted
 #      pixel by pixel first, λ_L1 = 10000, bf16, brightness-balanced
 #   3. held-out fidelity to the teacher, then export (fp16 safetensors + model card) into the package
-#
-#   bash scripts/train_bundled_model.sh [PHOTOS_DIR] [WORK_DIR]      (STEPS=1000 by default)
-#
 # REFERENCE=runs/compare/unet_256 adds that checkpoint (from scripts/compare_reference.sh) to the card's table.
+#
+# ghibli-styles (about 30 minutes on 2 shared cores; STEPS=1600 by default):
+#   1. pairs: photos → three targets per photo (toon:ghibli, toon:toon, toon:painterly), one column per style
+#   2. one style-conditioned GuidedFilterGenerator (--preset guided), each sample trained on one style drawn from
+#      (seed, epoch, row); L1 + L1 on image gradients, no GAN; per-style tone head fitted pixel by pixel first
+#   3. held-out fidelity to each teacher, then export (fp16 safetensors + model card with per-style metrics)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS=${1:-../shared/photos}
+MODEL=${MODEL:-toon-painterly-unet}
+
+if [ "$MODEL" = ghibli-styles ]; then
+    WORK=${2:-runs/bundled-styles}
+    STEPS=${STEPS:-1600}
+    source scripts/styles_recipe.sh
+    ghibligan make-pairs --photos "$PHOTOS" --teacher "${STYLES_TEACHERS[@]}" --max_side 512 \
+        --validation_fraction 0.12 --output_dir "$WORK/pairs"
+    "${STYLES_LAUNCH[@]}" --train_data_dir "$WORK/pairs" --output_dir "$WORK/model" "${STYLES_TRAINING[@]}" \
+        --max_train_steps "$STEPS" --checkpointing_steps 250 --checkpoints_total_limit 2 --validation_steps 500 \
+        --resume_from_checkpoint latest
+    python scripts/evaluate_fidelity.py --model "$WORK/model" --pairs "$WORK/pairs" --split validation \
+        --export ghibligan/pretrained/ghibli-styles --teacher "${STYLES_TEACHERS[@]}" ${NOTES:+--notes "$NOTES"}
+    exit 0
+elif [ "$MODEL" != toon-painterly-unet ]; then
+    echo "MODEL must be toon-painterly-unet or ghibli-styles, got '$MODEL'" >&2
+    exit 2
+fi
+
 WORK=${2:-runs/bundled}
 STEPS=${STEPS:-1000}
 NOTES="**What it does not do yet.** It draws the teacher's flat colour levels in skies, walls and backgrounds, but fur,

@@ -29,7 +29,8 @@ class GeneratorPreset:
     """A generator recipe: which class, with which ``__init__`` kwargs, and what it is for.
 
     Args:
-        class_name (`str`): ``"UNetGenerator"`` or ``"ResNetGenerator"`` (a key of `GENERATOR_CLASSES`).
+        class_name (`str`): ``"UNetGenerator"``, ``"ResNetGenerator"`` or ``"GuidedFilterGenerator"`` (a key of
+            `GENERATOR_CLASSES`).
         kwargs (`dict`): JSON-able ``__init__`` kwargs; the class defaults fill in the rest.
         description (`str`): one line for ``--help``, the README and benchmark tables.
     """
@@ -60,6 +61,20 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
         "UNetGenerator",
         {"num_downs": 5, "ngf": 16, "norm": "batch", "dropout": 0.0, "residual": True, "tone_head_channels": 32},
         "the bundled model's architecture: 5-level residual U-Net, ngf 16, 32-wide tone head (1.04 M parameters)",
+    ),
+    "guided": GeneratorPreset(
+        "GuidedFilterGenerator",
+        {
+            "styles": ["ghibli", "toon", "painterly"],
+            "scale_factor": 2,
+            "channels": 8,
+            "num_levels": 3,
+            "num_blocks": 4,
+            "tone_channels": 16,
+        },
+        "style-conditioned guided-filter generator (Deep Guided Filter): a FiLM U-Net at 1/2 resolution, a trainable "
+        "guided filter back to full resolution, a per-style tone head; styles ghibli, toon, painterly (the "
+        "--target_column names replace them)",
     ),
     "cartoongan_resnet": GeneratorPreset(
         "ResNetGenerator",

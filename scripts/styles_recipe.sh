@@ -1,0 +1,14 @@
+# The multi-style guided-filter model's training recipe (ghibli-styles), sourced by train_bundled_model.sh: change the
+# recipe here. One style-conditioned GuidedFilterGenerator learns three teachers at once; each training sample draws
+# one style (target column); no GAN (the discriminator is not style-aware), L1 + L1 on image gradients.
+STYLES_TEACHERS=(toon:ghibli toon:toon toon:painterly)
+STYLES_COLUMNS=(ghibli toon painterly)
+STYLES_LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+    train_accelerate.py)
+# --resolution 304: PairTransform resizes the shorter side to 1.12 × 304 = 340 px, the photos' own scale at 512 × 341.
+# Learning rate 1e-3 with gradients clipped at 0.5: at 2e-3 unclipped the first run diverged at step ~310 (L1 0.07 →
+# 0.9, outputs stuck at the clamp).
+STYLES_TRAINING=(--preset guided --target_column "${STYLES_COLUMNS[@]}" --lambda_adversarial 0 --lambda_l1 1
+    --lambda_gradient 1 --learning_rate 1e-3 --adam_beta1 0.9 --lr_scheduler linear_decay --max_grad_norm 0.5
+    --train_batch_size 8 --resolution 304 --random_flip --tone_head_init_steps 1000 --dataloader_num_workers 1
+    --seed 0 --validation_split validation --report_to none)
