@@ -198,7 +198,13 @@ def check_shard_columns(output_dir: Path, features: datasets.Features) -> None:
     """Raise if ``output_dir`` already holds shards with other columns (a resumed run must use the same teachers)."""
     existing = shards(output_dir)
     if existing:
-        columns = pq.read_schema(existing[0]).names
+        try:
+            columns = pq.read_schema(existing[0]).names
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(
+                f"Shard {str(existing[0])!r} of `output_dir` cannot be read ({error}). Delete it and re-run: its "
+                "photos will be redone."
+            ) from error
         if set(columns) != set(features):
             raise ValueError(
                 f"`output_dir` {str(output_dir)!r} holds pairs with the columns {columns}, not {list(features)}: "
