@@ -14,13 +14,16 @@ are written by OpenCV, which drops audio; when ffmpeg is available (on ``PATH``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -243,6 +246,28 @@ def plan_jobs(
     return jobs, problems
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Block SIGINT in the calling (main) thread for the block's duration. Threads started inside (FFmpeg's codec
+    threads, opened with a capture or writer; our reader and encoder threads) inherit the mask, so a Ctrl-C always
+    reaches Python's main thread rather than interrupting a codec thread mid-frame (seen: an FFmpeg assertion and
+    an abort instead of a clean exit). A signal that arrives meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _block_sigint_in_thread() -> None:
+    """ThreadPoolExecutor initializer: this worker never takes SIGINT (see `_sigint_blocked`)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def _write_video(
     cartoonizer: Cartoonizer, job: Job, tmp: Path, batch_size: int, num_workers: int = 2, **kwargs
 ) -> str | None:
@@ -251,17 +276,19 @@ def _write_video(
     With ``num_workers`` > 0, frames are decoded and encoded in background threads while the generator runs."""
     if not can_write_video(job.target.suffix):
         raise WriteError(f"{job.target}: this OpenCV build cannot write {job.target.suffix} videos.")
-    capture = cv2.VideoCapture(str(job.source))
+    with _sigint_blocked():  # FFmpeg's decoder threads start here
+        capture = cv2.VideoCapture(str(job.source))
     if not capture.isOpened():
         raise ImageLoadError(f"{job.source}: not a video that OpenCV can read.")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) or None  # from the header: a truncated file keeps it
     fourcc = VIDEO_FOURCCS[job.target.suffix.lower()]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    with _sigint_blocked():  # ... and the encoder's here
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     frames_done = 0
-    reader = ThreadPoolExecutor(1, thread_name_prefix="read")
-    encoder = ThreadPoolExecutor(1, thread_name_prefix="write")
+    reader = ThreadPoolExecutor(1, thread_name_prefix="read", initializer=_block_sigint_in_thread)
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="write", initializer=_block_sigint_in_thread)
     try:
         if not writer.isOpened():
             raise WriteError(f"{job.target}: OpenCV cannot open a {fourcc} video writer at {tmp}.")
@@ -383,7 +410,11 @@ def _cartoonize_images(
         job.target.parent.mkdir(parents=True, exist_ok=True)  # here, so a folder that can't be made fails this job
         return load_image(job.source, max_pixels=max_pixels)
 
-    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="io") if num_workers else None
+    pool = (
+        ThreadPoolExecutor(num_workers, thread_name_prefix="io", initializer=_block_sigint_in_thread)
+        if num_workers
+        else None
+    )
     saving: deque[tuple[Job, Future]] = deque()
 
     def collect(wait: bool) -> None:

@@ -148,7 +148,7 @@ def test_an_error_in_validation_is_reported_and_training_goes_on(monkeypatch, tm
     args = train_script.parse_args(["--train_data_dir", "pairs", "--output_dir", str(tmp_path)])
     accelerator = Accelerator(cpu=True)
     pairs = [(Image.fromarray(photo_like(40, 40)),) * 2]
-    train_script.run_validation(args, accelerator, UNetGenerator(num_downs=5, ngf=8), pairs, step=3)  # no raise
+    train_script.run_validation(args, accelerator, UNetGenerator(num_downs=5, ngf=8), {None: pairs}, step=3)  # no raise
     assert "Validation at step 3 failed" in caplog.text and "out of memory in validation" in caplog.text
 
 
