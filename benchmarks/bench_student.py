@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-import numpy as np
 import torch
+from bench_inference import photo  # the same deterministic photo-like image (benchmarks/ is on sys.path)
 from PIL import Image
 
 from ghibligan import UNetGenerator
@@ -31,15 +31,6 @@ from ghibligan.models.guided import GuidedFilterGenerator
 from ghibligan.pipeline import bundled_model_path, has_native_bf16_cpu
 
 SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
-
-
-def photo(width: int, height: int) -> Image.Image:
-    """A deterministic photo-like test image: gradients, a sinusoid and noise."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 31 + y / 17)], -1)
-    base += 0.03 * rng.standard_normal(base.shape, dtype=np.float32)
-    return Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8))
 
 
 def prepare(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -238,9 +238,9 @@ head fitted pixel by pixel first ({training["tone_head_init_steps"]} steps) |
 | steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}
-Reproduce it from scratch on a CPU: `bash scripts/train_bundled_model.sh styles PHOTOS_DIR`. Weights are stored in
-float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the training photos; their
-licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
+Reproduce it from scratch on a CPU: `MODEL=ghibli-styles bash scripts/train_bundled_model.sh PHOTOS_DIR`.
+Weights are stored in float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the
+training photos; their licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
     export_dir = Path(args.export)
     export_dir.mkdir(parents=True, exist_ok=True)
     (export_dir / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card: write a fresh one
