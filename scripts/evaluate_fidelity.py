@@ -197,6 +197,23 @@ def structure_cells(m: dict) -> str:
     )
 
 
+WEIGHTS_NOTE = """\
+Weights are stored in float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the
+training photos; their licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
+
+
+def write_bundled_checkpoint(generator, export_dir: Path, description: str, details: str, summary: dict) -> None:
+    """fp16 weights + config.json + a fresh model card (``description``, ``details``) + metrics.json into
+    ``export_dir``, the way both bundled-model exports write them."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    (export_dir / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card: write a fresh one
+    generator.half().save_pretrained(
+        export_dir, model_card_kwargs={"description": description, "training_details": details}
+    )
+    (export_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(f"exported to {export_dir} ({sum(p.stat().st_size for p in export_dir.iterdir()) / 1e6:.2f} MB)")
+
+
 def export_styles(args, styles: list[str], metrics: dict) -> None:
     """A multi-style model: fp16 weights + config + a card naming each style's teacher, with per-style metrics."""
     teachers = args.teacher or [None] * len(styles)
@@ -239,26 +256,17 @@ head fitted pixel by pixel first ({training["tone_head_init_steps"]} steps) |
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}
 Reproduce it from scratch on a CPU: `MODEL=ghibli-styles bash scripts/train_bundled_model.sh PHOTOS_DIR`.
-Weights are stored in float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the
-training photos; their licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
-    export_dir = Path(args.export)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    (export_dir / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card: write a fresh one
-    generator.half().save_pretrained(
-        export_dir,
-        model_card_kwargs={
-            "description": "a multi-style model bundled with ghibligan: "
-            + ", ".join(f"`{s}` (teacher `{t}`)" for s, t in zip(styles, teachers, strict=True))
-            + ".",
-            "training_details": details,
-        },
+{WEIGHTS_NOTE}"""
+    description = (
+        "a multi-style model bundled with ghibligan: "
+        + ", ".join(f"`{s}` (teacher `{t}`)" for s, t in zip(styles, teachers, strict=True))
+        + "."
     )
     summary = {
         style: {"teacher": t, **{k: metrics[style][k] for k in ("all", "dark")}}
         for style, t in zip(styles, teachers, strict=True)
     }
-    (export_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"exported to {export_dir} ({sum(p.stat().st_size for p in export_dir.iterdir()) / 1e6:.2f} MB)")
+    write_bundled_checkpoint(generator, Path(args.export), description, details, summary)
 
 
 def export(args, metrics: dict) -> None:
@@ -324,23 +332,12 @@ offline; train your own on a Ghibli pairs dataset or a diffusion teacher for a r
 {extra_rows}
 {notes}
 Reproduce it from scratch on a CPU (about 15 minutes on 2 cores): `bash scripts/train_bundled_model.sh PHOTOS_DIR`.
-Weights are stored in float16 and load into float32 (or any dtype the model runs in). The model is a derivative of the
-training photos; their licences (CC, see the photo set's SOURCES.md) apply to it as they do to any derivative."""
-    export_dir = Path(args.export)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    (export_dir / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card: write a fresh one
-    generator.half().save_pretrained(
-        export_dir,
-        model_card_kwargs={
-            "description": f"the default model bundled with ghibligan, distilled from the `{args.teacher}` teacher.",
-            "training_details": details,
-        },
-    )
+{WEIGHTS_NOTE}"""
+    description = f"the default model bundled with ghibligan, distilled from the `{args.teacher}` teacher."
     summary = {k: metrics[k] for k in ("all", "dark")}
     if reference:
         summary["reference"] = {k: reference[k] for k in ("model", "config", "steps", "all", "dark")}
-    (Path(args.export) / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"exported to {args.export} ({sum(p.stat().st_size for p in Path(args.export).iterdir()) / 1e6:.1f} MB)")
+    write_bundled_checkpoint(generator, Path(args.export), description, details, summary)
 
 
 if __name__ == "__main__":
