@@ -1,10 +1,12 @@
 """Images and checkpoints that tests make for themselves."""
 
+import shutil
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import constants
 from PIL import Image
 
 from ghibligan import ResNetGenerator, UNetGenerator
@@ -78,3 +80,12 @@ def save_tiny_style_model(path: Path, styles: list[str] = STYLES, seed: int = 0,
                 parameter.normal_(0.0, scale)
     model.save_pretrained(path)
     return path
+
+
+def put_in_hub_cache(folder: Path, repo_id: str) -> None:
+    """Lay out `folder` as the HF cache holds a downloaded model repo, so hf_hub_download finds it offline."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    (repo_cache / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_cache / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo_cache / "snapshots" / commit, dirs_exist_ok=True)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load_file, save_file
 
 from ghibligan import PatchDiscriminator, ResNetGenerator, UNetGenerator, load_generator
+
+from .helpers import put_in_hub_cache
 
 MODELS = {
     "unet": (UNetGenerator, {"ngf": 8, "attention_heads": 8, "innermost_kernel": 5}),
@@ -190,15 +191,6 @@ def test_folder_without_config_is_refused(tmp_path):
 
 
 # -- the Hub code path, offline ---------------------------------------------------------------------------------------
-
-
-def put_in_hub_cache(folder: Path, repo_id: str) -> None:
-    """Lay out `folder` as the HF cache holds a downloaded model repo, so hf_hub_download finds it offline."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-    (repo_cache / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_cache / "refs" / "main").write_text(commit)
-    shutil.copytree(folder, repo_cache / "snapshots" / commit, dirs_exist_ok=True)
 
 
 def test_from_pretrained_by_repo_id_goes_through_hf_hub_download(tmp_path):

@@ -20,7 +20,7 @@ from ghibligan.models.guided import GuidedFilterGenerator
 from ghibligan.models.layers import crop_padding, pad_to_multiple
 from ghibligan.onnx_export import export_onnx, onnx_cache_dir
 from ghibligan.onnx_generator import OnnxGenerator, load_onnx_generator
-from tests.helpers import photo_like
+from tests.helpers import photo_like, put_in_hub_cache
 
 SIZES = [(64, 64), (457, 301), (1500, 1000)]  # width × height
 
@@ -255,14 +255,6 @@ def test_pipeline_backend_refuses_half_precision_and_unknown_backends(checkpoint
         Cartoonizer.from_pretrained(checkpoint, device="cpu", dtype="bfloat16", backend="onnxruntime")
     with pytest.raises(ValueError, match=r"`backend` must be one of \['torch', 'onnxruntime'\], got 'tensorrt'"):
         Cartoonizer.from_pretrained(checkpoint, backend="tensorrt")
-
-
-def put_in_hub_cache(folder: Path, repo_id: str) -> None:
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-    (repo_cache / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_cache / "refs" / "main").write_text(commit)
-    shutil.copytree(folder, repo_cache / "snapshots" / commit, dirs_exist_ok=True)
 
 
 def test_hub_repo_with_model_onnx_loads_through_hf_hub_download(checkpoint):
