@@ -342,7 +342,7 @@ class Cartoonizer:
         for start in range(0, len(images), batch_size):
             pixels = self._upload_uint8(images[start : start + batch_size])  # (b, H, W, 3) uint8 on the device
             batch = uint8_to_model_input(pixels, self.dtype)  # (b, 3, H, W)
-            generated = self._generate(batch) if style is None else self._generate(batch, style)  # (b, 3, H, W)
+            generated = self._generate(batch, style)  # (b, 3, H, W)
             outputs.append(model_output_to_uint8(generated))  # (b, H, W, 3) uint8 on the device
         result = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         if isinstance(images, np.ndarray):
@@ -355,7 +355,7 @@ class Cartoonizer:
         """One (H, W, 3) uint8 image in overlapping ``tile`` squares, ``tile_batch_size`` tiles per generator pass,
         blended on the device (`ghibligan.tiling.tiled_apply`), every tile in ``style``; returns (H, W, 3) uint8 on
         the CPU."""
-        generate = self._generate if style is None else functools.partial(self._generate, style=style)
+        generate = functools.partial(self._generate, style=style)
         pixels = uint8_to_model_input(self._upload_uint8(image[None]), torch.float32)[0]  # (3, H, W) on the device
         result = tiled_apply(generate, pixels, tile, overlap, batch_size=tile_batch_size)  # (3, H, W) float32
         return model_output_to_uint8(result[None])[0].cpu().numpy()
