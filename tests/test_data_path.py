@@ -25,6 +25,8 @@ from ghibligan.data_cache import DecodedPairs, collate_decoded_pairs
 
 from .helpers import photo_like
 from .test_data import corrupt_rows, image_dataset
+from .test_training import train_script
+from .test_training_faults import equal_weights, launch, succeeded, write_split
 
 
 def varied_rows(count: int = 6, broken=()) -> datasets.Dataset:
@@ -176,3 +178,35 @@ def test_persistent_workers_follow_set_epoch_like_the_main_process(tmp_path):
     in_process, in_workers = epochs(0), epochs(2)
     assert all(torch.equal(a, b) for a, b in zip(in_process, in_workers, strict=True))
     assert not torch.equal(in_process[0], in_process[2])  # the windows differ between epochs
+
+
+# -- the training script ---------------------------------------------------------------------------------------------
+
+
+def test_the_script_caches_map_style_data_by_default_and_streams_without_the_cache(tmp_path):
+    def parse(extra=()):
+        return train_script.parse_args(["--train_data_dir", "pairs", "--output_dir", str(tmp_path), *extra])
+
+    assert parse().decode_cache and not parse(["--no-decode_cache"]).decode_cache
+    streamed = train_script.parse_args(
+        ["--dataset_name", "you/pairs", "--streaming", "--max_train_steps", "5", "--output_dir", str(tmp_path)]
+    )
+    assert not streamed.decode_cache and streamed.dataloader_num_workers is None
+    assert train_script.default_num_workers(torch.device("cpu")) == 0
+    assert 1 <= train_script.default_num_workers(torch.device("cuda"), local_processes=8) <= 8
+
+
+@pytest.mark.slow
+def test_the_decode_cache_and_persistent_workers_train_exactly_the_per_sample_paths_weights(tmp_path):
+    write_split(tmp_path / "pairs", "train", 5)  # 8 steps of batch 1 cross an epoch boundary
+    write_split(tmp_path / "pairs", "validation", 1, seed=50)
+    common = ["--train_data_dir", tmp_path / "pairs", "--random_flip", "--max_train_steps", 8, "--validation_steps", 8]
+    runs = {
+        "per_sample": ["--no-decode_cache"],
+        "cached": [],  # the default
+        "cached_workers": ["--dataloader_num_workers", 2],  # persistent: they must follow set_epoch
+    }
+    for name, flags in runs.items():
+        assert succeeded(launch([*common, *flags, "--output_dir", tmp_path / name]))
+    assert equal_weights(tmp_path / "per_sample", tmp_path / "cached")
+    assert equal_weights(tmp_path / "per_sample", tmp_path / "cached_workers")
