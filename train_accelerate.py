@@ -468,6 +468,31 @@ def build_objective(args, device: torch.device) -> Objective:
     )
 
 
+def build_datasets(args, edge_smoothing: bool = False) -> tuple[PairedImageDataset, PairedImageDataset]:
+    """The training pairs and the whole validation images of the dataset the flags name (`build_pair_datasets`)."""
+    return build_pair_datasets(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        split=args.split,
+        validation_split=args.validation_split,
+        num_validation_rows=args.num_validation_images,
+        max_train_samples=args.max_train_samples,
+        streaming=args.streaming,
+        input_column=args.input_column,
+        target_column=args.target_column,
+        paired_layout=args.paired_layout,
+        direction=args.direction,
+        resolution=args.resolution,
+        center_crop=args.center_crop,
+        random_flip=args.random_flip,
+        edge_smoothing=edge_smoothing,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        max_unreadable_fraction=args.max_unreadable_fraction,
+    )
+
+
 def default_num_workers(device: torch.device, local_processes: int = 1) -> int:
     """DataLoader workers per process when --dataloader_num_workers is not given: none on CPU (the model needs every
     core; with the decode-once cache a batch costs about a millisecond to load), else the cores per process less
@@ -561,27 +586,7 @@ def main(args: argparse.Namespace) -> None:
     optimizer_g, optimizer_d = adam(generator), adam(discriminator)
 
     # 4. data: training crops, whole validation images, and a warm start for a new tone head
-    train_pairs, validation_pairs = build_pair_datasets(
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        split=args.split,
-        validation_split=args.validation_split,
-        num_validation_rows=args.num_validation_images,
-        max_train_samples=args.max_train_samples,
-        streaming=args.streaming,
-        input_column=args.input_column,
-        target_column=args.target_column,
-        paired_layout=args.paired_layout,
-        direction=args.direction,
-        resolution=args.resolution,
-        center_crop=args.center_crop,
-        random_flip=args.random_flip,
-        edge_smoothing=objective.needs_smoothed_targets,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-        max_unreadable_fraction=args.max_unreadable_fraction,
-    )
+    train_pairs, validation_pairs = build_datasets(args, edge_smoothing=objective.needs_smoothed_targets)
     validation_images = load_validation_images(args, accelerator, validation_pairs)
     tone_head = getattr(generator, "tone_head", None)  # a fine-tuned or resumed one is trained already
     if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_from):

@@ -8,10 +8,31 @@ operations of `ghibligan.image_io.pil_to_tensor`: the result equals, value for v
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 CROPPED_KEYS = ("input", "target")  # (B, H, W, 3) uint8 whole images, cut here
 READY_KEYS = ("target_smoothed",)  # (B, R, R, 3) uint8 crops made by the loader, only normalized here
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run torch's CPU ops in this block on one thread (nothing changes for a GPU ``device``).
+
+    Data ops touch ~10⁵ bytes: splitting them across OpenMP threads gains nothing, and on a loaded machine each op
+    waits for a descheduled sibling thread — measured 60-300× slower on 2 busy cores. Switching costs microseconds.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def crop_pairs(batch: dict[str, torch.Tensor], resolution: int, channels_last: bool = False) -> dict[str, torch.Tensor]:
@@ -31,9 +52,16 @@ def crop_pairs(batch: dict[str, torch.Tensor], resolution: int, channels_last: b
     images = batch["input"]
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"`batch['input']` must be (B, H, W, 3) uint8, got {tuple(images.shape)} of {images.dtype}.")
-    count, height, width, _ = images.shape
+    height, width = images.shape[1:3]
     if height < resolution or width < resolution:
         raise ValueError(f"`resolution` {resolution} is larger than the batch's {width}x{height} images.")
+    with one_thread(images.device):
+        return _crop_pairs(batch, resolution, channels_last)
+
+
+def _crop_pairs(batch: dict[str, torch.Tensor], resolution: int, channels_last: bool) -> dict[str, torch.Tensor]:
+    images = batch["input"]
+    count = images.shape[0]
     tops, lefts, flips = batch["crop"].to(images.device).long().unbind(1)  # each (B,)
     steps = torch.arange(resolution, device=images.device)
     rows = tops[:, None] + steps  # (B, R)

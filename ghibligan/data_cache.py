@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .augment import one_thread
 from .data import PairedImageDataset, PairTransform, brightness, decode_image, edge_smooth
 from .image_io import ImageLoadError
 
@@ -203,7 +204,13 @@ class DecodedPairs(torch.utils.data.Dataset):
 
 def collate_decoded_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Batch `DecodedPairs` samples: ``input`` and ``target`` zero-padded to the largest (H, W) of the batch, (B, H,
-    W, 3) uint8 (crop windows lie inside each image, so the padding is never read); the rest stacked."""
+    W, 3) uint8 (crop windows lie inside each image, so the padding is never read); the rest stacked. One thread: see
+    `ghibligan.augment.one_thread`."""
+    with one_thread():
+        return _collate(items)
+
+
+def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     height = max(item["input"].shape[0] for item in items)
     width = max(item["input"].shape[1] for item in items)
     batch = {}
