@@ -5,16 +5,16 @@ ratios: no photos needed) and measures, in images per second after ``--warmup`` 
 
 - ``data_only_img_s``: the training DataLoader (`train_accelerate.build_train_dataloader`, prepared by accelerate)
   and `train_accelerate.device_batch` (the crop on the device), batches consumed, nothing trained;
-- ``compute_only_img_s``: `ghibligan.training.training_step` on one batch already on the device (the ceiling),
-  the mean of a run just before and one just after the end-to-end run (a shared machine's load drifts);
-- ``end_to_end_img_s``: `train_accelerate.main` itself, run in this process; its `training_step` is wrapped only to
-  stamp the time of each call, so the figure covers loading, copying, cropping and stepping;
+- ``end_to_end_img_s``: `train_accelerate.main` itself, run in this process, per step (median): loading, copying,
+  cropping, the loop's logging and the step;
+- ``compute_only_img_s``: `ghibligan.training.training_step` on a batch already on the device (the ceiling), timed in
+  the same run: each real step is followed by the same step again on the same batch (see `end_to_end`), so the two
+  are paired step by step and a shared machine's drifting load cancels out of ``end_to_end_over_compute``;
 - with ``--before`` (default), ``data_only_before_img_s`` and ``end_to_end_before_img_s``: the same with
   ``--no-decode_cache --dataloader_num_workers 0``, the data path before the decode-once cache (decode, resize, crop
-  and normalize each sample at every epoch, on the CPU, in the training process);
+  and normalize each sample at every epoch, on the CPU, in the training process), with its own paired ceiling;
 
-in interleaved rounds (medians reported, every round kept under ``rounds``), and the ratios ``end_to_end_over_compute``
-and ``end_to_end_before_over_compute``.
+in interleaved rounds (medians reported, every round kept under ``rounds``).
 
     python benchmarks/bench_training.py --device cpu --preset bundled --resolution 64 --batch_size 8 --steps 15 --json
     python benchmarks/bench_training.py --device cuda --preset unet_256 --resolution 256 --batch_size 64 \\
@@ -116,53 +116,40 @@ def data_only(options: argparse.Namespace, args: argparse.Namespace) -> float:
     return options.steps * options.batch_size / (time.perf_counter() - start)
 
 
-def compute_only(options: argparse.Namespace, args: argparse.Namespace) -> float:
-    """Images/s of `training_step` on one batch already on the device, with the models, objective and precision
-    that `train_accelerate.main` builds, reading the losses every step as its loop does."""
-    accelerator = accelerator_for(options)
-    set_seed(args.seed)
-    generator, discriminator = train_accelerate.build_models(args, accelerator)
-    objective = train_accelerate.build_objective(args, accelerator.device)
-    optimizers = [torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for m in (generator, discriminator)]
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
-    generator, discriminator, *rest = accelerator.prepare(generator, discriminator, *optimizers, *schedulers)
-    optimizers, schedulers = tuple(rest[:2]), tuple(rest[2:])
-    shape = (options.batch_size, 3, options.resolution, options.resolution)
-    batch = {key: torch.rand(shape, device=accelerator.device) * 2 - 1 for key in ("input", "target")}
-    if options.channels_last:
-        batch = {key: value.contiguous(memory_format=torch.channels_last) for key, value in batch.items()}
-    start = time.perf_counter()
-    for step in range(options.warmup + options.steps):
-        if step == options.warmup:
-            sync(accelerator.device)
-            start = time.perf_counter()
-        logs = training_step(accelerator, objective, generator, discriminator, optimizers, schedulers, batch, step)
-        {k: v.item() for k, v in logs.items()}  # the loop reads the losses every step: the same sync
-    sync(accelerator.device)
-    return options.steps * options.batch_size / (time.perf_counter() - start)
+def end_to_end(options: argparse.Namespace, args: argparse.Namespace) -> tuple[float, float]:
+    """(end-to-end, compute-only) images/s of `train_accelerate.main`, measured step by step in the same run.
 
-
-def end_to_end(options: argparse.Namespace, args: argparse.Namespace) -> float:
-    """Images/s of `train_accelerate.main` from the start of step ``warmup`` to the end of the last step."""
-    starts: list[float] = []
-    ends: list[float] = []
+    Its `training_step` is wrapped: after each real step, the same step runs again on the same batch, now already on
+    the device (the ceiling), and is timed apart. End to end per step is the time from the end of one real step to
+    the end of the next, less the ceiling step between them: loading, copying, cropping, the loop's logging and the
+    step. Pairing the two step by step keeps a shared machine's drifting load out of their ratio.
+    """
+    marks: list[float] = []
+    ceilings: list[float] = []
     device = torch.device("cpu" if options.device == "cpu" else "cuda")
 
-    def timed_step(*step_args, **step_kwargs):
-        starts.append(time.perf_counter())
-        logs = training_step(*step_args, **step_kwargs)
+    def read(logs: dict[str, torch.Tensor]) -> None:
+        {key: value.item() for key, value in logs.items()}  # the loop reads the losses every step: the same sync
         sync(device)
-        ends.append(time.perf_counter())
+
+    def paired_step(*step_args, **step_kwargs):
+        logs = training_step(*step_args, **step_kwargs)
+        read(logs)
+        marks.append(time.perf_counter())
+        read(training_step(*step_args, **step_kwargs))  # the ceiling: this batch is on the device already
+        ceilings.append(time.perf_counter() - marks[-1])
         return logs
 
     original = train_accelerate.training_step
-    train_accelerate.training_step = timed_step
+    train_accelerate.training_step = paired_step
     try:
         train_accelerate.main(args)
     finally:
         train_accelerate.training_step = original
-    steps = len(ends) - options.warmup
-    return steps * options.batch_size / (ends[-1] - starts[options.warmup])
+    steps = range(options.warmup + 1, len(marks))
+    loop = statistics.median(marks[i] - marks[i - 1] - ceilings[i - 1] for i in steps)
+    ceiling = statistics.median(ceilings[i] for i in steps)
+    return options.batch_size / loop, options.batch_size / ceiling
 
 
 def main() -> None:
@@ -198,16 +185,14 @@ def main() -> None:
         rounds: dict[str, list[float]] = {}
         with quiet:
             for _ in range(options.rounds):  # interleaved: a shared machine's load shifts all measurements alike
-                ceiling = compute_only(options, args)
-                measured = {"data_only_img_s": data_only(options, args), "end_to_end_img_s": end_to_end(options, args)}
-                if options.before:
-                    measured["data_only_before_img_s"] = data_only(options, before)
-                    measured["end_to_end_before_img_s"] = end_to_end(options, before)
-                measured["compute_only_img_s"] = (ceiling + compute_only(options, args)) / 2
+                measured = {"data_only_img_s": data_only(options, args)}
+                measured["end_to_end_img_s"], measured["compute_only_img_s"] = end_to_end(options, args)
                 measured["end_to_end_over_compute"] = measured["end_to_end_img_s"] / measured["compute_only_img_s"]
                 if options.before:
-                    ratio = measured["end_to_end_before_img_s"] / measured["compute_only_img_s"]
-                    measured["end_to_end_before_over_compute"] = ratio
+                    measured["data_only_before_img_s"] = data_only(options, before)
+                    loop, ceiling = end_to_end(options, before)
+                    measured["end_to_end_before_img_s"], measured["compute_only_before_img_s"] = loop, ceiling
+                    measured["end_to_end_before_over_compute"] = loop / ceiling
                 for key, value in measured.items():
                     rounds.setdefault(key, []).append(value)
     result = {key: float(f"{statistics.median(values):.3g}") for key, values in rounds.items()}

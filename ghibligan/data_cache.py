@@ -41,7 +41,7 @@ FEATURES = datasets.Features(
         "targets": datasets.Sequence(datasets.Value("binary")),  # one per style (target column)
         "height": datasets.Value("int32"),
         "width": datasets.Value("int32"),
-        "brightness": datasets.Value("float32"),  # of the input photo, for `brightness_balanced_sampler`
+        "brightness": datasets.Value("float64"),  # of the input photo: `dataset_brightness`'s value exactly
         "error": datasets.Value("string"),  # why the row could not be decoded, else None
     }
 )
@@ -79,7 +79,9 @@ class DecodedPairs(torch.utils.data.Dataset):
 
     Each sample: ``input`` and ``target`` (H, W, 3) uint8 tensors (the target of the row's style), ``crop`` (3,) long
     ``(top, left, flip)``, and as in `PairedImageDataset` ``style`` (multi-style) and ``target_smoothed``
-    (edge smoothing; an (R, R, 3) uint8 crop already). `collate_decoded_pairs` batches them.
+    (edge smoothing; an (R, R, 3) uint8 crop already). `collate_decoded_pairs` batches them. One difference: a
+    multi-style row with any unreadable image is unreadable for every style (the per-sample path fails it only when
+    it draws the broken style).
 
     Args:
         pairs (`PairedImageDataset`): the rows, columns, layout, seed, budget and edge smoothing of the training data;

@@ -125,7 +125,7 @@ def test_several_styles_side_by_side_and_edge_smoothing_equal_the_per_sample_pat
 def test_the_cache_stores_brightness_and_is_made_once_then_reused(tmp_path):
     pairs = PairedImageDataset(varied_rows(), "input_image", "target_image", PairTransform(32))
     first = DecodedPairs(pairs, cache_dir=tmp_path)
-    assert first.brightness() == pytest.approx(dataset_brightness(pairs))
+    assert first.brightness() == dataset_brightness(pairs)  # exactly: the balanced sampler's bins stay the same
     assert first.cache_file.is_file() and first.cache_file.parent == tmp_path
     again = DecodedPairs(PairedImageDataset(varied_rows(), "input_image", "target_image", PairTransform(32)), tmp_path)
     assert again.cache_file == first.cache_file  # found by its key, not decoded anew
@@ -200,7 +200,8 @@ def test_the_script_caches_map_style_data_by_default_and_streams_without_the_cac
 def test_the_decode_cache_and_persistent_workers_train_exactly_the_per_sample_paths_weights(tmp_path):
     write_split(tmp_path / "pairs", "train", 5)  # 8 steps of batch 1 cross an epoch boundary
     write_split(tmp_path / "pairs", "validation", 1, seed=50)
-    common = ["--train_data_dir", tmp_path / "pairs", "--random_flip", "--max_train_steps", 8, "--validation_steps", 8]
+    data = ["--train_data_dir", tmp_path / "pairs", "--random_flip"]
+    common = [*data, "--max_train_steps", 8, "--validation_steps", 8]
     runs = {
         "per_sample": ["--no-decode_cache"],
         "cached": [],  # the default
@@ -210,3 +211,9 @@ def test_the_decode_cache_and_persistent_workers_train_exactly_the_per_sample_pa
         assert succeeded(launch([*common, *flags, "--output_dir", tmp_path / name]))
     assert equal_weights(tmp_path / "per_sample", tmp_path / "cached")
     assert equal_weights(tmp_path / "per_sample", tmp_path / "cached_workers")
+    # stopped at step 4 and resumed, with persistent workers: the resumed epoch skips its first batches
+    stopped = [*data, "--dataloader_num_workers", 2, "--checkpointing_steps", 4, "--output_dir", tmp_path / "stop"]
+    assert succeeded(launch([*stopped, "--max_train_steps", 4, "--validation_steps", 4]))
+    resumed = ["--max_train_steps", 8, "--validation_steps", 8, "--resume_from_checkpoint", "latest"]
+    assert succeeded(launch([*stopped, *resumed]))
+    assert equal_weights(tmp_path / "per_sample", tmp_path / "stop")
