@@ -151,8 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Decode and resize every training pair once into a uint8 cache (an Arrow file under the datasets cache, "
         "or --cache_dir, keyed on the dataset and the resize: a changed dataset is decoded anew); random crops, flips "
         "and normalization then run on the device, in batches, with the crops of the per-sample path. "
-        "--no-decode_cache decodes every sample at every epoch (less disk: the cache takes about (1 + styles) × 3 × "
-        "(1.12 × resolution)² bytes per row). A --streaming dataset is always decoded as it is read.",
+        "--no-decode_cache decodes every sample at every epoch (less disk: the cache takes (1 + styles) × 3 bytes per "
+        "pixel of each pair resized to a shorter side of 1.12 × resolution). A --streaming dataset is always decoded "
+        "as it is read.",
     )
     data.add_argument(
         "--dataloader_num_workers",
@@ -520,8 +521,9 @@ def build_train_dataloader(
         dataset = StreamingPairedDataset(train_pairs)
     elif args.decode_cache:
         cache_dir = Path(args.cache_dir) / "ghibligan_decoded" if args.cache_dir else None
-        with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
-            dataset = DecodedPairs(train_pairs, cache_dir=cache_dir)  # the main process decodes, the others read
+        # one process per machine decodes (in several processes for a large dataset), the others read its cache
+        with accelerator.local_main_process_first() if accelerator is not None else contextlib.nullcontext():
+            dataset = DecodedPairs(train_pairs, cache_dir=cache_dir)
         collate = collate_decoded_pairs
         brightness = dataset.brightness() if args.balance_brightness else None
     sampler = None

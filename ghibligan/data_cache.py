@@ -5,7 +5,8 @@
 the other processes of a distributed run). Its name is a hash of the rows' datasets fingerprint (local data files
 count with their modification times), of the size and modification time of image files the rows name by path, and of
 every setting that changes what is stored (columns, layout, direction, resolution, resize): a changed dataset is
-decoded anew, never served stale. Disk use: about ``(1 + styles) × 3 × load_size²`` bytes per pair.
+decoded anew, never served stale. Disk use: ``(1 + styles) × 3`` bytes per pixel of each resized pair (shorter
+side ``load_size``).
 
 A sample is then what the per-sample path (`PairedImageDataset.__getitem__`) would crop, drawn from the same
 ``(seed, epoch, row)`` RNG, but left for the device to cut: the whole resized uint8 images and the ``crop`` window
@@ -35,6 +36,8 @@ from .image_io import ImageLoadError
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # part of the cache key: bump when what is stored changes
+# Rows from which the one-time decoding runs in several processes: a pool takes about a second to start, a row ~10 ms
+PARALLEL_DECODE_MIN_ROWS = 1000
 FEATURES = datasets.Features(
     {
         "input": datasets.Value("binary"),
@@ -87,7 +90,8 @@ class DecodedPairs(torch.utils.data.Dataset):
         pairs (`PairedImageDataset`): the rows, columns, layout, seed, budget and edge smoothing of the training data;
             its ``transform`` (a `PairTransform`) gives the resize and the crops. Its epoch (`set_epoch`) is shared.
         cache_dir (`str`, *optional*): folder of the cache files (default: `default_cache_dir`).
-        num_proc (`int`, *optional*): processes decoding while the cache is made (default: this one).
+        num_proc (`int`, *optional*): processes decoding while the cache is made (default: up to 8, one per core,
+            from `PARALLEL_DECODE_MIN_ROWS` rows; else this one).
     """
 
     def __init__(
@@ -106,7 +110,10 @@ class DecodedPairs(torch.utils.data.Dataset):
         self.pairs = pairs
         self.cache_file = Path(cache_dir or default_cache_dir()) / f"decoded-{self.cache_key()}.arrow"
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        found = self.cache_file.is_file()
+        found = any(self.cache_file.parent.glob(f"{self.cache_file.stem}*.arrow"))  # one file, or one per process
+        if num_proc is None and len(pairs.dataset) >= PARALLEL_DECODE_MIN_ROWS:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            num_proc = min(8, cores)
         self.table = pairs.dataset.map(
             self._decode_rows,
             batched=True,

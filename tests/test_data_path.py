@@ -133,6 +133,10 @@ def test_the_cache_stores_brightness_and_is_made_once_then_reused(tmp_path):
         PairedImageDataset(varied_rows(), "input_image", "target_image", PairTransform(40)), tmp_path
     )
     assert other_size.cache_file != first.cache_file
+    in_two = DecodedPairs(
+        PairedImageDataset(varied_rows(), "input_image", "target_image", PairTransform(32)), tmp_path / "2", 2
+    )
+    assert in_two.table[:] == first.table[:]  # decoded in two processes: the same rows
 
 
 def test_a_changed_dataset_gets_a_new_cache_even_under_the_same_file_names(tmp_path):
