@@ -162,7 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DataLoader worker processes, kept alive across epochs (default: 0 on CPU, where a worker takes a core "
         "from the model and the cache leaves little to load; on a GPU the cores per process less one, at most 8).",
     )
-    data.add_argument("--cache_dir", default=None, help="Where datasets caches downloads.")
+    data.add_argument(
+        "--cache_dir",
+        default=None,
+        help="Where datasets caches downloads, and the decode-once cache (under ghibligan_decoded/; default: the "
+        "datasets cache).",
+    )
 
     model = parser.add_argument_group(
         "model", "A preset, or a checkpoint to fine-tune; the flags below --preset change the preset's values."
