@@ -10,7 +10,8 @@ folder's *name*, so two folders called ``pairs`` would silently share one cache 
 naming it, by another row chosen from ``(seed, index)`` alone, so every process still yields full batches and DDP's
 collectives stay in step. An `UnreadableBudget` stops the run with `UnreadableDataError` when too many rows fail.
 The crop and flip of a sample are a function of ``(seed, epoch, index)``, so a resumed run (and any number of
-DataLoader workers) sees exactly the crops of an uninterrupted one. With several target columns (one per style, as
+DataLoader workers, persistent ones too) sees exactly the crops of an uninterrupted one; `ghibligan.data_cache` serves
+the same samples from a decode-once uint8 cache. With several target columns (one per style, as
 multi-teacher `make-pairs` writes them), each sample also draws its style from ``(seed, epoch, index)`` and carries it
 as ``style`` (the column's position), so one dataset trains a style-conditioned generator.
 `brightness_balanced_sampler` fixes the seed project's failure mode (dark photos were rare, so the model blurred them)

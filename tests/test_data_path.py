@@ -17,6 +17,7 @@ from ghibligan.data import (
     PairTransform,
     UnreadableBudget,
     UnreadableDataError,
+    build_pair_datasets,
     collate_pairs,
     dataset_brightness,
     load_pairs_dataset,
@@ -24,7 +25,7 @@ from ghibligan.data import (
 from ghibligan.data_cache import DecodedPairs, collate_decoded_pairs
 
 from .helpers import photo_like
-from .test_data import corrupt_rows, image_dataset
+from .test_data import corrupt_rows, image_dataset, write_pairs
 from .test_training import train_script
 from .test_training_faults import equal_weights, launch, succeeded, write_split
 
@@ -74,6 +75,16 @@ def test_the_cache_and_the_device_crop_equal_the_per_sample_path(tmp_path, trans
     expected, got = both_paths(pairs, tmp_path)
     assert_same_batches(expected, got)
     assert len({batch["input"].sum().item() for batch in got}) > 3  # the crops do change with the epoch
+
+
+def test_a_held_out_and_truncated_training_set_is_cached_row_for_row(tmp_path):
+    """train_test_split and select leave an indices mapping over the rows: the cache must follow it."""
+    folder = write_pairs(tmp_path / "pairs", {"train": 12})
+    pairs, _ = build_pair_datasets(
+        train_data_dir=folder, validation_split="0.25", max_train_samples=7, resolution=32, random_flip=True, seed=3
+    )
+    assert len(pairs) == 7
+    assert_same_batches(*both_paths(pairs, tmp_path / "cache"))
 
 
 def test_channels_last_crops_hold_the_same_values_in_the_channels_last_layout(tmp_path):
