@@ -36,10 +36,12 @@ Two CPU processes (a real DDP run without a GPU):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +51,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ghibligan.augment import crop_pairs
 from ghibligan.checkpoints import checkpoint_step, load_checkpoint, resume_candidates, save_checkpoint
 from ghibligan.data import (
     DEFAULT_MAX_UNREADABLE_FRACTION,
@@ -61,6 +64,7 @@ from ghibligan.data import (
     collate_pairs,
     dataset_brightness,
 )
+from ghibligan.data_cache import DecodedPairs, collate_decoded_pairs
 from ghibligan.losses import GAN_MODES, CartoonGANObjective, Objective, Pix2PixObjective
 from ghibligan.models import load_generator
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
@@ -140,8 +144,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Unreadable training rows are replaced by others (the same on every process); stop once more than this "
         f"fraction of the rows read are unreadable, or 16 in a row ({DEFAULT_MAX_UNREADABLE_FRACTION}).",
     )
-    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0).")
-    data.add_argument("--cache_dir", default=None, help="Where datasets caches downloads.")
+    data.add_argument(
+        "--decode_cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Decode and resize every training pair once into a uint8 cache (an Arrow file under the datasets cache, "
+        "or --cache_dir, keyed on the dataset and the resize: a changed dataset is decoded anew); random crops, flips "
+        "and normalization then run on the device, in batches, with the crops of the per-sample path. "
+        "--no-decode_cache decodes every sample at every epoch (less disk: the cache takes (1 + styles) × 3 bytes per "
+        "pixel of each pair resized to a shorter side of 1.12 × resolution). A --streaming dataset is always decoded "
+        "as it is read.",
+    )
+    data.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes, kept alive across epochs (default: 0 on CPU, where a worker takes a core "
+        "from the model and the cache leaves little to load; on a GPU the cores per process less one, at most 8).",
+    )
+    data.add_argument(
+        "--cache_dir",
+        default=None,
+        help="Where datasets caches downloads, and the decode-once cache (under ghibligan_decoded/; default: the "
+        "datasets cache).",
+    )
 
     model = parser.add_argument_group(
         "model", "A preset, or a checkpoint to fine-tune; the flags below --preset change the preset's values."
@@ -261,6 +287,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and the loss term, before the weights or a checkpoint are touched).",
     )
     optim.add_argument("--seed", type=int, default=0, help="Random seed (0).")
+    optim.add_argument(
+        "--channels_last",
+        action="store_true",
+        help="Train G and D in the channels-last memory layout: faster convolutions on NVIDIA GPUs with tensor cores "
+        "(bf16/fp16 mixed precision); usually no gain in float32 or on CPU.",
+    )
+    optim.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile G and D (in place: checkpoints and the saved model are unchanged). Costs a minute or more "
+        "at start, then faster steps on a GPU, mostly for small models whose steps are short (e.g. --preset bundled); "
+        "on CPU it needs a C++ compiler and rarely pays.",
+    )
 
     run = parser.add_argument_group("checkpoints, logging, output")
     run.add_argument("--output_dir", required=True, help="Checkpoints, logs, validation grids and the final model.")
@@ -296,6 +335,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--balance_brightness needs the whole dataset; it cannot be combined with --streaming")
     if args.streaming and args.init_epochs is not None:
         parser.error("--init_epochs needs a dataset with a length; with --streaming use --init_steps")
+    if args.dataloader_num_workers is not None and args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
+    if args.streaming:
+        args.decode_cache = False  # a stream is decoded as it is read: there is nothing to cache ahead
     if not 0 <= args.max_unreadable_fraction <= 1:
         parser.error(f"--max_unreadable_fraction must be in [0, 1], got {args.max_unreadable_fraction}")
     if args.resolution % 8 or args.resolution < 32:
@@ -405,6 +448,11 @@ def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch
             logger.warning(
                 "BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs); use --norm instance."
             )
+    if args.channels_last:
+        generator, discriminator = (m.to(memory_format=torch.channels_last) for m in (generator, discriminator))
+    if args.compile:  # in place: the modules keep their class, state-dict keys and save_pretrained
+        generator.compile()
+        discriminator.compile()
     return generator, discriminator
 
 
@@ -426,21 +474,91 @@ def build_objective(args, device: torch.device) -> Objective:
     )
 
 
-def build_train_dataloader(args, train_pairs: PairedImageDataset) -> torch.utils.data.DataLoader:
-    """Shuffled (or brightness-balanced) batches of training crops, in an order that is a function of the seed and
-    the epoch (accelerate's seedable sampler, or the balanced sampler's own): a resumed run sees the same batches."""
+def build_datasets(args, edge_smoothing: bool = False) -> tuple[PairedImageDataset, PairedImageDataset]:
+    """The training pairs and the whole validation images of the dataset the flags name (`build_pair_datasets`)."""
+    return build_pair_datasets(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        split=args.split,
+        validation_split=args.validation_split,
+        num_validation_rows=args.num_validation_images,
+        max_train_samples=args.max_train_samples,
+        streaming=args.streaming,
+        input_column=args.input_column,
+        target_column=args.target_column,
+        paired_layout=args.paired_layout,
+        direction=args.direction,
+        resolution=args.resolution,
+        center_crop=args.center_crop,
+        random_flip=args.random_flip,
+        edge_smoothing=edge_smoothing,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        max_unreadable_fraction=args.max_unreadable_fraction,
+    )
+
+
+def default_num_workers(device: torch.device, local_processes: int = 1) -> int:
+    """DataLoader workers per process when --dataloader_num_workers is not given: none on CPU (the model needs every
+    core; with the decode-once cache a batch costs about a millisecond to load), else the cores per process less
+    one (the training loop's), at most 8."""
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, local_processes) - 1))
+
+
+def build_train_dataloader(
+    args, train_pairs: PairedImageDataset, accelerator: Accelerator | None = None
+) -> torch.utils.data.DataLoader:
+    """Shuffled (or brightness-balanced) batches of training pairs, in an order that is a function of the seed and
+    the epoch (accelerate's seedable sampler, or the balanced sampler's own): a resumed run sees the same batches.
+
+    With ``--decode_cache`` (a map-style dataset) the batches hold whole resized uint8 pairs of `DecodedPairs` and
+    their crop windows, cut on the device by `crop_pairs`; else ready float crops decoded per sample. Workers persist
+    across epochs (no re-spawn on small datasets; `PairedImageDataset.set_epoch` reaches them) and batches are pinned
+    for the copy to a GPU.
+    """
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    dataset, collate, brightness = train_pairs, collate_pairs, None
+    if args.streaming:
+        dataset = StreamingPairedDataset(train_pairs)
+    elif args.decode_cache:
+        cache_dir = Path(args.cache_dir) / "ghibligan_decoded" if args.cache_dir else None
+        # one process per machine decodes (in several processes for a large dataset), the others read its cache
+        with accelerator.local_main_process_first() if accelerator is not None else contextlib.nullcontext():
+            dataset = DecodedPairs(train_pairs, cache_dir=cache_dir)
+        collate = collate_decoded_pairs
+        brightness = dataset.brightness() if args.balance_brightness else None
     sampler = None
     if args.balance_brightness:
-        sampler = brightness_balanced_sampler(dataset_brightness(train_pairs), seed=args.seed)
+        sampler = brightness_balanced_sampler(brightness or dataset_brightness(train_pairs), seed=args.seed)
+    num_workers = args.dataloader_num_workers
+    if num_workers is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if accelerator else 1))
+        num_workers = default_num_workers(device, local_processes)
     return torch.utils.data.DataLoader(
-        StreamingPairedDataset(train_pairs) if args.streaming else train_pairs,
+        dataset,
         batch_size=args.train_batch_size,
         shuffle=not args.streaming and sampler is None,
         sampler=sampler,
-        collate_fn=collate_pairs,
-        num_workers=args.dataloader_num_workers,
+        collate_fn=collate,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda",
         drop_last=True,
     )
+
+
+def device_batch(args, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A loader batch on the device → the training step's (B, 3, R, R) crops in [-1, 1]: decode-cache batches are
+    cropped, flipped and normalized here (`crop_pairs`); with --channels_last the crops take that layout."""
+    if args.decode_cache and "crop" in batch:
+        return crop_pairs(batch, args.resolution, channels_last=args.channels_last)
+    if args.channels_last:
+        return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
+    return batch
 
 
 def main(args: argparse.Namespace) -> None:
@@ -452,7 +570,8 @@ def main(args: argparse.Namespace) -> None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # non_blocking: pinned batches are copied to the GPU while it still works on the previous step
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, non_blocking=True),
     )
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
         raise ValueError("fp16 mixed precision needs a GPU; on CPU use --mixed_precision bf16.")
@@ -474,34 +593,14 @@ def main(args: argparse.Namespace) -> None:
     optimizer_g, optimizer_d = adam(generator), adam(discriminator)
 
     # 4. data: training crops, whole validation images, and a warm start for a new tone head
-    train_pairs, validation_pairs = build_pair_datasets(
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        split=args.split,
-        validation_split=args.validation_split,
-        num_validation_rows=args.num_validation_images,
-        max_train_samples=args.max_train_samples,
-        streaming=args.streaming,
-        input_column=args.input_column,
-        target_column=args.target_column,
-        paired_layout=args.paired_layout,
-        direction=args.direction,
-        resolution=args.resolution,
-        center_crop=args.center_crop,
-        random_flip=args.random_flip,
-        edge_smoothing=objective.needs_smoothed_targets,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-        max_unreadable_fraction=args.max_unreadable_fraction,
-    )
+    train_pairs, validation_pairs = build_datasets(args, edge_smoothing=objective.needs_smoothed_targets)
     validation_images = load_validation_images(args, accelerator, validation_pairs)
     tone_head = getattr(generator, "tone_head", None)  # a fine-tuned or resumed one is trained already
     if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_from):
         samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
         loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
         logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
-    train_dataloader = accelerator.prepare(build_train_dataloader(args, train_pairs))  # sharded across processes
+    train_dataloader = accelerator.prepare(build_train_dataloader(args, train_pairs, accelerator))  # sharded
 
     # 5. schedule, in optimizer steps per process (None per epoch: a stream has no length)
     steps_per_epoch = None if args.streaming else math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
@@ -554,12 +653,14 @@ def main(args: argparse.Namespace) -> None:
     batch_index = global_step * args.gradient_accumulation_steps  # micro-batches done: keys the step's randomness
     while global_step < max_train_steps:
         train_dataloader.set_epoch(epoch)  # the sampler's order
-        train_pairs.set_epoch(epoch)  # the crops (accelerate tells the dataset only when there is no sampler)
+        train_pairs.set_epoch(epoch)  # the crops, in the DataLoader workers too (accelerate tells the dataset only
+        # when there is no sampler)
         batches = (
             accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
         )
         resume_batches = 0
         for batch in batches:
+            batch = device_batch(args, batch)  # decode-cache batches: crops, flips, [-1, 1] on the device
             seed_step(args.seed, accelerator.process_index, batch_index)  # dropout: the same after a resume
             batch_index += 1
             logs = training_step(

@@ -10,7 +10,8 @@ folder's *name*, so two folders called ``pairs`` would silently share one cache 
 naming it, by another row chosen from ``(seed, index)`` alone, so every process still yields full batches and DDP's
 collectives stay in step. An `UnreadableBudget` stops the run with `UnreadableDataError` when too many rows fail.
 The crop and flip of a sample are a function of ``(seed, epoch, index)``, so a resumed run (and any number of
-DataLoader workers) sees exactly the crops of an uninterrupted one. With several target columns (one per style, as
+DataLoader workers, persistent ones too) sees exactly the crops of an uninterrupted one; `ghibligan.data_cache` serves
+the same samples from a decode-once uint8 cache. With several target columns (one per style, as
 multi-teacher `make-pairs` writes them), each sample also draws its style from ``(seed, epoch, index)`` and carries it
 as ``style`` (the column's position), so one dataset trains a style-conditioned generator.
 `brightness_balanced_sampler` fixes the seed project's failure mode (dark photos were rare, so the model blurred them)
@@ -23,7 +24,7 @@ import io
 import itertools
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -297,20 +298,31 @@ class PairTransform:
         self.center_crop, self.random_flip = center_crop, random_flip
 
     def __call__(self, source: Image.Image, target: Image.Image, rng: random.Random) -> tuple[Image.Image, Image.Image]:
+        source, target = self.resize(source, target)
+        left, top, flip = self.crop_box(source.size, rng)
+        box = (left, top, left + self.resolution, top + self.resolution)
+        source, target = source.crop(box), target.crop(box)
+        if flip:
+            source, target = (im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in (source, target))
+        return source, target
+
+    def resize(self, source: Image.Image, target: Image.Image) -> tuple[Image.Image, Image.Image]:
+        """The deterministic part: the target to the source's size, then both to a shorter side of ``load_size``
+        (what the decode-once cache stores)."""
         if target.size != source.size:
             target = target.resize(source.size, Image.Resampling.BICUBIC)
         scale = self.load_size / min(source.size)
         size = (max(self.resolution, round(source.width * scale)), max(self.resolution, round(source.height * scale)))
-        source, target = (im.resize(size, Image.Resampling.BICUBIC) for im in (source, target))
+        return source.resize(size, Image.Resampling.BICUBIC), target.resize(size, Image.Resampling.BICUBIC)
+
+    def crop_box(self, size: tuple[int, int], rng: random.Random) -> tuple[int, int, bool]:
+        """The random part: ``(left, top, flip)`` of the crop of a resized ``(width, height)`` pair, drawn from
+        ``rng`` (the same draws, in the same order, whether the crop then runs here or batched on the device)."""
         if self.center_crop:
             left, top = (size[0] - self.resolution) // 2, (size[1] - self.resolution) // 2
         else:
             left, top = rng.randint(0, size[0] - self.resolution), rng.randint(0, size[1] - self.resolution)
-        box = (left, top, left + self.resolution, top + self.resolution)
-        source, target = source.crop(box), target.crop(box)
-        if self.random_flip and rng.random() < 0.5:
-            source, target = (im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in (source, target))
-        return source, target
+        return left, top, bool(self.random_flip and rng.random() < 0.5)
 
 
 class UnreadableDataError(RuntimeError):
@@ -419,15 +431,27 @@ class PairedImageDataset(torch.utils.data.Dataset):
         self.dataset, self.transform = dataset, transform
         self.input_column, self.target_columns = input_column, target_columns
         self.paired_layout, self.direction, self.edge_smoothing = paired_layout, direction, edge_smoothing
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
+        # in shared memory: persistent DataLoader workers hold copies of the dataset and must see set_epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.budget = budget or UnreadableBudget()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's crops and flips (each a function of the seed, the epoch and the row)."""
-        self.epoch = epoch
+        """Draw this epoch's crops and flips (each a function of the seed, the epoch and the row), in this process
+        and in its DataLoader workers, persistent ones included."""
+        self._epoch.fill_(epoch)
+
+    def crop_rng(self, index: int) -> random.Random:
+        """The RNG of row ``index``'s crop and flip this epoch: a function of (seed, epoch, row), so the crops are the
+        same whatever the workers, processes, batches or resumes."""
+        return random.Random(int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**62)))
 
     @property
     def num_styles(self) -> int:
@@ -476,10 +500,15 @@ class PairedImageDataset(torch.utils.data.Dataset):
         return int(np.random.default_rng([self.seed, index, attempt]).integers(len(self)))
 
     def __getitem__(self, index: int) -> dict:
+        return self.read_replacing_unreadable(index, lambda row_index: self.load(self.dataset[row_index], row_index))
+
+    def read_replacing_unreadable(self, index: int, load: Callable[[int], dict]) -> dict:
+        """``load(row)`` of row ``index``, or of its replacements (`replacement`) while it raises `ImageLoadError`,
+        each failure named in a warning and counted by the budget. Shared with the decode-once cache."""
         row_index = index
         for attempt in itertools.count(1):  # ends: the budget raises after max_in_a_row failures
             try:
-                item = self.load(self.dataset[row_index], row_index)
+                item = load(row_index)
             except ImageLoadError as error:
                 replacement = self.replacement(index, attempt)
                 logger.warning("Unreadable row %d (%s): reading row %d instead", row_index, error, replacement)
@@ -497,9 +526,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
             if target.size != source.size:
                 target = target.resize(source.size, Image.Resampling.BICUBIC)
         else:
-            # a function of (seed, epoch, row): the same crops whatever the workers, processes or resumes
-            rng = random.Random(int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**62)))
-            source, target = self.transform(source, target, rng)
+            source, target = self.transform(source, target, self.crop_rng(index))
         item = {"input": pil_to_tensor(source), "target": pil_to_tensor(target)}
         if self.edge_smoothing:
             item["target_smoothed"] = pil_to_tensor(Image.fromarray(edge_smooth(np.asarray(target))))
