@@ -18,6 +18,7 @@ flat share and gradient energy of the output relative to the teacher's (means ov
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import datasets
 import numpy as np
@@ -35,11 +36,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def output_stage(photo: torch.Tensor, teacher: torch.Tensor, surface: str, scale_factor: int) -> torch.Tensor:
-    """The guided filter (the model's default radius 1, eps 1e-3) from a fixed low-resolution surface."""
+def output_stage(
+    photo: torch.Tensor, teacher: torch.Tensor, surface: str, scale_factor: int, upsampler: str = "guided"
+) -> torch.Tensor:
+    """The guided filter (the model's default radius 1, eps 1e-3) from a fixed low-resolution surface; or, with
+    ``upsampler="bilinear"``, the surface upsampled bilinearly (no photo guidance: no texture, soft boundaries)."""
     size = [-(-side // scale_factor) for side in photo.shape[-2:]]
     low = F.interpolate(photo, size=size, mode="area")
     source = low if surface == "photo" else F.interpolate(teacher, size=size, mode="area")
+    if upsampler == "bilinear":
+        return F.interpolate(source, size=photo.shape[-2:], mode="bilinear", align_corners=False)
     return GuidedFilter(3, radius=1, eps=1e-3)(low, source, photo)
 
 
@@ -73,6 +79,7 @@ def main() -> None:
     parser.add_argument("--columns", nargs="+", default=["target_image"], help="Teacher columns to score.")
     parser.add_argument("--surfaces", nargs="+", default=["photo", "teacher"], choices=["photo", "teacher"])
     parser.add_argument("--scale_factors", nargs="+", type=int, default=[2], help="Low-resolution scales (2).")
+    parser.add_argument("--upsamplers", nargs="+", default=["guided"], choices=["guided", "bilinear"])
     parser.add_argument("--steps", type=int, default=600, help="Adam steps fitting the colour map (600).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -81,21 +88,22 @@ def main() -> None:
     for column in args.columns:
         train, held_out = (pair_tensors(splits[split], column) for split in ("train", "validation"))
         for scale_factor in args.scale_factors:
-            for surface in args.surfaces:
-                fit = [(output_stage(p, t, surface, scale_factor), t) for p, t in tqdm(train, desc="surfaces")]
+            for surface, upsampler in itertools.product(args.surfaces, args.upsamplers):
+                fit = [(output_stage(p, t, surface, scale_factor, upsampler), t) for p, t in tqdm(train, desc="fit")]
                 color_map = fit_color_map(fit, args.steps, args.seed)
                 mse_out = mse_photo = 0.0
                 flat, energy = [], []
                 with torch.no_grad():
                     for photo, teacher in held_out:
-                        out = color_map(output_stage(photo, teacher, surface, scale_factor), torch.zeros(1).long())
+                        stage = output_stage(photo, teacher, surface, scale_factor, upsampler)
+                        out = color_map(stage, torch.zeros(1, dtype=torch.long))
                         out, teacher_u8, photo_u8 = to_uint8(out), to_uint8(teacher), to_uint8(photo)
                         mse_out += float(np.mean((out.astype(np.float64) - teacher_u8) ** 2))
                         mse_photo += float(np.mean((photo_u8.astype(np.float64) - teacher_u8) ** 2))
                         flat.append(flat_share(out) / flat_share(teacher_u8))
                         energy.append(gradient_energy(out) / gradient_energy(teacher_u8))
                 print(
-                    f"{column:>12} scale {scale_factor} surface {surface:>7}: error removed "
+                    f"{column:>12} scale {scale_factor} surface {surface:>7} {upsampler:>8}: error removed "
                     f"{100 * (1 - mse_out / mse_photo):5.1f} % | flat share {np.mean(flat):.2f}x the teacher's | "
                     f"gradient energy {np.mean(energy):.2f}x",
                     flush=True,
