@@ -46,6 +46,12 @@ SMOOTHING_METHODS = ("guided", "bilateral")
 BACKENDS = ("torch", "onnxruntime")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_ACTIVATION_BYTES = 16 * 2**30  # one generator pass; the Space sets a lower limit
+# On CPU, a pass whose activations outgrow the caches costs more per image than one image at a time (bundled model,
+# 256² photos: 11.3 ms per image alone, 11.7 / 12.6 / 13.0 / 16.2 in passes of 2 / 3 / 4 / 16); batching pays while it
+# amortizes reading the weights (unet_256: 90 ms alone, 78 in passes of 4-16). So a CPU pass holds at most
+# max(CPU_PASS_MIN_BYTES, CPU_PASS_WEIGHT_MULTIPLE × weight bytes) of estimated activations (bench_inference.py).
+CPU_PASS_MIN_BYTES = 8 * 2**20
+CPU_PASS_WEIGHT_MULTIPLE = 4
 
 
 def default_device() -> torch.device:
@@ -281,6 +287,15 @@ class Cartoonizer:
             self._activation_bytes[key] = estimate
         return self._activation_bytes[key]
 
+    def cpu_pass_images(self, height: int, width: int) -> int | None:
+        """On CPU, the most (height, width) images one generator pass should hold for the per-image cost not to grow
+        (see `CPU_PASS_MIN_BYTES`); ``None`` on accelerators or where `activation_bytes` cannot estimate."""
+        needed = self.activation_bytes(height, width) if self.device.type == "cpu" else None
+        if not needed:
+            return None
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.generator.parameters())
+        return max(1, max(CPU_PASS_MIN_BYTES, CPU_PASS_WEIGHT_MULTIPLE * weight_bytes) // needed)
+
     def _check_memory(self, height: int, width: int, max_activation_bytes: int | None) -> int:
         """How many (height, width) inputs fit in one pass under ``max_activation_bytes`` (0: no limit); raises if
         not even one does."""
@@ -327,7 +342,8 @@ class Cartoonizer:
 
         Args:
             images (`np.ndarray` or `torch.Tensor`): (B, H, W, 3) uint8 RGB; a tensor may already be on the device.
-            batch_size (`int`, *optional*, defaults to 16): images per generator pass.
+            batch_size (`int`, *optional*, defaults to 16): images per generator pass (on CPU at most
+                `cpu_pass_images`, where larger passes cost more per image).
             style (`int`, *optional*): a style index (`style_index`) for a style-conditioned model.
 
         Returns:
@@ -338,6 +354,7 @@ class Cartoonizer:
                 f"`images` must be a (B, H, W, 3) uint8 array or tensor, got shape {tuple(images.shape)} of "
                 f"{images.dtype}."
             )
+        batch_size = min(batch_size, self.cpu_pass_images(*images.shape[1:3]) or batch_size)
         outputs = []
         for start in range(0, len(images), batch_size):
             pixels = self._upload_uint8(images[start : start + batch_size])  # (b, H, W, 3) uint8 on the device

@@ -92,3 +92,26 @@ def test_tile_batches_respect_max_activation_bytes(cartoonizer, monkeypatch):
 def test_a_bad_tile_batch_size_is_refused(cartoonizer):
     with pytest.raises(ValueError, match=r"`tile_batch_size` must be an integer >= 1 or None, got 0"):
         cartoonizer(photo_like(32, 32), tile_batch_size=0)
+
+
+def test_cpu_passes_hold_only_what_fits_the_activation_budget(cartoonizer, monkeypatch):
+    """On CPU a pass holds at most `cpu_pass_images` images (larger passes cost more per image there), whatever
+    ``batch_size`` asks, and the images come out as from one pass each."""
+    import ghibligan.pipeline as pipeline
+
+    images = np.stack([photo_like(40, 48, seed=i) for i in range(5)])
+    per_image = cartoonizer.activation_bytes(40, 48)
+    monkeypatch.setattr(pipeline, "CPU_PASS_WEIGHT_MULTIPLE", 0)
+    monkeypatch.setattr(pipeline, "CPU_PASS_MIN_BYTES", 2 * per_image + 1)
+    assert cartoonizer.cpu_pass_images(40, 48) == 2
+    passes = []
+    hook = cartoonizer.generator.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    try:
+        batched = cartoonizer.generate_uint8(images, batch_size=16)
+    finally:
+        hook.remove()
+    assert passes == [2, 2, 1]
+    one_by_one = np.concatenate([cartoonizer.generate_uint8(images[i : i + 1]) for i in range(5)])
+    np.testing.assert_array_equal(batched, one_by_one)
+    monkeypatch.setattr(pipeline, "CPU_PASS_MIN_BYTES", 10 * per_image)
+    assert cartoonizer.cpu_pass_images(40, 48) == 10
