@@ -5,6 +5,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 from huggingface_hub import constants
 from PIL import Image
@@ -89,3 +90,22 @@ def put_in_hub_cache(folder: Path, repo_id: str) -> None:
     (repo_cache / "refs").mkdir(parents=True, exist_ok=True)
     (repo_cache / "refs" / "main").write_text(commit)
     shutil.copytree(folder, repo_cache / "snapshots" / commit, dirs_exist_ok=True)
+
+
+def write_video(path: Path, frames: int = 10, size: tuple[int, int] = (64, 48), fourcc: str = "mp4v") -> Path:
+    """A short 12 fps clip of photo-like frames that pan sideways."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 12.0, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.roll(photo_like(*size, seed=i % 3), 3 * i, axis=1))
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames

@@ -7,7 +7,6 @@ import sys
 import time
 
 import cv2
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -24,30 +23,12 @@ from ghibligan.cartoonize import (
 from ghibligan.cli import main
 from ghibligan.pipeline import Cartoonizer
 
-from .helpers import photo_like, save_tiny_unet
+from .helpers import count_frames, photo_like, save_tiny_unet, write_video
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return str(save_tiny_unet(tmp_path_factory.mktemp("model") / "ckpt"))
-
-
-def write_video(path, frames=10, size=(64, 48), fourcc="mp4v"):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 12.0, size)
-    assert writer.isOpened()
-    for i in range(frames):
-        writer.write(np.roll(photo_like(*size, seed=i % 3), 3 * i, axis=1))
-    writer.release()
-    return path
-
-
-def count_frames(path):
-    capture = cv2.VideoCapture(str(path))
-    frames = 0
-    while capture.read()[0]:
-        frames += 1
-    capture.release()
-    return frames
 
 
 def leftovers(folder):

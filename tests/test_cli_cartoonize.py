@@ -11,7 +11,15 @@ from PIL import Image
 
 from ghibligan.cli import main
 
-from .helpers import STYLES, photo_like, save_tiny_style_model, save_tiny_unet, write_broken_files
+from .helpers import (
+    STYLES,
+    count_frames,
+    photo_like,
+    save_tiny_style_model,
+    save_tiny_unet,
+    write_broken_files,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,20 +102,14 @@ def test_nothing_to_do_is_an_error(tmp_path, model, capsys):
 
 
 def test_video_keeps_fps_size_and_frame_count(tmp_path, model):
-    source = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (64, 48))
-    for i in range(10):
-        writer.write(np.roll(photo_like(64, 48), 3 * i, axis=1))
-    writer.release()
+    source = write_video(tmp_path / "clip.mp4", frames=10)
 
     assert main(["cartoonize", str(source), "-o", str(tmp_path / "toon.mp4"), "--model", model]) == 0
     capture = cv2.VideoCapture(str(tmp_path / "toon.mp4"))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
     assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
-    frames = 0
-    while capture.read()[0]:
-        frames += 1
-    assert frames == 10
+    capture.release()
+    assert count_frames(tmp_path / "toon.mp4") == 10
 
 
 def test_console_script_end_to_end(tmp_path, model):

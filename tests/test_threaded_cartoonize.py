@@ -10,7 +10,7 @@ from ghibligan.background import map_ahead
 from ghibligan.cartoonize import cartoonize_files, plan_jobs
 from ghibligan.pipeline import Cartoonizer
 
-from .helpers import photo_like, save_tiny_unet, write_broken_files
+from .helpers import photo_like, save_tiny_unet, write_broken_files, write_video
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,7 @@ def test_threads_and_batches_write_the_same_files_as_one_at_a_time(tmp_path, car
 
 
 def test_threaded_video_has_the_same_frames(tmp_path, cartoonizer):
-    source = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (64, 48))
-    for i in range(9):
-        writer.write(np.roll(photo_like(64, 48), 3 * i, axis=1))
-    writer.release()
+    source = write_video(tmp_path / "clip.avi", frames=9, fourcc="MJPG")
 
     def frames(path):
         capture, found = cv2.VideoCapture(str(path)), []
