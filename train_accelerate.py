@@ -64,7 +64,7 @@ from ghibligan.data import (
     collate_pairs,
     dataset_brightness,
 )
-from ghibligan.data_cache import DecodedPairs, collate_decoded_pairs
+from ghibligan.data_cache import DecodedPairs, available_cores, collate_decoded_pairs
 from ghibligan.losses import GAN_MODES, CartoonGANObjective, Objective, Pix2PixObjective
 from ghibligan.models import load_generator
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
@@ -505,8 +505,7 @@ def default_num_workers(device: torch.device, local_processes: int = 1) -> int:
     one (the training loop's), at most 8."""
     if device.type == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores // max(1, local_processes) - 1))
+    return max(1, min(8, available_cores() // max(1, local_processes) - 1))
 
 
 def build_train_dataloader(

@@ -50,6 +50,12 @@ FEATURES = datasets.Features(
 )
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, e.g. under taskset or a container's
+    cpuset; else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_cache_dir() -> Path:
     """Where decoded pairs go when no ``cache_dir`` is given: the datasets cache (``HF_DATASETS_CACHE``)."""
     return Path(datasets.config.HF_DATASETS_CACHE) / "ghibligan_decoded"
@@ -112,8 +118,7 @@ class DecodedPairs(torch.utils.data.Dataset):
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         found = any(self.cache_file.parent.glob(f"{self.cache_file.stem}*.arrow"))  # one file, or one per process
         if num_proc is None and len(pairs.dataset) >= PARALLEL_DECODE_MIN_ROWS:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            num_proc = min(8, cores)
+            num_proc = min(8, available_cores())
         self.table = pairs.dataset.map(
             self._decode_rows,
             batched=True,

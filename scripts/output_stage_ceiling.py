@@ -26,13 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ghibligan.image_io import pil_to_tensor
+from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
 from ghibligan.metrics import flat_share, gradient_energy
 from ghibligan.models.guided import GuidedFilter, StyleColorMap
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return x[0].clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()
@@ -97,7 +93,7 @@ def main() -> None:
                     for photo, teacher in held_out:
                         stage = output_stage(photo, teacher, surface, scale_factor, upsampler)
                         out = color_map(stage, torch.zeros(1, dtype=torch.long))
-                        out, teacher_u8, photo_u8 = to_uint8(out), to_uint8(teacher), to_uint8(photo)
+                        out, teacher_u8, photo_u8 = (tensor_to_uint8(x[0]) for x in (out, teacher, photo))
                         mse_out += float(np.mean((out.astype(np.float64) - teacher_u8) ** 2))
                         mse_photo += float(np.mean((photo_u8.astype(np.float64) - teacher_u8) ** 2))
                         flat.append(flat_share(out) / flat_share(teacher_u8))
