@@ -698,6 +698,9 @@ def main(args: argparse.Namespace) -> None:
     if accelerator.is_main_process:
         save_final_model(args, accelerator, objective, generator, discriminator, values, global_step)
     run_validation(args, accelerator, generator, validation_images, global_step)
+    # the other processes wait out the main one's validation: a process that tears the process group down while a
+    # peer still holds it can abort at exit ("terminate called without an active exception", seen once in CI)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
