@@ -79,7 +79,7 @@ GENERATOR_SHORTHANDS = {"unet": "unet_256", "resnet": "cartoongan_resnet"}
 # Model flags that override the preset's __init__ kwargs (None: not given, keep the preset's value)
 GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
-    "residual", "tone_head_channels", "n_blocks",
+    "residual", "tone_head_channels", "n_blocks", "scale_factor", "upsampler", "line_channels", "flatten_iterations",
 )  # fmt: skip
 
 
@@ -222,6 +222,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Fit a new tone head pixel by pixel to the training pairs for this many steps before training (seconds).",
     )
     model.add_argument("--n_blocks", type=int, default=None, help="ResNet residual blocks (cartoongan_resnet: 8).")
+    model.add_argument(
+        "--scale_factor", type=int, default=None, help="guided: the network runs at 1/this resolution (2)."
+    )
+    model.add_argument(
+        "--upsampler",
+        default=None,
+        choices=["guided_filter", "joint_bilateral"],
+        help="guided: how the low-resolution surface reaches full resolution: a guided filter (A * photo + b) or joint "
+        "bilateral upsampling (a mix of nearby surface values; flat regions stay flat).",
+    )
+    model.add_argument(
+        "--flatten_iterations",
+        type=int,
+        default=None,
+        help="guided: passes of iterated bilateral filtering (mean-shift-like) on the low-resolution surface: plateaus "
+        "with sharp borders (0 = off).",
+    )
+    model.add_argument(
+        "--line_channels",
+        type=int,
+        default=None,
+        help="guided: width of the full-resolution ink-line branch (0 = off).",
+    )
     model.add_argument("--ndf", type=int, default=64, help="Discriminator width (64).")
     model.add_argument("--n_layers_d", type=int, default=3, help="PatchGAN layers (3 = 70×70 patches).")
     model.add_argument(

@@ -1,13 +1,21 @@
 """GuidedFilterGenerator: shapes, style conditioning, its initial state, Hub round trip, and the guided filter."""
 
+import itertools
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ghibligan.models.guided import GuidedFilter, GuidedFilterGenerator, box_filter
+from ghibligan.models.guided import (
+    GuidedFilter,
+    GuidedFilterGenerator,
+    JointBilateralUpsampler,
+    RegionFlattener,
+    box_filter,
+)
 
 STYLES = ["toon", "painterly"]
 
@@ -27,9 +35,10 @@ def trained_like(model: GuidedFilterGenerator) -> GuidedFilterGenerator:
 
 
 FULL = {"guide_channels": 8, "line_channels": 4}  # every optional part on
+BILATERAL = {"upsampler": "joint_bilateral", **FULL}
 
 
-@pytest.mark.parametrize("kwargs", [{}, FULL, {"scale_factor": 4, "tone_channels": 0}])
+@pytest.mark.parametrize("kwargs", [{}, FULL, BILATERAL, {"scale_factor": 4, "tone_channels": 0}])
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (300, 457), (5, 7), (1, 1)])
 def test_any_size_in_same_size_out(size, kwargs):
     model = trained_like(GuidedFilterGenerator(styles=STYLES, **kwargs))
@@ -41,7 +50,7 @@ def test_any_size_in_same_size_out(size, kwargs):
     assert model.size_multiple == 1
 
 
-@pytest.mark.parametrize("kwargs", [{}, FULL])
+@pytest.mark.parametrize("kwargs", [{}, FULL, BILATERAL])
 def test_style_switches_the_output_and_none_means_the_first_style(kwargs):
     model = trained_like(GuidedFilterGenerator(styles=STYLES, **kwargs))
     sample = torch.rand(1, 3, 48, 64) * 2 - 1
@@ -64,7 +73,7 @@ def test_a_batch_mixes_styles_row_by_row():
     torch.testing.assert_close(both[1:], toon, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kwargs", [{}, FULL])
+@pytest.mark.parametrize("kwargs", [{}, FULL, BILATERAL])
 def test_starts_as_an_edge_preserving_smoothing_of_the_photo(kwargs):
     model = GuidedFilterGenerator(**kwargs).eval()
     height, width = 64, 96
@@ -81,8 +90,9 @@ def test_starts_as_an_edge_preserving_smoothing_of_the_photo(kwargs):
     assert out_texture.std() < 0.5 * texture.std()
 
 
-def test_save_and_load_round_trip_keeps_styles(tmp_path):
-    model = trained_like(GuidedFilterGenerator(styles=STYLES, channels=8, num_blocks=2, **FULL))
+@pytest.mark.parametrize("kwargs", [FULL, BILATERAL])
+def test_save_and_load_round_trip_keeps_styles(tmp_path, kwargs):
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, channels=8, num_blocks=2, **kwargs))
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["styles"] == STYLES
@@ -137,6 +147,8 @@ def test_bad_style_index_errors(style, message):
         ({"scale_factor": 0}, "scale_factor"),
         ({"eps": 0.0}, "eps"),
         ({"tone_channels": -1}, "tone_channels"),
+        ({"upsampler": "bicubic"}, "upsampler"),
+        ({"upsampler": "joint_bilateral", "range_sigma": float("nan")}, "range_sigma"),
     ],
 )
 def test_invalid_config_fails_at_construction(kwargs, message):
@@ -192,3 +204,107 @@ def test_load_generator_and_the_pipeline_read_a_guided_checkpoint(tmp_path):
     pipe = Cartoonizer(loaded, device="cpu")
     assert pipe(np.zeros((37, 53, 3), np.uint8))[0].size == (53, 37)
     assert pipe.activation_bytes(256, 256) > 0
+
+
+def edge_and_texture(size: int = 64, factor: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A guide with a sharp vertical edge at x = 31 (off the low-resolution grid) and strong texture on both sides;
+    a low-resolution source that is flat on each side: (guide, guide_low, source_low)."""
+    torch.manual_seed(0)
+    edge = torch.where(torch.arange(size) < 31, -0.6, 0.6).expand(1, 1, size, size)
+    guide = edge + 0.15 * torch.randn(1, 1, size, size)  # texture: ±0.15, well inside each side
+    guide_low = F.interpolate(guide, scale_factor=1 / factor, mode="area")
+    source_low = torch.sign(F.interpolate(edge, scale_factor=1 / factor, mode="area")) * 0.5
+    return guide, guide_low, source_low
+
+
+def test_joint_bilateral_keeps_flat_regions_flat_and_the_edge_sharp():
+    """The property it exists for: the output mixes source values, so the guide's texture never comes back (the
+    guided filter's ``A · guide + b`` brings it back next to an edge), and each pixel takes its own side of the
+    edge, at full resolution."""
+    guide, guide_low, source_low = edge_and_texture()
+    with torch.no_grad():
+        output = JointBilateralUpsampler(2, sigma=0.1)(guide_low, source_low, guide)
+        guided = GuidedFilter(1, radius=1, eps=1e-3)(guide_low, source_low, guide)
+    expected = torch.where(torch.arange(64) < 31, -0.5, 0.5).expand_as(guide)
+    assert output.min() >= source_low.min() and output.max() <= source_low.max()  # a convex combination
+    wrong_side = (output - expected).abs() > 0.25
+    assert wrong_side.float().mean() < 0.01  # sharp, at the guide's edge (x = 31 is between two low-res pixels)
+    away = (torch.arange(64) < 28) | (torch.arange(64) > 33)
+    assert (output - expected)[..., away].abs().max() < 1e-3  # exactly flat on both sides, texture gone
+    assert (guided - expected)[..., 26:36].abs().max() > 0.05  # the guided filter leaks texture near the edge
+
+
+def joint_bilateral_reference(guide_low, source_low, guide, sigma):
+    """Kopf et al.'s formula pixel by pixel: the bilinear taps of `F.interpolate` (align_corners=False, clamped)."""
+    (_, _, height, width), (low_height, low_width) = guide.shape, guide_low.shape[-2:]
+    output = torch.zeros((*source_low.shape[:2], height, width))
+    for y, x in itertools.product(range(height), range(width)):
+        sy = max((y + 0.5) * low_height / height - 0.5, 0.0)
+        sx = max((x + 0.5) * low_width / width - 0.5, 0.0)
+        y0, x0 = int(sy), int(sx)
+        numerator, denominator = 0.0, 0.0
+        for ty, wy in ((y0, 1 - (sy - y0)), (min(y0 + 1, low_height - 1), sy - y0)):
+            for tx, wx in ((x0, 1 - (sx - x0)), (min(x0 + 1, low_width - 1), sx - x0)):
+                distance = (guide[:, :, y, x] - guide_low[:, :, ty, tx]).square().sum(1)  # (B,)
+                weight = torch.exp(-distance / (2 * sigma**2)) * wy * wx
+                numerator = numerator + weight[:, None] * source_low[:, :, ty, tx]
+                denominator = denominator + weight[:, None]
+        output[:, :, y, x] = numerator / denominator
+    return output
+
+
+@pytest.mark.parametrize("scale_factor, size", [(2, (12, 16)), (2, (9, 13)), (3, (12, 9)), (3, (10, 7))])
+def test_joint_bilateral_matches_the_formula_at_any_size(scale_factor, size):
+    """The phase-by-phase computation (slices and a pixel shuffle) is Kopf et al.'s formula, odd sizes included
+    (the full-resolution side is padded to a multiple of the factor, then cropped)."""
+    torch.manual_seed(0)
+    guide = torch.rand(2, 3, *size) * 0.4  # close enough colours that no range weight underflows
+    low_size = tuple(-(-side // scale_factor) for side in size)
+    guide_low = F.interpolate(guide, size=low_size, mode="area")
+    source_low = torch.rand(2, 3, *low_size) * 2 - 1
+    upsampler = JointBilateralUpsampler(scale_factor, sigma=0.2)
+    with torch.no_grad():
+        output = upsampler(guide_low, source_low, guide)
+        constant = upsampler(guide_low, torch.full_like(source_low, 0.3), guide)
+    padded = F.pad(
+        guide, (0, low_size[1] * scale_factor - size[1], 0, low_size[0] * scale_factor - size[0]), mode="replicate"
+    )
+    expected = joint_bilateral_reference(guide_low, source_low, padded, 0.2)[..., : size[0], : size[1]]
+    torch.testing.assert_close(output, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(constant, torch.full_like(constant, 0.3))
+
+
+def test_joint_bilateral_sigma_learns():
+    guide, guide_low, source_low = edge_and_texture()
+    upsampler = JointBilateralUpsampler(2, sigma=0.5)  # too wide: blurs the edge
+    expected = torch.where(torch.arange(64) < 31, -0.5, 0.5).expand_as(guide)
+    loss = (upsampler(guide_low, source_low, guide) - expected).abs().mean()
+    loss.backward()
+    assert upsampler.raw_sigma.grad is not None and upsampler.raw_sigma.grad > 0  # narrowing it helps
+
+
+def test_region_flattener_makes_plateaus_and_keeps_edges():
+    """Iterated bilateral filtering: texture well below σ averages out in a few passes, a step well above σ stays."""
+    torch.manual_seed(0)
+    edge = torch.where(torch.arange(48) < 20, -0.5, 0.5).expand(1, 3, 48, 48)
+    noisy = edge + 0.03 * torch.randn(1, 3, 48, 48)
+    flattener = RegionFlattener(num_styles=1, iterations=3, radius=2, sigma=0.1)
+    with torch.no_grad():
+        flat = flattener(noisy, torch.tensor([0]))
+    left, right = flat[..., :, :17], flat[..., :, 23:]
+    assert left.std() < 0.2 * 0.03 and right.std() < 0.2 * 0.03  # plateaus
+    torch.testing.assert_close(flat[..., 19] - flat[..., 20], torch.full_like(flat[..., 19], -1.0), atol=0.02, rtol=0)
+    constant = torch.full((1, 3, 9, 9), 0.25)
+    torch.testing.assert_close(flattener(constant, torch.tensor([0])), constant)
+
+
+def test_region_flattener_sigma_is_per_style_and_learns():
+    torch.manual_seed(0)
+    flattener = RegionFlattener(num_styles=2, iterations=2, radius=1, sigma=0.05)
+    with torch.no_grad():
+        flattener.log_sigma.weight[1] = math.log(0.5)  # style 1 flattens much more
+    image = torch.rand(1, 3, 16, 16) * 0.4
+    out = flattener(image.expand(2, -1, -1, -1), torch.tensor([0, 1]))
+    assert out[1].std() < 0.5 * out[0].std()
+    out.std().backward()  # less spread ← wider σ: the gradient says so
+    assert flattener.log_sigma.weight.grad[0, 0] < 0

@@ -87,6 +87,15 @@ MODELS = {
     "guided_styles": lambda: GuidedFilterGenerator(  # every branch: guide map, tone head, ink lines
         ["ghibli", "toon", "sketch"], channels=4, num_levels=2, num_blocks=1, guide_channels=4, line_channels=4
     ),
+    "guided_bilateral": lambda: GuidedFilterGenerator(
+        ["ghibli", "toon", "sketch"],
+        channels=4,
+        num_levels=2,
+        num_blocks=1,
+        upsampler="joint_bilateral",
+        flatten_iterations=1,
+        flatten_radius=1,
+    ),
 }
 
 
