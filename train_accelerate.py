@@ -18,7 +18,8 @@ Examples:
         --vgg_weights vgg19/model.safetensors --init_steps 2000 --max_train_steps 40000 --output_dir cartoongan
 
     # One style-conditioned generator for three teachers (make-pairs --teacher toon:ghibli toon:toon toon:painterly):
-    # each sample trains on one target column, drawn per sample; no GAN (D is not style-aware), L1 + image gradients
+    # each sample trains on one target column, drawn per sample; L1 + image gradients, no GAN (--lambda_adversarial 0;
+    # with a GAN, D is style-aware: one-hot style planes beside the photo)
     accelerate launch train_accelerate.py --train_data_dir pairs/ --output_dir ghibli-styles --preset guided \\
         --target_column ghibli toon painterly --lambda_adversarial 0 --lambda_l1 1 --lambda_gradient 1 \\
         --learning_rate 2e-3 --adam_beta1 0.9 --train_batch_size 8 --max_train_steps 5000
@@ -268,8 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lambda_adversarial",
         type=float,
         default=1.0,
-        help="pix2pix: weight of the GAN term (1); 0 trains no discriminator (plain distillation; needed with several "
-        "--target_column styles, as D is not style-aware).",
+        help="pix2pix: weight of the GAN term (1); 0 trains no discriminator (plain distillation). With several "
+        "--target_column styles D is style-aware: it sees one-hot style planes beside the photo.",
     )
     loss.add_argument("--lambda_content", type=float, default=10.0, help="CartoonGAN content weight ω (10).")
     loss.add_argument(
@@ -376,11 +377,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.target_column = args.target_columns if multi_style else args.target_columns[0]
     if multi_style and args.objective != "pix2pix":
         parser.error(f"several --target_column styles train with --objective pix2pix, not {args.objective}")
-    if multi_style and args.lambda_adversarial:
-        parser.error(
-            "several --target_column styles: the discriminator is not style-aware, add --lambda_adversarial 0 "
-            f"(got {args.lambda_adversarial})"
-        )
     if multi_style and args.paired_layout != "separate":
         parser.error("several --target_column styles need --paired_layout separate")
     for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial"):
@@ -457,7 +453,7 @@ def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch
     objective_class = OBJECTIVES[args.objective]
     discriminator = build_discriminator(
         args.discriminator_layout or objective_class.discriminator_layout,
-        condition_channels=objective_class.discriminator_condition_channels,
+        condition_channels=objective_class.discriminator_condition_channels + style_planes(args),
         ndf=args.ndf,
         n_layers=args.n_layers_d,
         norm=args.norm or generator.config.get("norm", "batch"),
@@ -479,6 +475,11 @@ def build_models(args, accelerator: Accelerator) -> tuple[torch.nn.Module, torch
     return generator, discriminator
 
 
+def style_planes(args) -> int:
+    """One-hot style planes in pix2pix D's condition: one per style when training several (a style-aware cGAN)."""
+    return len(args.styles) if args.objective == "pix2pix" and len(args.target_columns) > 1 else 0
+
+
 def build_objective(args, device: torch.device) -> Objective:
     """The objective the flags describe. CartoonGAN loads VGG19 here, so missing weights fail at start."""
     if args.objective == "pix2pix":
@@ -487,6 +488,7 @@ def build_objective(args, device: torch.device) -> Objective:
             lambda_l1=args.lambda_l1,
             lambda_gradient=args.lambda_gradient,
             lambda_adversarial=args.lambda_adversarial,
+            num_styles=style_planes(args),
         )
     try:
         vgg = VGG19Features.from_pretrained(args.vgg_weights).to(device)

@@ -3,7 +3,9 @@
 `Pix2PixObjective` (Isola et al., 2017): D judges (input, target) as real and (input, G(input)) as fake; G minimises
 λ_adv·adversarial + λ·L1(G(input), target) with λ = 100, plus λ_grad·L1 between the images' gradients (finite
 differences), which penalizes texture the teacher removed and edges it drew more than plain L1 does. λ_adv = 0 leaves
-out D altogether: a regression to the teacher (distillation), as for a multi-style generator (D is not style-aware).
+out D altogether: a regression to the teacher (distillation). For a multi-style generator (``num_styles`` > 0) D is
+style-aware, the cGAN one-hot of the original design: it sees the sample's style as constant one-hot planes beside the
+photo, so a ``ghibli`` image passed off as ``toon`` is fake.
 
 `CartoonGANObjective` (Chen et al., 2018): D judges cartoons as real and both G(photo) and edge-smoothed cartoons as
 fake (edge-promoting adversarial loss); G minimises adversarial + ω·L1(VGG(G(photo)), VGG(photo)) at conv4_4, ω = 10,
@@ -80,12 +82,15 @@ class Pix2PixObjective:
         lambda_l1 (`float`, *optional*, defaults to 100.0): weight λ of the L1 distance to the target.
         lambda_gradient (`float`, *optional*, defaults to 0.0): weight of `gradient_loss` (L1 on image gradients).
         lambda_adversarial (`float`, *optional*, defaults to 1.0): weight of the adversarial term; 0 trains no D.
+        num_styles (`int`, *optional*, defaults to 0): for multi-style batches (``batch["style"]``), D's condition
+            gets this many one-hot style planes after the photo (D then takes ``3 + num_styles`` condition channels).
     """
 
     gan_mode: str = "vanilla"
     lambda_l1: float = 100.0
     lambda_gradient: float = 0.0
     lambda_adversarial: float = 1.0
+    num_styles: int = 0
 
     # How the rest of the run adapts to this objective: D sees the input photo beside the image it judges.
     discriminator_condition_channels = 3
@@ -97,6 +102,17 @@ class Pix2PixObjective:
         for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if not isinstance(self.num_styles, int) or self.num_styles < 0:
+            raise ValueError(f"`num_styles` must be an int >= 0, got {self.num_styles!r}.")
+
+    def condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What D sees beside the image it judges: the photo (B, 3, R, R), then one-hot style planes
+        (B, num_styles, R, R) when ``num_styles`` > 0."""
+        photo = batch["input"]
+        if not self.num_styles:
+            return photo
+        one_hot = F.one_hot(batch["style"], self.num_styles).to(photo.dtype)  # (B, S)
+        return torch.cat([photo, one_hot[:, :, None, None].expand(-1, -1, *photo.shape[-2:])], dim=1)
 
     @property
     def description(self) -> str:
@@ -117,8 +133,9 @@ class Pix2PixObjective:
         self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D's loss on real (photo, target) and fake (photo, G(photo)) pairs; ``fake`` is detached here."""
-        photo, target = batch["input"], batch["target"]  # (B, 3, R, R) in [-1, 1]
-        loss = discriminator_loss(discriminator(target, photo), [discriminator(fake.detach(), photo)], self.gan_mode)
+        condition, target = self.condition(batch), batch["target"]  # (B, 3 [+ S], R, R), (B, 3, R, R)
+        real, fakes = discriminator(target, condition), [discriminator(fake.detach(), condition)]
+        loss = discriminator_loss(real, fakes, self.gan_mode)
         return loss, {"loss_d": loss.detach()}
 
     def generator_loss(
@@ -134,7 +151,7 @@ class Pix2PixObjective:
             logs["loss_g_gradient"] = gradient.detach()
             loss = loss + self.lambda_gradient * gradient
         if adversarial:
-            gan = generator_adversarial_loss(discriminator(fake, batch["input"]).float(), self.gan_mode)
+            gan = generator_adversarial_loss(discriminator(fake, self.condition(batch)).float(), self.gan_mode)
             logs["loss_g_gan"] = gan.detach()
             loss = loss + self.lambda_adversarial * gan
         return loss, logs

@@ -53,6 +53,11 @@ def test_pix2pix_discriminator_judges_pairs_conditioned_on_the_photo():
     assert confused > loss  # when the target equals the photo, D cannot tell, and its loss is higher
 
 
+def test_bad_num_styles_is_named():
+    with pytest.raises(ValueError, match="num_styles"):
+        Pix2PixObjective(num_styles=-1)
+
+
 def test_pix2pix_generator_loss_is_adversarial_plus_lambda_l1():
     objective, oracle = Pix2PixObjective(lambda_l1=100.0), Oracle(scale=1.0)
     data = batch()

@@ -174,8 +174,10 @@ def test_target_column_flags_name_styles_and_refuse_what_cannot_train(capsys):
     assert train_script.generator_styles(args) == ["ghibli", "toon"]
     single = train_script.parse_args(base)
     assert single.target_column == "target_image" and train_script.generator_styles(single) is None
+    with_gan = train_script.parse_args([*base, "--target_column", "a", "b", "c"])  # D is style-aware: allowed
+    assert train_script.style_planes(with_gan) == 3 and train_script.style_planes(single) == 0
+    assert train_script.build_objective(with_gan, torch.device("cpu")).num_styles == 3
     for argv, message in [
-        ([*base, "--target_column", "a", "b"], "--lambda_adversarial 0"),
         ([*base, "--target_column", "a", "a", "--lambda_adversarial", "0"], "given twice"),
         (["--train_data_dir", "p", "--output_dir", "o", "--target_column", "a", "b", "--lambda_adversarial", "0"],
          "style-conditioned generator"),
@@ -183,3 +185,29 @@ def test_target_column_flags_name_styles_and_refuse_what_cannot_train(capsys):
         with pytest.raises(SystemExit):
             train_script.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_a_style_aware_discriminator_sees_each_samples_style():
+    """With a GAN, D's condition is the photo plus one-hot style planes: the same (photo, image) pair scores
+    differently under another style, D trains, and G gets the adversarial term."""
+    accelerator = Accelerator(cpu=True)
+    generator = GuidedFilterGenerator(styles=list(STYLE_COLOURS), channels=4, num_levels=2, num_blocks=1)
+    discriminator = PatchDiscriminator(ndf=8, n_layers=2, condition_channels=3 + len(STYLE_COLOURS))
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (generator, discriminator)]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
+    generator, discriminator, *rest = accelerator.prepare(generator, discriminator, *optimizers, *schedulers)
+    photos = torch.stack([torch.from_numpy(photo_like(32, 32, seed=i)).permute(2, 0, 1) for i in range(2)])
+    photos = photos.float() / 127.5 - 1
+    batch = {"input": photos, "target": -photos, "style": torch.tensor([0, 2])}
+    objective = Pix2PixObjective(lambda_l1=1, lambda_adversarial=0.1, num_styles=len(STYLE_COLOURS))
+    condition = objective.condition(batch)
+    assert condition.shape == (2, 6, 32, 32)
+    assert torch.equal(condition[:, 3:, 0, 0], torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))
+    d_before = [p.detach().clone() for p in discriminator.parameters()]
+    logs = training_step(accelerator, objective, generator, discriminator, tuple(rest[:2]), tuple(rest[2:]), batch, 0)
+    assert {"loss_d", "loss_g_gan", "loss_g_l1"} <= set(logs)
+    assert not all(torch.equal(p, b) for p, b in zip(discriminator.parameters(), d_before, strict=True))
+    with torch.no_grad():
+        as_given = discriminator(batch["target"], condition)
+        other = objective.condition({**batch, "style": torch.tensor([1, 1])})
+        assert not torch.allclose(discriminator(batch["target"], other), as_given)
