@@ -81,6 +81,7 @@ GENERATOR_SHORTHANDS = {"unet": "unet_256", "resnet": "cartoongan_resnet"}
 GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "upsampler", "line_channels", "flatten_iterations",
+    "photo_detail",
 )  # fmt: skip
 
 
@@ -239,6 +240,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided: passes of iterated bilateral filtering (mean-shift-like) on the low-resolution surface: plateaus "
         "with sharp borders (0 = off).",
+    )
+    model.add_argument(
+        "--photo_detail",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="guided: add back the photo's fine detail with a learned per-style weight (for styles that keep texture).",
     )
     model.add_argument(
         "--line_channels",

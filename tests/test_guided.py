@@ -25,6 +25,8 @@ def trained_like(model: GuidedFilterGenerator) -> GuidedFilterGenerator:
     with torch.no_grad():
         for parameter in (model.conv_out.weight, model.style_film.weight):
             parameter.normal_(0, 0.2)
+        if model.style_detail is not None:
+            model.style_detail.weight.normal_(0, 0.2)
         for color_map in (model.tone_head, model.guide_map):
             if color_map is not None:
                 color_map.style_bias.weight.normal_(0, 0.2)
@@ -35,7 +37,7 @@ def trained_like(model: GuidedFilterGenerator) -> GuidedFilterGenerator:
 
 
 FULL = {"guide_channels": 8, "line_channels": 4}  # every optional part on
-BILATERAL = {"upsampler": "joint_bilateral", **FULL}
+BILATERAL = {"upsampler": "joint_bilateral", "flatten_iterations": 1, "photo_detail": True, **FULL}
 
 
 @pytest.mark.parametrize("kwargs", [{}, FULL, BILATERAL, {"scale_factor": 4, "tone_channels": 0}])
@@ -148,6 +150,8 @@ def test_bad_style_index_errors(style, message):
         ({"eps": 0.0}, "eps"),
         ({"tone_channels": -1}, "tone_channels"),
         ({"upsampler": "bicubic"}, "upsampler"),
+        ({"photo_detail": 1}, "photo_detail"),
+        ({"flatten_iterations": -1}, "flatten_iterations"),
         ({"upsampler": "joint_bilateral", "range_sigma": float("nan")}, "range_sigma"),
     ],
 )
@@ -308,3 +312,15 @@ def test_region_flattener_sigma_is_per_style_and_learns():
     assert out[1].std() < 0.5 * out[0].std()
     out.std().backward()  # less spread ← wider σ: the gradient says so
     assert flattener.log_sigma.weight.grad[0, 0] < 0
+
+
+def test_photo_detail_adds_back_the_photos_fine_texture_per_style():
+    model = GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", photo_detail=True, tone_channels=0)
+    model.eval()
+    torch.manual_seed(0)
+    texture = 0.2 * torch.randn(1, 3, 64, 64)  # fine texture on a flat grey: downsampling by 2 removes most of it
+    with torch.no_grad():
+        model.style_detail.weight[:] = torch.tensor([[0.0], [1.0]])  # toon keeps none, painterly all
+        flat, detailed = model(texture.expand(2, -1, -1, -1), style=torch.tensor([0, 1]))
+    assert detailed.std() > 2 * flat.std()
+    assert (detailed - texture).abs().mean() < (flat - texture).abs().mean()

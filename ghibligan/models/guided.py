@@ -334,6 +334,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         flatten_iterations (`int`, *optional*, defaults to 0): passes of `RegionFlattener` (iterated bilateral
             filtering, one learned range σ per style) on the low-resolution surface; 0 disables it.
         flatten_radius (`int`, *optional*, defaults to 2): its window radius, at low resolution.
+        photo_detail (`bool`, *optional*, defaults to False): add back, with a learned per-style weight (0 at
+            initialisation), the photo's detail the downsampling removed (``photo - bilinear(low)``), for styles that
+            keep some texture (painterly) while others stay flat.
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.
@@ -364,6 +367,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         range_sigma: float = 0.1,
         flatten_iterations: int = 0,
         flatten_radius: int = 2,
+        photo_detail: bool = False,
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -418,6 +422,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             self.joint_bilateral = JointBilateralUpsampler(scale_factor, sigma=range_sigma)
         self.tone_head = StyleColorMap(3, tone_channels, len(self.styles)) if tone_channels else None
         self.ink_lines = InkLines(line_channels, len(self.styles)) if line_channels else None
+        if not isinstance(photo_detail, bool):
+            raise ValueError(f"`photo_detail` must be True or False, got {photo_detail!r}.")
+        self.style_detail = nn.Embedding(len(self.styles), 1) if photo_detail else None
+        if self.style_detail is not None:
+            nn.init.zeros_(self.style_detail.weight)
 
     @property
     def size_multiple(self) -> int:
@@ -496,6 +505,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
         upsample = self.guided_filter if hasattr(self, "guided_filter") else self.joint_bilateral
         surface = upsample(guide_low, surface_low, guide).clamp(-1, 1)  # (B, 3, H, W)
+
+        # the photo's own fine detail, as much as the style keeps
+        if self.style_detail is not None:
+            detail = sample - F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+            surface = torch.addcmul(surface, self.style_detail(style).to(detail.dtype)[:, :, None, None], detail)
 
         # 5. per-pixel colour map at full resolution (levels, grading)
         if self.tone_head is not None:
