@@ -2,6 +2,9 @@
 
 python scripts/teacher_montage.py space/examples/*.jpg -o docs/teacher_montage.jpg
 python scripts/teacher_montage.py space/examples/*.jpg -o docs/ghibli_montage.jpg --presets ghibli --cell 512
+python scripts/teacher_montage.py space/examples/*.jpg -o docs/styles_montage.jpg --presets --model bundled
+
+A model with styles gets one column per style (``--styles`` picks them; default: all of the model's).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ def main() -> None:
     parser.add_argument("photos", nargs="+", help="photo files")
     parser.add_argument("-o", "--output", required=True, help="montage image to write")
     parser.add_argument("--cell", type=int, default=320, help="width of each cell in pixels (320)")
-    parser.add_argument("--presets", nargs="+", default=["toon", "painterly", "ghibli"], choices=sorted(PRESETS))
+    parser.add_argument("--presets", nargs="*", default=["toon", "painterly", "ghibli"], choices=sorted(PRESETS))
+    parser.add_argument("--styles", nargs="+", default=None, help="the model's styles to show (default: all)")
     parser.add_argument("--model", default=None, help="also a generator: 'bundled', a folder or a Hub id")
     parser.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to this (1024)")
     args = parser.parse_args()
@@ -31,7 +35,9 @@ def main() -> None:
     if args.model:
         model = Cartoonizer.from_pretrained(None if args.model == "bundled" else args.model, device="cpu")
         model.set_progress_bar_config(disable=True)
-        columns.append((f"model: {args.model}", lambda photo: model(photo)[0]))
+        for style in args.styles or model.styles or [None]:
+            label = f"model: {args.model}" + (f", {style}" if style else "")
+            columns.append((label, lambda photo, style=style: model(photo, style=style)[0]))
     rows = []
     for path in args.photos:
         photo = resize_to_max_side(load_image(path).rgb, args.max_side)

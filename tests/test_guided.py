@@ -324,3 +324,27 @@ def test_photo_detail_adds_back_the_photos_fine_texture_per_style():
         flat, detailed = model(texture.expand(2, -1, -1, -1), style=torch.tensor([0, 1]))
     assert detailed.std() > 2 * flat.std()
     assert (detailed - texture).abs().mean() < (flat - texture).abs().mean()
+
+
+def test_region_flattener_equals_the_plain_window_loop():
+    """Its half-window computation (each symmetric weight used twice) is the textbook loop over the whole window."""
+
+    def plain(flattener, x, style):
+        height, width, size = x.shape[-2], x.shape[-1], 2 * flattener.radius + 1
+        inv_two_var = (0.5 * torch.exp(-2 * flattener.log_sigma(style)))[:, :, None, None]
+        for _ in range(flattener.iterations):
+            padded = F.pad(x, (flattener.radius,) * 4, mode="replicate")
+            numerator = denominator = 0
+            for dy, dx in itertools.product(range(size), range(size)):
+                neighbour = padded[..., dy : dy + height, dx : dx + width]
+                weight = torch.exp(-(neighbour - x).square().sum(1, keepdim=True) * inv_two_var)
+                numerator, denominator = numerator + neighbour * weight, denominator + weight
+            x = numerator / denominator
+        return x
+
+    torch.manual_seed(0)
+    for radius, size in [(1, (9, 13)), (2, (17, 11)), (3, (20, 20)), (2, (3, 4))]:
+        flattener = RegionFlattener(num_styles=2, iterations=2, radius=radius, sigma=0.2)
+        x, style = torch.rand(2, 3, *size), torch.tensor([0, 1])
+        with torch.no_grad():
+            torch.testing.assert_close(flattener(x, style), plain(flattener, x, style), atol=1e-5, rtol=0)

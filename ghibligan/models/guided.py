@@ -167,6 +167,7 @@ class JointBilateralUpsampler(nn.Module):
         (height, width), (low_height, low_width) = guide.shape[-2:], guide_low.shape[-2:]
         # full resolution padded to (h·s, w·s); low resolution by one pixel, so every tap is a slice
         guide = F.pad(guide, (0, low_width * scale - width, 0, low_height * scale - height), mode="replicate")
+        guide = guide.contiguous()  # planar: its strided phases below are slow to read channels-last
         both = torch.cat([source_low.to(guide.dtype), guide_low.to(guide.dtype)], dim=1)  # (B, C + G, h, w)
         both = F.pad(both, (1, 1, 1, 1), mode="replicate")  # (B, C + G, h + 2, w + 2)
         inv_two_var = (0.5 / self.sigma.square()).to(guide.dtype)
@@ -209,19 +210,32 @@ class RegionFlattener(nn.Module):
         nn.init.constant_(self.log_sigma.weight, math.log(sigma))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        height, width, size = x.shape[-2], x.shape[-1], 2 * self.radius + 1
+        radius, (height, width) = self.radius, x.shape[-2:]
+        x = x.contiguous()  # planar: the shifted views below are 1.7x slower channels-last (3 channels)
         inv_two_var = (0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]  # (B,1,1,1)
+        # Each weight is symmetric, w(p, p + o) = w(p + o, p): computed once for the half of the window's offsets
+        # (dy, dx) > (0, 0) over the padded image, it serves the pixel at p (neighbour p + o) and the one at p + o
+        # (neighbour p). Half the distances and exponentials of a plain loop over the window.
+        half = [(dy, dx) for dy in range(radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) > (0, 0)]
         for _ in range(self.iterations):
-            padded = F.pad(x, (self.radius,) * 4, mode="replicate")
-            numerator = denominator = None
-            for dy in range(size):
-                for dx in range(size):  # one shifted view at a time: no (2r+1)² copy of the image in memory
-                    neighbour = padded[..., dy : dy + height, dx : dx + width]
-                    weight = torch.exp(-(neighbour - x).square().sum(1, keepdim=True) * inv_two_var)  # (B, 1, h, w)
-                    term = neighbour * weight
-                    numerator = term if numerator is None else numerator + term
-                    denominator = weight if denominator is None else denominator + weight
-            x = numerator / denominator  # the centre's own weight is 1: never zero
+            padded = F.pad(x, (radius,) * 4, mode="replicate")  # (B, C, H + 2r, W + 2r)
+            numerator, denominator = x, torch.ones_like(x[:, :1])  # the centre, weight 1
+            for dy, dx in half:
+                left, right = max(0, -dx), max(0, dx)  # columns of q where both q and q + o are in the padded image
+                rows_q, cols_q = slice(0, height + 2 * radius - dy), slice(left, width + 2 * radius - right)
+                rows_o, cols_o = slice(dy, height + 2 * radius), slice(left + dx, width + 2 * radius - right + dx)
+                distance = (padded[..., rows_o, cols_o] - padded[..., rows_q, cols_q]).square().sum(1, keepdim=True)
+                weight = torch.exp(-distance * inv_two_var)  # (B, 1, ...): w(q, q + o), q from (0, left)
+                # pixel p (padded p + r): neighbour p + o with w(p + r, ...); neighbour p - o with w(p + r - o, ...)
+                forward = weight[..., radius : radius + height, radius - left : radius - left + width]
+                backward = weight[
+                    ..., radius - dy : radius - dy + height, radius - dx - left : radius - dx - left + width
+                ]
+                ahead = padded[..., radius + dy : radius + dy + height, radius + dx : radius + dx + width]
+                behind = padded[..., radius - dy : radius - dy + height, radius - dx : radius - dx + width]
+                numerator = numerator + forward * ahead + backward * behind
+                denominator = denominator + forward + backward
+            x = numerator / denominator
         return x
 
 
