@@ -1,14 +1,14 @@
-"""Latency of the guided-filter student beside the bundled U-Net and the reference pix2pix ``unet_256``.
+"""Latency of the bundled three-style model beside the earlier bundled U-Net and the reference pix2pix ``unet_256``.
 
 For each model and precision, in one interleaved run (so a shared machine's load hits all alike): the minimum time of
 the bare ``model(x)`` forward on a (1, 3, H, W) tensor, and of PIL in → PIL out (tensor conversion included, one pass,
-no tiling), at 512², 1024² and 3840×2160. bf16 is measured only where the CPU computes it natively (elsewhere
-PyTorch emulates it, slower than fp32). Weights are random: speed does not depend on them. The minimum, not the
-median: on a shared machine other processes only ever add time, so the minimum is the least noisy estimate. Read the
-ratios.
+no tiling), at 512², 1024² and 3840×2160; and, for the bundled model, the product path ``Cartoonizer(image)``
+with its defaults (``dtype="auto"``; photos above 4 MP run in 1024² tiles). bf16 is measured only where the CPU
+computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the median: on a shared
+machine other processes only ever add time, so the minimum is the least noisy estimate. Read the ratios.
 
     python benchmarks/bench_student.py                       # prints a Markdown table for BENCHMARKS.md
-    python benchmarks/bench_student.py --repeats 9 --student '{"scale_factor": 4}'
+    python benchmarks/bench_student.py --repeats 9 --student '{"scale_factor": 4}'   # + a variant of the guided preset
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 from bench_inference import photo  # the same deterministic photo-like image (benchmarks/ is on sys.path)
 from PIL import Image
 
-from ghibligan import UNetGenerator
+from ghibligan import Cartoonizer, UNetGenerator
 from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
 from ghibligan.models.auto import load_generator
-from ghibligan.models.guided import GuidedFilterGenerator
+from ghibligan.models.presets import build_generator
 from ghibligan.pipeline import bundled_model_path, has_native_bf16_cpu
 
 SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
@@ -65,17 +65,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per configuration (minimum reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2, the target machine)")
-    parser.add_argument("--student", default="{}", help="GuidedFilterGenerator kwargs as JSON")
+    parser.add_argument("--student", default=None, help="also time the guided preset with these kwargs (JSON)")
     parser.add_argument("--skip_unet256_4k", action="store_true", help="unet_256 on 3840×2160 takes ~10 s a call")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    student_kwargs = {"styles": ["ghibli", "toon", "painterly"], **json.loads(args.student)}
     models = {
-        "student": GuidedFilterGenerator(**student_kwargs),
         "bundled": load_generator(bundled_model_path()),
+        "toon-painterly-unet": load_generator(bundled_model_path("toon-painterly-unet")),
         "unet_256": UNetGenerator(),
     }
+    if args.student:
+        models["student"] = build_generator("guided", **json.loads(args.student))
+    pipe = Cartoonizer.from_pretrained()  # the defaults a user gets: dtype="auto"
+    pipe.set_progress_bar_config(disable=True)
     dtypes = [torch.float32] + ([torch.bfloat16] if has_native_bf16_cpu() else [])
     rows = []
     for width, height in SIZES:
@@ -89,31 +92,33 @@ def main() -> None:
                 repeats = args.repeats if width < 2000 else max(1, args.repeats // 3)
                 row[f"{name} forward"] = min_ms(forward_fn(model, image, dtype), repeats)
                 row[f"{name} e2e"] = min_ms(end_to_end_fn(model, image, dtype), repeats)
+            if dtype == dtypes[0]:
+                row["Cartoonizer auto"] = min_ms(lambda image=image: pipe(image), repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     print(
-        f"\n## Student model latency — {date.today()} — {platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}\n"
+        f"\n## Bundled model latency — {date.today()} — {platform.machine()}, {args.threads} threads, "
+        f"torch {torch.__version__}, Cartoonizer dtype auto = {str(pipe.dtype).removeprefix('torch.')}\n"
     )
     print(f"Command: `python benchmarks/bench_student.py {' '.join(f'--{k} {v}' for k, v in vars(args).items())}`")
+    print(", ".join(f"{name} {count / 1e6:.2f} M parameters" for name, count in params.items()) + "\n")
+    names = list(models)
     print(
-        f"student = GuidedFilterGenerator({student_kwargs}), {params['student'] / 1e6:.2f} M parameters; "
-        f"bundled {params['bundled'] / 1e6:.2f} M; unet_256 {params['unet_256'] / 1e6:.1f} M\n"
+        "| size | dtype | bundled fwd (ms) | "
+        + " | ".join(f"{name} PIL→PIL (ms)" for name in names)
+        + " | Cartoonizer (ms) | unet_256 fp32 / bundled |"
     )
-    print(
-        "| size | dtype | student fwd (ms) | student PIL→PIL (ms) | bundled PIL→PIL (ms) | unet_256 PIL→PIL (ms) | "
-        "unet_256 fp32 / student |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print("|---" * (len(names) + 5) + "|")
     fp32_unet = {r["size"]: r.get("unet_256 e2e") for r in rows if r["dtype"] == "float32"}
     for r in rows:
-        unet = r.get("unet_256 e2e")
-        ratio = fp32_unet[r["size"]] / r["student e2e"] if fp32_unet[r["size"]] else float("nan")
+        ratio = fp32_unet[r["size"]] / r["bundled e2e"] if fp32_unet[r["size"]] else float("nan")
+        cells = " | ".join("–" if r.get(f"{name} e2e") is None else f"{r[f'{name} e2e']:.1f}" for name in names)
+        auto = r.get("Cartoonizer auto")
         print(
-            f"| {r['size']} | {r['dtype']} | {r['student forward']:.1f} | {r['student e2e']:.1f} | "
-            f"{r['bundled e2e']:.1f} | {unet if unet is None else f'{unet:.1f}'} | {ratio:.1f}× |"
+            f"| {r['size']} | {r['dtype']} | {r['bundled forward']:.1f} | {cells} | "
+            f"{'–' if auto is None else f'{auto:.1f}'} | {ratio:.1f}× |"
         )
 
 

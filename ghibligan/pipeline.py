@@ -41,7 +41,7 @@ from .onnx_generator import OnnxGenerator
 from .tiling import tiled_apply
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-DEFAULT_MODEL_NAME = "toon-painterly-unet"
+DEFAULT_MODEL_NAME = "ghibli-styles"
 SMOOTHING_METHODS = ("guided", "bilateral")
 BACKENDS = ("torch", "onnxruntime")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -1,6 +1,8 @@
 # The multi-style guided-filter model's training recipe (ghibli-styles), sourced by train_bundled_model.sh: change the
-# recipe here. One style-conditioned GuidedFilterGenerator learns three teachers at once; each training sample draws
-# one style (target column); no GAN (the discriminator is not style-aware), L1 + L1 on image gradients.
+# recipe here. One style-conditioned GuidedFilterGenerator (--preset guided: joint bilateral upsampling, 3 flattening
+# passes, per-style photo detail) learns three teachers at once; each training sample draws one style (target column);
+# L1 + L1 on image gradients, no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the
+# discriminator stayed at chance, docs/experiments.md).
 STYLES_TEACHERS=(toon:ghibli toon:toon toon:painterly)
 STYLES_COLUMNS=(ghibli toon painterly)
 STYLES_LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no

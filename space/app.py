@@ -276,7 +276,8 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
     with gr.Blocks(title="ghibligan — photo to cartoon", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# ghibligan\nTurn a photo into a cartoon with a fast image-to-image GAN. The default model is bundled "
-            "with ghibligan and distilled from its classical *painterly* toon teacher."
+            "with ghibligan: one model, three styles (*ghibli*, *toon*, *painterly*), each distilled from one of its "
+            "classical toon teachers."
         )
         with gr.Row():
             with gr.Column():

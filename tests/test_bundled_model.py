@@ -1,58 +1,76 @@
-"""The model bundled in the package: the default of the pipeline, the CLI and the Space, offline."""
+"""The models bundled in the package: the default (three styles) of the pipeline, the CLI and the Space, offline,
+and the earlier painterly U-Net beside it."""
 
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ghibligan import Cartoonizer, UNetGenerator, load_generator
+from ghibligan import Cartoonizer, GuidedFilterGenerator, UNetGenerator, load_generator
 from ghibligan.models.presets import build_generator
-from ghibligan.pipeline import auto_dtype, bundled_model_path
+from ghibligan.pipeline import DEFAULT_MODEL_NAME, auto_dtype, bundled_model_path
 
 from .helpers import photo_like
 
+BUNDLED = [("ghibli-styles", "guided", GuidedFilterGenerator), ("toon-painterly-unet", "bundled", UNetGenerator)]
 
-def test_bundled_checkpoint_is_complete_and_small():
-    path = bundled_model_path()
+
+@pytest.mark.parametrize("name", [name for name, _, _ in BUNDLED])
+def test_bundled_checkpoint_is_complete_and_small(name):
+    path = bundled_model_path(name)
     assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
     assert (path / "model.safetensors").stat().st_size < 10e6  # a few MB (fp16)
     json.loads((path / "metrics.json").read_text())  # the card's numbers are readable data
 
 
-def test_bundled_model_is_the_bundled_preset_and_survives_a_save_round_trip(tmp_path):
+@pytest.mark.parametrize("name, preset, cls", BUNDLED)
+def test_bundled_model_is_its_preset_and_survives_a_save_round_trip(tmp_path, name, preset, cls):
     """Its stored keys load unchanged into today's class, and re-saving it changes neither weights nor outputs."""
-    path = bundled_model_path()
+    path = bundled_model_path(name)
     model = load_generator(path)
-    assert model.config == build_generator("bundled").config  # the preset builds what ships
+    assert type(model) is cls
+    preset_config = build_generator(preset, **({"styles": model.styles} if cls is GuidedFilterGenerator else {})).config
+    assert model.config == preset_config  # the preset builds what ships
     stored = load_file(path / "model.safetensors")
     assert set(stored) == set(model.state_dict())
-    assert any(key.startswith("tone_head.mlp.") for key in stored) and "conv_out.conv.weight" in stored
     model.save_pretrained(tmp_path / "again")
-    again = UNetGenerator.from_pretrained(tmp_path / "again")
+    again = cls.from_pretrained(tmp_path / "again")
     resaved = load_file(tmp_path / "again" / "model.safetensors")
     assert set(resaved) == set(stored)
     assert all(torch.equal(resaved[key].to(stored[key].dtype), stored[key]) for key in stored)
     x = torch.rand(2, 3, 100, 70) * 2 - 1  # not a multiple of 32, taller than the tone head's 64-row chunks
     with torch.inference_mode():
         assert torch.equal(again(x), model(x))
+
+
+def test_bundled_unet_keeps_its_layout(tmp_path):
+    path = bundled_model_path("toon-painterly-unet")
+    stored = load_file(path / "model.safetensors")
+    assert any(key.startswith("tone_head.mlp.") for key in stored) and "conv_out.conv.weight" in stored
     # the removed full_res_channels (0) in the shipped config.json is not carried into new checkpoints
     assert "full_res_channels" in json.loads((path / "config.json").read_text())
-    assert "full_res_channels" not in json.loads((tmp_path / "again" / "config.json").read_text())
+    load_generator(path).save_pretrained(tmp_path)
+    assert "full_res_channels" not in json.loads((tmp_path / "config.json").read_text())
 
 
-def test_default_cartoonizer_is_the_bundled_model_in_the_auto_dtype():
+def test_default_cartoonizer_is_the_three_style_model_in_the_auto_dtype():
+    assert DEFAULT_MODEL_NAME == "ghibli-styles"
     cartoonizer = Cartoonizer.from_pretrained(device="cpu")
-    assert isinstance(cartoonizer.generator, UNetGenerator)
+    assert isinstance(cartoonizer.generator, GuidedFilterGenerator)
+    assert cartoonizer.styles == ["ghibli", "toon", "painterly"]
     assert cartoonizer.generator.conv_in.weight.dtype == auto_dtype("cpu")  # fp16 storage, computed in bf16 or fp32
     photo = photo_like(300, 200)
-    cartoon = np.asarray(cartoonizer(photo)[0], dtype=np.float32)
-    assert cartoon.shape == photo.shape
-    difference = np.abs(cartoon - photo).mean()
-    assert 1.0 < difference < 60.0  # it changes the photo, and does not destroy it
+    cartoons = {style: np.asarray(cartoonizer(photo, style=style)[0], dtype=np.float32) for style in cartoonizer.styles}
+    for cartoon in cartoons.values():
+        assert cartoon.shape == photo.shape
+        assert 1.0 < np.abs(cartoon - photo).mean() < 60.0  # it changes the photo, and does not destroy it
+    assert np.abs(cartoons["ghibli"] - cartoons["painterly"]).mean() > 1.0  # the styles differ
+    torch.testing.assert_close(np.asarray(cartoonizer(photo)[0], dtype=np.float32), cartoons["ghibli"])  # default
 
 
 def test_cli_cartoonizes_with_the_bundled_model_by_default(tmp_path):

@@ -322,7 +322,9 @@ def test_cli_export_onnx_reports_a_bad_model_folder(tmp_path, capsys):
 def test_bundled_model_runs_on_onnxruntime_like_torch():
     image = photo_like(457, 301, seed=5)
     onnx_pipe = Cartoonizer.from_pretrained(backend="onnxruntime", device="cpu")
-    got = np.asarray(onnx_pipe(image)[0], dtype=int)
-    expected = np.asarray(Cartoonizer.from_pretrained(device="cpu", dtype="float32")(image)[0], dtype=int)
-    assert np.abs(got - expected).max() <= 2
-    assert onnx_pipe.generator.config["tone_head_channels"] == 32
+    torch_pipe = Cartoonizer.from_pretrained(device="cpu", dtype="float32")
+    assert onnx_pipe.styles == torch_pipe.styles == ["ghibli", "toon", "painterly"]
+    for style in onnx_pipe.styles:
+        got = np.asarray(onnx_pipe(image, style=style)[0], dtype=int)
+        expected = np.asarray(torch_pipe(image, style=style)[0], dtype=int)
+        assert np.abs(got - expected).max() <= 2, style

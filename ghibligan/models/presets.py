@@ -71,10 +71,13 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "num_levels": 3,
             "num_blocks": 4,
             "tone_channels": 16,
+            "upsampler": "joint_bilateral",
+            "flatten_iterations": 3,
+            "photo_detail": True,
         },
-        "style-conditioned guided-filter generator (Deep Guided Filter): a FiLM U-Net at 1/2 resolution, a trainable "
-        "guided filter back to full resolution, a per-style tone head; styles ghibli, toon, painterly (the "
-        "--target_column names replace them)",
+        "the bundled three-style model's architecture: a FiLM U-Net at 1/2 resolution, 3 passes of iterated bilateral "
+        "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style photo detail and tone head; "
+        "styles ghibli, toon, painterly (the --target_column names replace them)",
     ),
     "cartoongan_resnet": GeneratorPreset(
         "ResNetGenerator",
