@@ -285,12 +285,13 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
                     label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], elem_id="photo"
                 )
                 model = gr.Dropdown(models.names, value=models.names[0], label="Model", allow_custom_value=False)
-                # the API schema lists the styles of the models loaded now ("": the chosen model's default); the page
-                # shows the chosen model's own styles (updated on load and on every model change)
+                # the API schema lists the styles of the models loaded now, and its default is "" (the chosen model's
+                # default: an API call that leaves the style out works with every model); the page shows the chosen
+                # model's own styles, its default selected (updated on load and on every model change)
                 known = list(dict.fromkeys(style for name in models.names for style in models.styles(name)))
                 first = models.styles(models.names[0])
                 style = gr.Dropdown(
-                    [("default", ""), *known], value=default_style(first) or "", label="Style",
+                    [("default", ""), *known], value="", label="Style",
                     allow_custom_value=False, visible=bool(first), elem_id="style",
                 )  # fmt: skip
                 max_side = gr.Slider(
