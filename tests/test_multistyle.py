@@ -96,21 +96,31 @@ def test_each_sample_draws_a_style_and_gets_that_columns_target():
     assert "style" not in PairedImageDataset(rows, "input_image", "toon", transform=PairTransform(32))[0]
 
 
-def test_a_multi_style_training_step_moves_weights_and_uses_each_samples_style():
+def prepared_step_parts(discriminator: PatchDiscriminator):
+    """A tiny 3-style generator, ``discriminator``, their Adam optimizers and constant schedulers, prepared by a CPU
+    `Accelerator`, and a 2-photo batch of styles 0 and 2: ``(accelerator, generator, discriminator, optimizers,
+    schedulers, batch)``."""
     accelerator = Accelerator(cpu=True)
     generator = GuidedFilterGenerator(styles=list(STYLE_COLOURS), channels=4, num_levels=2, num_blocks=1)
-    torch.nn.init.normal_(generator.conv_out.weight, std=0.1)  # a trained-looking net: FiLM reaches the output
-    discriminator = PatchDiscriminator(ndf=8, n_layers=2)
-    before = {name: p.detach().clone() for name, p in generator.named_parameters()}
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (generator, discriminator)]
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
     generator, discriminator, *rest = accelerator.prepare(generator, discriminator, *optimizers, *schedulers)
     photos = torch.stack([torch.from_numpy(photo_like(32, 32, seed=i)).permute(2, 0, 1) for i in range(2)])
     photos = photos.float() / 127.5 - 1
     batch = {"input": photos, "target": -photos, "style": torch.tensor([0, 2])}
+    return accelerator, generator, discriminator, tuple(rest[:2]), tuple(rest[2:]), batch
+
+
+def test_a_multi_style_training_step_moves_weights_and_uses_each_samples_style():
+    accelerator, generator, discriminator, optimizers, schedulers, batch = prepared_step_parts(
+        PatchDiscriminator(ndf=8, n_layers=2)
+    )
+    with torch.no_grad():
+        generator.conv_out.weight.normal_(std=0.1)  # a trained-looking net: FiLM reaches the output
+    before = {name: p.detach().clone() for name, p in generator.named_parameters()}
     objective = Pix2PixObjective(lambda_l1=1, lambda_gradient=1, lambda_adversarial=0)
     d_before = [p.detach().clone() for p in discriminator.parameters()]
-    logs = training_step(accelerator, objective, generator, discriminator, tuple(rest[:2]), tuple(rest[2:]), batch, 0)
+    logs = training_step(accelerator, objective, generator, discriminator, optimizers, schedulers, batch, 0)
     assert set(logs) == {"loss_g_l1", "loss_g_gradient"}  # no GAN term, no D step
     assert all(torch.equal(p, b) for p, b in zip(discriminator.parameters(), d_before, strict=True))
     film = generator.style_film.weight.detach()
@@ -190,21 +200,15 @@ def test_target_column_flags_name_styles_and_refuse_what_cannot_train(capsys):
 def test_a_style_aware_discriminator_sees_each_samples_style():
     """With a GAN, D's condition is the photo plus one-hot style planes: the same (photo, image) pair scores
     differently under another style, D trains, and G gets the adversarial term."""
-    accelerator = Accelerator(cpu=True)
-    generator = GuidedFilterGenerator(styles=list(STYLE_COLOURS), channels=4, num_levels=2, num_blocks=1)
-    discriminator = PatchDiscriminator(ndf=8, n_layers=2, condition_channels=3 + len(STYLE_COLOURS))
-    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (generator, discriminator)]
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
-    generator, discriminator, *rest = accelerator.prepare(generator, discriminator, *optimizers, *schedulers)
-    photos = torch.stack([torch.from_numpy(photo_like(32, 32, seed=i)).permute(2, 0, 1) for i in range(2)])
-    photos = photos.float() / 127.5 - 1
-    batch = {"input": photos, "target": -photos, "style": torch.tensor([0, 2])}
+    accelerator, generator, discriminator, optimizers, schedulers, batch = prepared_step_parts(
+        PatchDiscriminator(ndf=8, n_layers=2, condition_channels=3 + len(STYLE_COLOURS))
+    )
     objective = Pix2PixObjective(lambda_l1=1, lambda_adversarial=0.1, num_styles=len(STYLE_COLOURS))
     condition = objective.condition(batch)
     assert condition.shape == (2, 6, 32, 32)
     assert torch.equal(condition[:, 3:, 0, 0], torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))
     d_before = [p.detach().clone() for p in discriminator.parameters()]
-    logs = training_step(accelerator, objective, generator, discriminator, tuple(rest[:2]), tuple(rest[2:]), batch, 0)
+    logs = training_step(accelerator, objective, generator, discriminator, optimizers, schedulers, batch, 0)
     assert {"loss_d", "loss_g_gan", "loss_g_l1"} <= set(logs)
     assert not all(torch.equal(p, b) for p, b in zip(discriminator.parameters(), d_before, strict=True))
     with torch.no_grad():
