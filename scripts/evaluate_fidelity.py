@@ -315,8 +315,8 @@ def export(args, metrics: dict) -> None:
     )
     notes = f"\n{args.notes}\n" if args.notes else ""
     details = f"""Distilled from the classical toon teacher `{args.teacher}`: trained with ghibligan's own tools to
-reproduce that teacher, **not** on Studio Ghibli images. It is a fast default that shows the pipeline working
-offline; train your own on a Ghibli pairs dataset or a diffusion teacher for a real Ghibli look.
+reproduce that teacher, **not** on Studio Ghibli images. It is a fast single-style model that shows the pipeline
+working offline; train your own on a Ghibli pairs dataset or a diffusion teacher for a real Ghibli look.
 
 | | |
 | --- | --- |
@@ -331,9 +331,13 @@ offline; train your own on a Ghibli pairs dataset or a diffusion teacher for a r
 {structure_row}
 {extra_rows}
 {notes}
-Reproduce it from scratch on a CPU (about 15 minutes on 2 cores): `bash scripts/train_bundled_model.sh PHOTOS_DIR`.
+Reproduce it from scratch on a CPU (about 15 minutes on 2 cores): `MODEL=toon-painterly-unet bash
+scripts/train_bundled_model.sh PHOTOS_DIR`.
 {WEIGHTS_NOTE}"""
-    description = f"the default model bundled with ghibligan, distilled from the `{args.teacher}` teacher."
+    description = (
+        "a model bundled with ghibligan (the default before the three-style `ghibli-styles`), distilled from the "
+        f"`{args.teacher}` teacher."
+    )
     summary = {k: metrics[k] for k in ("all", "dark")}
     if reference:
         summary["reference"] = {k: reference[k] for k in ("model", "config", "steps", "all", "dark")}
