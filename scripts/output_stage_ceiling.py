@@ -28,20 +28,23 @@ from tqdm.auto import tqdm
 
 from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
 from ghibligan.metrics import flat_share, gradient_energy
-from ghibligan.models.guided import GuidedFilter, StyleColorMap
+from ghibligan.models.guided import GuidedFilter, JointBilateralUpsampler, StyleColorMap
 
 
 @torch.no_grad()
 def output_stage(
     photo: torch.Tensor, teacher: torch.Tensor, surface: str, scale_factor: int, upsampler: str = "guided"
 ) -> torch.Tensor:
-    """The guided filter (the model's default radius 1, eps 1e-3) from a fixed low-resolution surface; or, with
-    ``upsampler="bilinear"``, the surface upsampled bilinearly (no photo guidance: no texture, soft boundaries)."""
+    """The guided filter (radius 1, eps 1e-3) from a fixed low-resolution surface; with ``upsampler="bilinear"``, the
+    surface upsampled bilinearly (no photo guidance: no texture, soft boundaries); with ``"joint_bilateral"``, the
+    bundled model's `JointBilateralUpsampler` (σ 0.1, its initial value)."""
     size = [-(-side // scale_factor) for side in photo.shape[-2:]]
     low = F.interpolate(photo, size=size, mode="area")
     source = low if surface == "photo" else F.interpolate(teacher, size=size, mode="area")
     if upsampler == "bilinear":
         return F.interpolate(source, size=photo.shape[-2:], mode="bilinear", align_corners=False)
+    if upsampler == "joint_bilateral":
+        return JointBilateralUpsampler(scale_factor, sigma=0.1)(low, source, photo)
     return GuidedFilter(3, radius=1, eps=1e-3)(low, source, photo)
 
 
@@ -75,7 +78,9 @@ def main() -> None:
     parser.add_argument("--columns", nargs="+", default=["target_image"], help="Teacher columns to score.")
     parser.add_argument("--surfaces", nargs="+", default=["photo", "teacher"], choices=["photo", "teacher"])
     parser.add_argument("--scale_factors", nargs="+", type=int, default=[2], help="Low-resolution scales (2).")
-    parser.add_argument("--upsamplers", nargs="+", default=["guided"], choices=["guided", "bilinear"])
+    parser.add_argument(
+        "--upsamplers", nargs="+", default=["guided"], choices=["guided", "bilinear", "joint_bilateral"]
+    )
     parser.add_argument("--steps", type=int, default=600, help="Adam steps fitting the colour map (600).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
