@@ -68,6 +68,7 @@ from ghibligan.data import (
 from ghibligan.data_cache import DecodedPairs, available_cores, collate_decoded_pairs
 from ghibligan.losses import GAN_MODES, CartoonGANObjective, Objective, Pix2PixObjective
 from ghibligan.models import load_generator
+from ghibligan.models.guided import UPSAMPLERS
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
 from ghibligan.models.vgg import DEFAULT_VGG19_WEIGHTS, VGG19Features
 from ghibligan.training import fit_tone_head, lr_lambda, seed_step, tone_head_samples, training_step, validate
@@ -230,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--upsampler",
         default=None,
-        choices=["guided_filter", "joint_bilateral"],
+        choices=UPSAMPLERS,
         help="guided: how the low-resolution surface reaches full resolution: a guided filter (A * photo + b) or joint "
         "bilateral upsampling (a mix of nearby surface values; flat regions stay flat).",
     )

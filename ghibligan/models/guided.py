@@ -244,7 +244,8 @@ class StyleColorMap(nn.Module):
     identity at initialisation (last layer and style biases zero).
 
     Run on full-resolution images in slices of ``inference_rows`` rows at inference, so the hidden activations stay
-    in cache.
+    in cache. Computes in the dtype of its input, whatever its weights' (they are tiny, and cast per call): the
+    generator feeds it float32 on CPU from a bf16 model.
 
     Args:
         channels (`int`): image channels.
@@ -273,17 +274,11 @@ class StyleColorMap(nn.Module):
         return x + F.conv2d(hidden, *weights[-1])
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        # On CPU in float32 whatever the model's dtype: bf16 1x1 convs of 3-16 channels are 2x slower there (5.6 vs
-        # 10.8 ms at 512², the bundled model), and the map is tiny, so casting its weights costs nothing.
-        dtype = x.dtype
-        compute = torch.float32 if x.device.type == "cpu" else dtype
-        weights = [(layer.weight.to(compute), layer.bias.to(compute)) for layer in [*self.hidden_layers, self.conv_out]]
-        biases = self.style_bias(style).to(compute)[:, :, None, None].chunk(len(self.hidden_layers), dim=1)
-        x = x.to(compute)
+        weights = [(layer.weight.to(x.dtype), layer.bias.to(x.dtype)) for layer in [*self.hidden_layers, self.conv_out]]
+        biases = self.style_bias(style).to(x.dtype)[:, :, None, None].chunk(len(self.hidden_layers), dim=1)
         if self.training or x.shape[-2] <= self.inference_rows:
-            return self._map(x, biases, weights).to(dtype)
-        rows = [self._map(part, biases, weights) for part in x.split(self.inference_rows, dim=-2)]
-        return torch.cat(rows, dim=-2).to(dtype)
+            return self._map(x, biases, weights)
+        return torch.cat([self._map(rows, biases, weights) for rows in x.split(self.inference_rows, dim=-2)], dim=-2)
 
 
 class InkLines(nn.Module):
@@ -514,26 +509,26 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
 
         # 2. the cartoon's surface at low resolution
         surface_low, line_gate = self._low_res_net(low, style)  # (B, 3, h, w), (B, 0 or 1, h, w)
-        # The per-pixel stages below are elementwise and weightless (or nearly): on CPU they run in float32 whatever
-        # the model's dtype, where bf16 elementwise work is slower than float32 (512², bundled model: 53 → 39 ms)
+        # The per-pixel stages below are elementwise or tiny 1x1 convs: on CPU they run in float32 whatever the
+        # model's dtype, as bf16 is slower there for such work (the bundled model in bf16 at 512²: 53 → 35 ms)
         compute = torch.float32 if sample.device.type == "cpu" else sample.dtype
         if self.flattener is not None:  # plateaus: flat regions, sharp borders
             surface_low = self.flattener(surface_low.to(compute), style)
 
         # 3. the guide, at both resolutions (the same per-pixel map)
-        guide, guide_low = sample, low
+        photo, photo_low = sample.to(compute), low.to(compute)  # (no copies in float32 or off CPU)
+        guide, guide_low = photo, photo_low
         if self.guide_map is not None:
-            guide, guide_low = self.guide_map(sample, style), self.guide_map(low, style)  # (B, 3, H, W), (B, 3, h, w)
+            guide, guide_low = self.guide_map(photo, style), self.guide_map(photo_low, style)  # (B, 3, H, W), (h, w)
 
         # 4. to full resolution, edge-aware: local linear models of the guide fitted at low resolution (guided
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
         upsample = self.guided_filter if hasattr(self, "guided_filter") else self.joint_bilateral
-        surface = upsample(guide_low.to(compute), surface_low.to(compute), guide.to(compute)).clamp(-1, 1)
+        surface = upsample(guide_low, surface_low.to(compute), guide).clamp(-1, 1)
 
         # the photo's own fine detail, as much as the style keeps
         if self.style_detail is not None:
-            low_up = F.interpolate(low.to(compute), size=(height, width), mode="bilinear", align_corners=False)
-            detail = sample.to(compute) - low_up  # (B, 3, H, W)
+            detail = photo - F.interpolate(photo_low, size=(height, width), mode="bilinear", align_corners=False)
             surface = torch.addcmul(surface, self.style_detail(style).to(detail.dtype)[:, :, None, None], detail)
 
         # 5. per-pixel colour map at full resolution (levels, grading)
