@@ -81,8 +81,8 @@ GENERATOR_SHORTHANDS = {"unet": "unet_256", "resnet": "cartoongan_resnet"}
 # Model flags that override the preset's __init__ kwargs (None: not given, keep the preset's value)
 GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
-    "residual", "tone_head_channels", "n_blocks", "scale_factor", "upsampler", "line_channels", "flatten_iterations",
-    "photo_detail",
+    "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
+    "tone_channels", "upsampler", "line_channels", "flatten_iterations", "photo_detail",
 )  # fmt: skip
 
 
@@ -227,6 +227,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--n_blocks", type=int, default=None, help="ResNet residual blocks (cartoongan_resnet: 8).")
     model.add_argument(
         "--scale_factor", type=int, default=None, help="guided: the network runs at 1/this resolution (2)."
+    )
+    model.add_argument(
+        "--channels", type=int, default=None, help="guided: width of the low-resolution network's first level (8)."
+    )
+    model.add_argument(
+        "--num_levels", type=int, default=None, help="guided: stride-2 levels of the low-resolution network (3)."
+    )
+    model.add_argument(
+        "--num_blocks", type=int, default=None, help="guided: FiLM residual blocks at the network's coarsest level (4)."
+    )
+    model.add_argument(
+        "--tone_channels",
+        type=int,
+        default=None,
+        help="guided: hidden width of the full-resolution per-pixel tone head (16; 0 = off).",
     )
     model.add_argument(
         "--upsampler",

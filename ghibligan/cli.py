@@ -249,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         cartoonize, "--smoothing_method", default="guided", choices=["guided", "bilateral"], help="smoothing filter"
     )
     cartoonize.add_argument(
-        "--tile", type=int, default=None, help="tile side for large images (default: automatic above 4 MP; 0: never)"
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side for large images (default: 1024² tiles where one pass would need over 1 GiB; 0: never)",
     )
     _add_option(
         cartoonize, "--batch_size", type=int, default=4, help="equal-sized photos, or video frames, run together (4)"

@@ -46,6 +46,12 @@ SMOOTHING_METHODS = ("guided", "bilateral")
 BACKENDS = ("torch", "onnxruntime")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_ACTIVATION_BYTES = 16 * 2**30  # one generator pass; the Space sets a lower limit
+# Images are tiled automatically when one pass would need more activation memory than this (estimated on the meta
+# device). Tiling is for memory only: the tiles' overlap costs time (3840×2160 in 1024² tiles: 1.5× the pixels; the
+# bundled model ran 1.5× and toon-painterly-unet 1.8× slower tiled than in one pass, benchmarks/bench_student.py). At
+# 1 GiB both bundled models run 3840×2160 in one pass in bf16 (0.48 / 0.57 GiB estimated); unet_256 does not.
+DEFAULT_AUTO_TILE_BYTES = 2**30
+DEFAULT_AUTO_TILE_PIXELS = 2048 * 2048  # the rule for generators whose memory cannot be estimated (ONNX sessions)
 # On CPU, a pass whose activations outgrow the caches costs more per image than one image at a time (bundled model,
 # 256² photos: 11.3 ms per image alone, 11.7 / 12.6 / 13.0 / 16.2 in passes of 2 / 3 / 4 / 16); batching pays while it
 # amortizes reading the weights (unet_256: 90 ms alone, 78 in passes of 4-16). So a CPU pass holds at most
@@ -150,8 +156,11 @@ class Cartoonizer:
             (see `auto_dtype`: bf16 on CUDA GPUs and CPUs with native bf16, else float32; float32 for an
             `OnnxGenerator`). Pass ``"float32"`` (or ``torch.float32``) for full precision everywhere, or
             ``"bfloat16"`` / ``"float16"``.
-        tile_size (`int`, *optional*, defaults to 1024): tile side for images above ``auto_tile_pixels``.
-        auto_tile_pixels (`int`, *optional*, defaults to 2048 * 2048): images with more pixels are tiled.
+        tile_size (`int`, *optional*, defaults to 1024): tile side of automatic tiling.
+        auto_tile_bytes (`int`, *optional*, defaults to 1 GiB): an image is tiled automatically when one generator
+            pass over it is estimated to need more activation memory than this (`activation_bytes`).
+        auto_tile_pixels (`int`, *optional*): tile images with more pixels than this instead, whatever their memory;
+            also the rule for generators whose memory cannot be estimated (an `OnnxGenerator`: 2048² by default).
     """
 
     def __init__(
@@ -160,10 +169,17 @@ class Cartoonizer:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = "auto",
         tile_size: int = 1024,
-        auto_tile_pixels: int = 2048 * 2048,
+        auto_tile_bytes: int = DEFAULT_AUTO_TILE_BYTES,
+        auto_tile_pixels: int | None = None,
     ):
+        for name, value in (("tile_size", tile_size), ("auto_tile_bytes", auto_tile_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if auto_tile_pixels is not None and (not isinstance(auto_tile_pixels, int) or auto_tile_pixels < 1):
+            raise ValueError(f"`auto_tile_pixels` must be a positive integer or None, got {auto_tile_pixels!r}.")
         self.generator = generator.eval()
         self.tile_size = tile_size
+        self.auto_tile_bytes = auto_tile_bytes
         self.auto_tile_pixels = auto_tile_pixels
         self._meta_generator: nn.Module | None = None  # shapes only, to estimate memory (see `activation_bytes`)
         self._activation_bytes: dict[tuple, int] = {}
@@ -182,7 +198,8 @@ class Cartoonizer:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = "auto",
         tile_size: int = 1024,
-        auto_tile_pixels: int = 2048 * 2048,
+        auto_tile_bytes: int = DEFAULT_AUTO_TILE_BYTES,
+        auto_tile_pixels: int | None = None,
         backend: str = "torch",
         **kwargs,
     ) -> Cartoonizer:
@@ -203,7 +220,14 @@ class Cartoonizer:
             generator = load_onnx_generator(path, **kwargs)
         else:
             generator = load_generator(path, **kwargs)
-        return cls(generator, device=device, dtype=dtype, tile_size=tile_size, auto_tile_pixels=auto_tile_pixels)
+        return cls(
+            generator,
+            device=device,
+            dtype=dtype,
+            tile_size=tile_size,
+            auto_tile_bytes=auto_tile_bytes,
+            auto_tile_pixels=auto_tile_pixels,
+        )
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Cartoonizer:
         """Move the generator to ``device`` and/or cast it to ``dtype``; returns self."""
@@ -385,10 +409,16 @@ class Cartoonizer:
         return 1 if self.device.type == "cpu" else 8
 
     def _tile_side(self, height: int, width: int, tile: int | None) -> int:
-        """Tile side to use for this image, or 0 for a single pass."""
+        """Tile side to use for this image, or 0 for a single pass: ``tile`` if given, else `tile_size` where one
+        pass would need more than `auto_tile_bytes` (or the image has more than `auto_tile_pixels`)."""
         if tile is not None:
             return tile if tile and max(height, width) > tile else 0
-        return self.tile_size if height * width > self.auto_tile_pixels else 0
+        if max(height, width) <= self.tile_size:
+            return 0
+        needed = self.activation_bytes(height, width) if self.auto_tile_pixels is None else None
+        if needed is None:
+            return self.tile_size if height * width > (self.auto_tile_pixels or DEFAULT_AUTO_TILE_PIXELS) else 0
+        return self.tile_size if needed > self.auto_tile_bytes else 0
 
     @torch.inference_mode()
     def __call__(
@@ -414,8 +444,8 @@ class Cartoonizer:
             style (`str` or `int`, *optional*): for a style-conditioned model, one of `styles` (a name or an index);
                 defaults to its first style. A model without styles takes none.
             max_side (`int`, *optional*): downscale so the longer side is at most this (never upscales).
-            tile (`int`, *optional*): tile side for tiled inference; ``None`` tiles automatically above
-                ``auto_tile_pixels``, ``0`` never tiles.
+            tile (`int`, *optional*): tile side for tiled inference; ``None`` tiles in `tile_size` squares where one
+                pass would need more than `auto_tile_bytes` of memory (see `Cartoonizer`), ``0`` never tiles.
             tile_overlap (`int`, *optional*, defaults to 64): overlap between tiles, blended linearly.
             smoothing (`float`, *optional*): edge-preserving smoothing of the output, strength in [0, 1].
             smoothing_method (`str`, *optional*, defaults to `"guided"`): ``"guided"`` or ``"bilateral"``.

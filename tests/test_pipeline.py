@@ -129,12 +129,61 @@ def test_tiled_matches_untiled_away_from_seams(tmp_path):
 
 
 def test_large_images_are_tiled_automatically_with_bounded_tile_size(tmp_path):
-    pipe = Cartoonizer.from_pretrained(save_tiny_resnet(tmp_path / "r"), device="cpu", tile_size=512)
+    pipe = Cartoonizer.from_pretrained(
+        save_tiny_resnet(tmp_path / "r"), device="cpu", dtype="float32", tile_size=512, auto_tile_bytes=2**20
+    )
+    assert pipe.activation_bytes(2160, 3840) > 2**20  # so this photo's one pass is over the budget
     seen = []
     pipe.generator.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
     (out,) = pipe(np.zeros((2160, 3840, 3), np.uint8))
     assert out.size == (3840, 2160)
     assert len(seen) > 1 and all(shape[-1] <= 512 and shape[-2] <= 512 for shape in seen)
+
+
+def test_automatic_tiling_follows_the_estimated_memory_of_one_pass(tmp_path):
+    """Tiling costs time (the overlap), so an image is tiled only where one pass would need more than
+    `auto_tile_bytes`; `auto_tile_pixels` tiles by size instead."""
+    folder = save_tiny_resnet(tmp_path / "r")
+    image = photo_like(1100, 700, seed=3)  # 1100 × 700: 0.77 MP, above tile_size=512 on both sides
+    needed = Cartoonizer.from_pretrained(folder, device="cpu", dtype="float32").activation_bytes(700, 1100)
+    for kwargs, tiled in (
+        ({"auto_tile_bytes": needed}, False),  # fits exactly: one pass
+        ({"auto_tile_bytes": needed - 1}, True),
+        ({"auto_tile_bytes": needed, "auto_tile_pixels": 700 * 1100 - 1}, True),  # the pixel rule, whatever memory
+        ({"auto_tile_bytes": needed - 1, "auto_tile_pixels": 700 * 1100}, False),
+    ):
+        pipe = Cartoonizer.from_pretrained(folder, device="cpu", dtype="float32", tile_size=512, **kwargs)
+        seen = []
+        pipe.generator.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(tuple(args[0].shape)))
+        (out,) = pipe(image)
+        assert out.size == (1100, 700)
+        if tiled:
+            assert len(seen) > 1 and all(shape[-2] <= 512 and shape[-1] <= 512 for shape in seen), kwargs
+        else:
+            assert len(seen) == 1 and seen[0][-2:] == (700, 1100), kwargs
+
+
+def test_the_bundled_model_runs_3840x2160_in_one_pass_and_unet_256_in_tiles():
+    from ghibligan.models.limits import build_on_meta
+    from ghibligan.models.presets import build_generator
+
+    bundled = Cartoonizer.from_pretrained(device="cpu", dtype="float32")
+    assert bundled._tile_side(2160, 3840, None) == 0
+    unet_256 = Cartoonizer(build_on_meta(type(build_generator("unet_256")), {}), device="meta", dtype="float32")
+    assert unet_256._tile_side(2160, 3840, None) == 1024
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tile_size": 0}, "`tile_size` must be a positive integer"),
+        ({"auto_tile_bytes": -1}, "`auto_tile_bytes` must be a positive integer"),
+        ({"auto_tile_pixels": 0}, "`auto_tile_pixels` must be a positive integer or None"),
+    ],
+)
+def test_bad_tiling_settings_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Cartoonizer.from_pretrained(save_tiny_resnet(tmp_path / "r"), device="cpu", **kwargs)
 
 
 def test_tile_layout_covers_the_image():

@@ -510,8 +510,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # 2. the cartoon's surface at low resolution
         surface_low, line_gate = self._low_res_net(low, style)  # (B, 3, h, w), (B, 0 or 1, h, w)
         # The per-pixel stages below are elementwise or tiny 1x1 convs: on CPU they run in float32 whatever the
-        # model's dtype, as bf16 is slower there for such work (the bundled model in bf16 at 512²: 53 → 35 ms)
-        compute = torch.float32 if sample.device.type == "cpu" else sample.dtype
+        # model's dtype, as bf16 is slower there for such work (the bundled model in bf16 at 512²: 53 → 35 ms). On the
+        # meta device (memory estimates, `ghibligan.models.limits`) as on CPU: the larger of the two
+        compute = torch.float32 if sample.device.type in ("cpu", "meta") else sample.dtype
         if self.flattener is not None:  # plateaus: flat regions, sharp borders
             surface_low = self.flattener(surface_low.to(compute), style)
 
