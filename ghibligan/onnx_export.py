@@ -55,6 +55,8 @@ DEFAULT_OPSET = 18
 EXPORT_FORMAT = 2  # bump when the graph's contract (inputs, metadata) changes: invalidates cached exports
 VERIFY_TOLERANCE = 1e-3  # max |onnxruntime - torch| in [-1, 1] units: 0.13 grey levels; float error is ~1e-6
 
+_UNSET = object()  # an attribute a module did not set on itself
+
 
 def _check_exportable(model: nn.Module) -> int:
     """Refuse, with a reason, what is not a ghibligan image generator; return its ``size_multiple``."""
@@ -76,19 +78,19 @@ def _check_exportable(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def _single_pass_rows(model: nn.Module) -> Iterator[None]:
-    """Make modules with row-chunked inference (``inference_rows``, the tone head) take their single-pass path."""
-    chunked = [module for module in model.modules() if hasattr(module, "inference_rows")]
-    saved = [module.__dict__.get("inference_rows") for module in chunked]
-    for module in chunked:
-        module.inference_rows = 2**31 - 1  # beyond any height the exported shapes allow
+    """Make modules with row-sliced inference (``inference_pixels``, the tone heads) take their single-pass path."""
+    sliced = [module for module in model.modules() if hasattr(module, "inference_pixels")]
+    saved = [module.__dict__.get("inference_pixels", _UNSET) for module in sliced]
+    for module in sliced:
+        module.inference_pixels = None
     try:
         yield
     finally:
-        for module, value in zip(chunked, saved, strict=True):
-            if value is None:
-                del module.inference_rows  # back to the class attribute
+        for module, value in zip(sliced, saved, strict=True):
+            if value is _UNSET:
+                del module.inference_pixels  # back to the class attribute
             else:
-                module.inference_rows = value
+                module.inference_pixels = value
 
 
 @contextlib.contextmanager

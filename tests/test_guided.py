@@ -14,7 +14,9 @@ from ghibligan.models.guided import (
     GuidedFilterGenerator,
     JointBilateralUpsampler,
     RegionFlattener,
+    StyleColorMap,
     box_filter,
+    row_slices,
 )
 
 STYLES = ["toon", "painterly"]
@@ -348,3 +350,47 @@ def test_region_flattener_equals_the_plain_window_loop():
         x, style = torch.rand(2, 3, *size), torch.tensor([0, 1])
         with torch.no_grad():
             torch.testing.assert_close(flattener(x, style), plain(flattener, x, style), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_color_map_slices_of_rows_at_inference_equal_one_pass(memory_format):
+    color_map = StyleColorMap(3, 8, num_styles=2)
+    with torch.no_grad():
+        color_map.conv_out.weight.normal_(0, 0.3)
+        color_map.style_bias.weight.normal_(0, 0.3)
+    color_map.inference_pixels = 37 * 10  # 10 rows a slice: 5 slices, the last one shorter
+    image = (torch.rand(2, 3, 41, 37) * 2 - 1).contiguous(memory_format=memory_format)
+    style = torch.tensor([1, 0])
+    passes, map_rows = [], color_map._map
+    color_map._map = lambda rows, *args: passes.append(rows.shape[-2]) or map_rows(rows, *args)
+    with torch.no_grad():
+        sliced, whole = color_map.eval()(image, style), color_map.train()(image, style)
+    assert passes == [10, 10, 10, 10, 1, 41]
+    torch.testing.assert_close(sliced, whole)
+    assert not torch.equal(whole, image)
+
+
+@pytest.mark.parametrize("size, scale_factor", [((37, 81), 2), ((301, 203), 3), ((64, 64), 2)])
+def test_flattener_and_upsampler_in_slices_of_rows_equal_one_pass(size, scale_factor):
+    """At inference the flattener and the joint bilateral upsampler run in slices of rows (with a halo of their reach)
+    so their tensors stay in cache: the result is the one-pass result, bit for bit, at any slice size."""
+    torch.manual_seed(0)
+    height, width = size
+    low_height, low_width = -(-height // scale_factor), -(-width // scale_factor)
+    upsampler = JointBilateralUpsampler(scale_factor, sigma=0.2).eval()
+    flattener = RegionFlattener(num_styles=2, iterations=3, radius=2).eval()
+    guide_low, source_low = torch.rand(2, 3, low_height, low_width), torch.rand(2, 3, low_height, low_width) * 2 - 1
+    guide, style = torch.rand(2, 3, height, width), torch.tensor([1, 0])
+    upsampler.inference_pixels = flattener.inference_pixels = None
+    upsampled, flattened = upsampler(guide_low, source_low, guide), flattener(source_low, style)
+    for pixels in (1, low_width, 7 * low_width + 3, low_height * low_width - 1):  # 1 row a slice ... 2 slices
+        upsampler.inference_pixels = flattener.inference_pixels = pixels
+        assert torch.equal(upsampler(guide_low, source_low, guide), upsampled), pixels
+        assert torch.equal(flattener(source_low, style), flattened), pixels
+    assert not torch.equal(flattened, source_low)  # the flattener did something to compare
+
+
+def test_row_slices_cover_every_row_once_with_their_halo():
+    slices = row_slices(10, rows=4, halo=2)
+    assert slices == [(0, 6, 0, 4), (2, 10, 4, 8), (6, 10, 8, 10)]
+    assert [row for _, _, start, stop in slices for row in range(start, stop)] == list(range(10))

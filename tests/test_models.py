@@ -181,8 +181,13 @@ def test_tone_head_is_a_per_pixel_colour_map_that_starts_as_the_identity():
     by_pixel = head(pixels).reshape(1, 64, 3).transpose(1, 2).reshape(1, 3, 8, 8)
     torch.testing.assert_close(head(image), by_pixel)  # a function of each pixel's own colour
     assert not torch.equal(head(image), image)
-    tall = torch.rand(2, 3, 150, 20) * 2 - 1  # inference runs 64 rows at a time: the same result as all at once
+    tall = torch.rand(2, 3, 150, 20) * 2 - 1  # inference runs slices of rows: the same result as all at once
+    head.inference_pixels = 20 * 64  # 64 rows a slice: 3 slices, the last one shorter
+    sliced = []
+    handle = head.mlp.register_forward_hook(lambda module, args, output: sliced.append(output.shape[-2]))
     torch.testing.assert_close(head.eval()(tall), head.train()(tall))
+    handle.remove()
+    assert sliced == [64, 64, 22, 150]  # eval: three slices; train: one pass
     widths = [layer.out_channels for layer in head.mlp if isinstance(layer, torch.nn.Conv2d)]
     assert widths == [6, 6, 3] and all(layer.kernel_size == (1, 1) for layer in head.mlp[::2])
     assert UNetGenerator(ngf=8, tone_head_channels=0).tone_head is None

@@ -227,7 +227,7 @@ def test_runner_refuses_a_foreign_onnx_file(tmp_path):
 def test_export_leaves_the_model_as_it_was(tmp_path):
     model = UNetGenerator(num_downs=4, ngf=8, tone_head_channels=4).train()
     export_onnx(model, tmp_path)
-    assert model.training and "inference_rows" not in model.tone_head.__dict__
+    assert model.training and "inference_pixels" not in model.tone_head.__dict__
 
 
 # -- checkpoints, the pipeline, the CLI -------------------------------------------------------------------------------
