@@ -196,19 +196,24 @@ class JointBilateralUpsampler(nn.Module):
         guide = guide.contiguous()  # planar: its strided phases below are slow to read channels-last
         both = torch.cat([source_low.to(guide.dtype), guide_low.to(guide.dtype)], dim=1)  # (B, C + G, h, w)
         both = F.pad(both, (1, 1, 1, 1), mode="replicate")  # (B, C + G, h + 2, w + 2)
-        inv_two_var = (0.5 / self.sigma.square()).to(guide.dtype)
+        minus_inv_two_var = (-0.5 / self.sigma.square()).to(guide.dtype)
+        # the full-resolution pixels of each phase, as contiguous planes: (B, G, s, s, h, w)
+        guide_phases = F.pixel_unshuffle(guide, scale).unflatten(1, (-1, scale, scale))
         phases = []
         for a in range(scale):
             for b in range(scale):
-                pixels = guide[..., a::scale, b::scale]  # (B, G, h, w): the full-resolution pixels of this phase
+                pixels = guide_phases[:, :, a, b]  # (B, G, h, w): the full-resolution pixels of phase (a, b)
                 numerator = denominator = None
                 for (dy, wy), (dx, wx) in itertools.product(_bilinear_taps(a, scale), _bilinear_taps(b, scale)):
                     tap = both[..., 1 + dy : 1 + dy + low_height, 1 + dx : 1 + dx + low_width]  # (B, C + G, h, w)
                     distance = (pixels - tap[:, channels:]).square().sum(1, keepdim=True)  # (B, 1, h, w)
-                    weight = torch.exp(-distance * inv_two_var) * (wy * wx) + 1e-6  # never all zero
-                    term = tap[:, :channels] * weight
-                    numerator = term if numerator is None else numerator + term
-                    denominator = weight if denominator is None else denominator + weight
+                    # bilinear weight × range weight = exp(log(wy·wx) - d²/2σ²), + 1e-6: never all zero
+                    weight = (distance * minus_inv_two_var).add_(math.log(wy * wx)).exp_() + 1e-6
+                    if numerator is None:
+                        numerator, denominator = tap[:, :channels] * weight, weight
+                    else:  # in place: autograd needs none of the sums' values
+                        numerator.addcmul_(tap[:, :channels], weight)
+                        denominator = denominator + weight
                 phases.append(numerator / denominator)  # (B, C, h, w)
         interleaved = F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), scale)  # (B, C, h·s, w·s)
         return interleaved[..., :height, :width]
@@ -259,15 +264,16 @@ class RegionFlattener(nn.Module):
         # (dy, dx) > (0, 0) over the padded image, it serves the pixel at p (neighbour p + o) and the one at p + o
         # (neighbour p). Half the distances and exponentials of a plain loop over the window.
         half = [(dy, dx) for dy in range(radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) > (0, 0)]
+        minus_inv_two_var = -inv_two_var
         for _ in range(self.iterations):
             padded = F.pad(x, (radius,) * 4, mode="replicate")  # (B, C, H + 2r, W + 2r)
-            numerator, denominator = x, torch.ones_like(x[:, :1])  # the centre, weight 1
+            numerator, denominator = x.clone(), 1.0  # the centre, weight 1 (numerator accumulates in place)
             for dy, dx in half:
                 left, right = max(0, -dx), max(0, dx)  # columns of q where both q and q + o are in the padded image
                 rows_q, cols_q = slice(0, height + 2 * radius - dy), slice(left, width + 2 * radius - right)
                 rows_o, cols_o = slice(dy, height + 2 * radius), slice(left + dx, width + 2 * radius - right + dx)
                 distance = (padded[..., rows_o, cols_o] - padded[..., rows_q, cols_q]).square().sum(1, keepdim=True)
-                weight = torch.exp(-distance * inv_two_var)  # (B, 1, ...): w(q, q + o), q from (0, left)
+                weight = (distance * minus_inv_two_var).exp_()  # (B, 1, ...): w(q, q + o), q from (0, left)
                 # pixel p (padded p + r): neighbour p + o with w(p + r, ...); neighbour p - o with w(p + r - o, ...)
                 forward = weight[..., radius : radius + height, radius - left : radius - left + width]
                 backward = weight[
@@ -275,8 +281,9 @@ class RegionFlattener(nn.Module):
                 ]
                 ahead = padded[..., radius + dy : radius + dy + height, radius + dx : radius + dx + width]
                 behind = padded[..., radius - dy : radius - dy + height, radius - dx : radius - dx + width]
-                numerator = numerator + forward * ahead + backward * behind
-                denominator = denominator + forward + backward
+                # in place: a pass over the image fewer per term, and autograd needs none of the sums' values
+                numerator.addcmul_(forward, ahead).addcmul_(backward, behind)
+                denominator = forward + backward + denominator
             x = numerator / denominator
         return x
 
