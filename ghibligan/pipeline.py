@@ -131,16 +131,42 @@ def smooth(image: np.ndarray, strength: float, method: str = "guided", strip_pix
     return output
 
 
+# On CPU the uint8 conversions run in slices of rows of about this many pixels, each pass over a slice in cache
+# (3840×2160: 52 → 32 ms in, 87 → 24 ms out); on accelerators in one pass (one kernel each)
+CONVERSION_SLICE_PIXELS = 65536
+
+
+def _conversion_rows(images: torch.Tensor, height: int, width: int) -> int:
+    """Rows per slice of the uint8 conversions: all of them off the CPU."""
+    return height if images.device.type != "cpu" else max(1, CONVERSION_SLICE_PIXELS // max(1, width))
+
+
 def uint8_to_model_input(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(B, H, W, 3) uint8 → (B, 3, H, W) in [-1, 1] of ``dtype``, on the same device, channels-last (a view of the
-    permuted pixels: no copy of the layout). Normalized in float32, as `pil_to_tensor` does, then cast."""
-    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).to(dtype)
+    """(B, H, W, 3) uint8 → (B, 3, H, W) in [-1, 1] of ``dtype``, on the same device, channels-last. Normalized in
+    float32, as `pil_to_tensor` does, then cast."""
+    batch, height, width, channels = images.shape
+    rows = _conversion_rows(images, height, width)
+    if rows >= height:  # channels-last: a view of the permuted pixels, no copy of the layout
+        return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).to(dtype)
+    out = torch.empty(batch, height, width, channels, dtype=dtype, device=images.device).permute(0, 3, 1, 2)
+    for start in range(0, height, rows):
+        part = images[:, start : start + rows].permute(0, 3, 1, 2)
+        out[:, :, start : start + rows] = part.float().div_(127.5).sub_(1.0)
+    return out
 
 
 def model_output_to_uint8(output: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] → (B, H, W, 3) uint8 on the same device, rounded as `tensor_to_uint8` does."""
-    pixels = output.float().clamp(-1, 1).add_(1).mul_(127.5).round_()
-    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    batch, channels, height, width = output.shape
+    rows = _conversion_rows(output, height, width)
+    if rows >= height:
+        pixels = output.float().clamp(-1, 1).add_(1).mul_(127.5).round_()
+        return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    out = torch.empty(batch, height, width, channels, dtype=torch.uint8, device=output.device)
+    for start in range(0, height, rows):
+        pixels = output[:, :, start : start + rows].float().clamp_(-1, 1).add_(1).mul_(127.5).round_()
+        out[:, start : start + rows] = pixels.to(torch.uint8).permute(0, 2, 3, 1)
+    return out
 
 
 class Cartoonizer:

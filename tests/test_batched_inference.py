@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ghibligan import Cartoonizer
+from ghibligan import Cartoonizer, pipeline
 from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
 from ghibligan.pipeline import model_output_to_uint8, uint8_to_model_input
 from ghibligan.tiling import tiled_apply
@@ -41,6 +41,18 @@ def test_uint8_conversions_round_trip_exactly():
     normalized = uint8_to_model_input(pixels)
     assert normalized.shape == (2, 3, 16, 16) and normalized.min() == -1 and normalized.max() == 1
     assert torch.equal(model_output_to_uint8(normalized), pixels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uint8_conversions_in_slices_of_rows_equal_one_pass(monkeypatch, dtype):
+    """On CPU, large images are converted a few rows at a time (in cache): the same values as one pass."""
+    images = torch.randint(0, 256, (2, 45, 31, 3), dtype=torch.uint8)
+    output = torch.rand(2, 3, 45, 31, dtype=dtype) * 2.2 - 1.1  # out of range too: clamped
+    one_pass = uint8_to_model_input(images, dtype), model_output_to_uint8(output)
+    monkeypatch.setattr(pipeline, "CONVERSION_SLICE_PIXELS", 31 * 4)  # 4 rows a slice: 12 slices, the last one shorter
+    sliced = uint8_to_model_input(images, dtype), model_output_to_uint8(output)
+    assert torch.equal(sliced[0], one_pass[0]) and sliced[0].dtype == dtype and sliced[0].shape == (2, 3, 45, 31)
+    assert torch.equal(sliced[1], one_pass[1]) and sliced[1].dtype == torch.uint8 and sliced[1].shape == (2, 45, 31, 3)
 
 
 @pytest.mark.parametrize("size", [(37, 23), (64, 64), (101, 67)])
