@@ -82,7 +82,7 @@ GENERATOR_SHORTHANDS = {"unet": "unet_256", "resnet": "cartoongan_resnet"}
 GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
-    "tone_channels", "upsampler", "line_channels", "flatten_iterations", "photo_detail",
+    "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
 )  # fmt: skip
 
 
@@ -256,6 +256,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided: passes of iterated bilateral filtering (mean-shift-like) on the low-resolution surface: plateaus "
         "with sharp borders (0 = off).",
+    )
+    model.add_argument(
+        "--flatten_radius",
+        type=int,
+        default=None,
+        help="guided: window radius of each flattening pass, at low resolution (2): how far a pass reaches.",
     )
     model.add_argument(
         "--photo_detail",

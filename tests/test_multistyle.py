@@ -197,6 +197,23 @@ def test_target_column_flags_name_styles_and_refuse_what_cannot_train(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_guided_model_flags_set_the_generators_config(capsys):
+    """--channels, --num_levels, --num_blocks, --tone_channels, --flatten_radius (with the older --scale_factor ...)
+    override the guided preset; they are refused for a generator that does not have them."""
+    base = ["--train_data_dir", "pairs", "--output_dir", "out", "--target_column", "a", "b"]
+    flags = {"channels": 4, "num_levels": 2, "num_blocks": 1, "tone_channels": 6, "flatten_radius": 1}
+    argv = [*base, "--preset", "guided", "--flatten_iterations", "1"]
+    argv += [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+    generator, _ = train_script.build_models(train_script.parse_args(argv), Accelerator(cpu=True))
+    assert isinstance(generator, GuidedFilterGenerator) and generator.styles == ["a", "b"]
+    assert {name: generator.config[name] for name in flags} == flags
+    assert generator.tone_head.conv_out.in_channels == 6 and generator.flattener.radius == 1
+    assert len(generator.down_blocks) == 2 and len(generator.mid_blocks) == 1 and generator.conv_in.out_channels == 4
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--train_data_dir", "p", "--output_dir", "o", "--preset", "unet_256", "--channels=4"])
+    assert "--channels: not an option of UNetGenerator" in capsys.readouterr().err
+
+
 def test_a_style_aware_discriminator_sees_each_samples_style():
     """With a GAN, D's condition is the photo plus one-hot style planes: the same (photo, image) pair scores
     differently under another style, D trains, and G gets the adversarial term."""
