@@ -52,6 +52,7 @@ DEFAULT_MAX_ACTIVATION_BYTES = 16 * 2**30  # one generator pass; the Space sets 
 # 1 GiB both bundled models run 3840×2160 in one pass in bf16 (0.48 / 0.57 GiB estimated); unet_256 does not.
 DEFAULT_AUTO_TILE_BYTES = 2**30
 DEFAULT_AUTO_TILE_PIXELS = 2048 * 2048  # the rule for generators whose memory cannot be estimated (ONNX sessions)
+ACTIVATION_CACHE_SIZES = 1024  # memory estimates kept per Cartoonizer (one per image size and dtype)
 # On CPU, a pass whose activations outgrow the caches costs more per image than one image at a time (bundled model,
 # 256² photos: 11.3 ms per image alone, 11.7 / 12.6 / 13.0 / 16.2 in passes of 2 / 3 / 4 / 16); batching pays while it
 # amortizes reading the weights (unet_256: 90 ms alone, 78 in passes of 4-16). So a CPU pass holds at most
@@ -334,6 +335,8 @@ class Cartoonizer:
             if self._meta_generator is None:
                 self._meta_generator = build_on_meta(type(self.generator), config).eval()
             estimate = estimate_activation_bytes(self._meta_generator, height, width, dtype=self.dtype)
+            if len(self._activation_bytes) >= ACTIVATION_CACHE_SIZES:  # a public Space sees endless sizes
+                self._activation_bytes.pop(next(iter(self._activation_bytes)))  # the oldest
             self._activation_bytes[key] = estimate
         return self._activation_bytes[key]
 

@@ -156,3 +156,14 @@ def test_pipeline_refuses_or_shrinks_work_above_max_activation_bytes(tmp_path):
     assert batches == [4]
     for a, b in zip(limited, unlimited, strict=True):
         np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), atol=1)
+
+
+def test_memory_estimates_kept_per_size_are_bounded(tmp_path, monkeypatch):
+    """A public Space sees endless image sizes: the per-size estimates are a bounded cache, oldest out first."""
+    from ghibligan import pipeline
+
+    monkeypatch.setattr(pipeline, "ACTIVATION_CACHE_SIZES", 3)
+    cartoonizer = Cartoonizer.from_pretrained(save_tiny_unet(tmp_path / "tiny"), device="cpu")
+    estimates = [cartoonizer.activation_bytes(32, width) for width in (32, 40, 48, 56)]
+    assert len(cartoonizer._activation_bytes) == 3 and (32, 32, cartoonizer.dtype) not in cartoonizer._activation_bytes
+    assert estimates == sorted(estimates) and cartoonizer.activation_bytes(32, 32) == estimates[0]  # recomputed
