@@ -3,8 +3,9 @@
 Compares, in one run, the model under test (the bundled model, or ``--model``) with the reference pix2pix
 ``unet_256`` architecture (ngf=64, BatchNorm), in float32 and bfloat16, and the model under test on onnxruntime (its
 ``model.onnx``, exported and cached if it has none; skipped without the ``onnx`` extra): median latency at 256², 512²,
-1024², a tiled 3840×2160 photo, and each configuration's peak RSS on the 4K photo (measured in a fresh subprocess
-each, so peaks don't mask each other). Ratios are what to read on a noisy machine; absolute times drift.
+1024² and 3840×2160 (tiled automatically where one pass would need more than 1 GiB, `Cartoonizer.auto_tile_bytes`), and
+each configuration's peak RSS on the 4K photo in 1024² tiles (and the model's in one pass), measured in a fresh
+subprocess each, so peaks don't mask each other. Ratios are what to read on a noisy machine; absolute times drift.
 
     python benchmarks/bench_inference.py                 # prints a Markdown section for BENCHMARKS.md
     python benchmarks/bench_inference.py --model DIR --repeats 9 --device cuda
@@ -103,7 +104,7 @@ def child_peak_memory(args: argparse.Namespace) -> None:
     reset_peak_rss()
     baseline = rss_mb("VmRSS")
     start = time.perf_counter()
-    pipe(image, tile=0 if args.untiled else None)
+    pipe(image, tile=0 if args.untiled else 1024)
     sync(args.device)
     seconds = time.perf_counter() - start
     cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
@@ -243,7 +244,7 @@ def main() -> None:
     print(f"- model: {describe(pipes[('model', 'float32')])}")
     print(f"- unet_256: {describe(pipes[('unet_256', 'float32')])}\n")
     ort = ("model", "onnxruntime") in pipes
-    print("Median end-to-end latency in ms (PIL in → PIL out; 3840×2160 is tiled, one run):\n")
+    print("Median end-to-end latency in ms (PIL in → PIL out; 3840×2160 tiled only above 1 GiB, one run):\n")
     print(
         "| size | model fp32 | model bf16 |"
         + (" model onnxruntime |" if ort else "")
