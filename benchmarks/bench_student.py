@@ -3,7 +3,8 @@
 For each model and precision, in one interleaved run (so a shared machine's load hits all alike): the minimum time of
 the bare ``model(x)`` forward on a (1, 3, H, W) tensor, and of PIL in → PIL out (tensor conversion included, one pass,
 no tiling), at 512², 1024² and 3840×2160; and, for the bundled model, the product path ``Cartoonizer(image)``
-with its defaults (``dtype="auto"``; photos above 4 MP run in 1024² tiles). bf16 is measured only where the CPU
+with its defaults (``dtype="auto"``; 1024² tiles only where one pass would need over 1 GiB, so the bundled model runs
+3840×2160 in one pass). bf16 is measured only where the CPU
 computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the median: on a shared
 machine other processes only ever add time, so the minimum is the least noisy estimate. Read the ratios.
 
