@@ -1,6 +1,7 @@
 """Images and checkpoints that tests make for themselves."""
 
 import shutil
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -109,3 +110,10 @@ def count_frames(path: Path) -> int:
         frames += 1
     capture.release()
     return frames
+
+
+def default_ctrl_c() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: Ctrl-C restored to its default. A suite started in
+    the background by a non-interactive shell (``bash .ci/run &``) inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler, so the child would ignore the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

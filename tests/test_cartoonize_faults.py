@@ -23,7 +23,7 @@ from ghibligan.cartoonize import (
 from ghibligan.cli import main
 from ghibligan.pipeline import Cartoonizer
 
-from .helpers import count_frames, photo_like, save_tiny_unet, write_video
+from .helpers import count_frames, default_ctrl_c, photo_like, save_tiny_unet, write_video
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,7 @@ def test_ctrl_c_ends_with_exit_code_130_and_leaves_no_temporary_file(tmp_path, m
     process = subprocess.Popen(
         [sys.executable, "-m", "ghibligan.cli", "cartoonize", str(source), "-o", str(target), "--model", model,
          "--device", "cpu", "--batch-size", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (tmp_path / "out" / ".tmp-toon.mp4").exists() and process.poll() is None and time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from ghibligan.cli import main
 from ghibligan.pairs import done_sources, make_pairs, photos_from_folder, shards
 from ghibligan.teachers import ToonTeacher
 
-from .helpers import photo_like
+from .helpers import default_ctrl_c, photo_like
 
 # Runs `ghibligan make-pairs ARGS` and sends itself SIGNAL at the 2nd shard: in "partial" mode while the parquet file
 # is being closed (no footer yet), in "complete" mode just before the finished temporary shard is renamed into place.
@@ -95,7 +95,9 @@ def test_ctrl_c_during_a_shard_write_leaves_no_temporary_shard(tmp_path):
     photos = make_photos(tmp_path / "photos", 5)
     out = tmp_path / "pairs"
     argv = ["make-pairs", "--photos", str(photos), "--teacher", "toon", "--output_dir", str(out), "--shard_size", "2"]
-    interrupted = subprocess.run([sys.executable, "-c", KILLED_RUN, "partial", "SIGINT", *argv], capture_output=True)
+    interrupted = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, "partial", "SIGINT", *argv], capture_output=True, preexec_fn=default_ctrl_c
+    )
     assert interrupted.returncode == 130
     assert not list((out / "data").glob(".tmp-*"))
     assert [path.name for path in shards(out)] == ["train-00000.parquet"]
