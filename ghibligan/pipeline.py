@@ -48,7 +48,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEFAULT_MAX_ACTIVATION_BYTES = 16 * 2**30  # one generator pass; the Space sets a lower limit
 # Images are tiled automatically when one pass would need more activation memory than this (estimated on the meta
 # device). Tiling is for memory only: the tiles' overlap costs time (3840×2160 in 1024² tiles: 1.5× the pixels; the
-# bundled model ran 1.5× and toon-painterly-unet 1.8× slower tiled than in one pass, benchmarks/bench_student.py). At
+# bundled model ran 1.2-1.5× and toon-painterly-unet 1.8× slower tiled than in one pass, BENCHMARKS.md). At
 # 1 GiB both bundled models run 3840×2160 in one pass in bf16 (0.48 / 0.57 GiB estimated); unet_256 does not.
 DEFAULT_AUTO_TILE_BYTES = 2**30
 DEFAULT_AUTO_TILE_PIXELS = 2048 * 2048  # the rule for generators whose memory cannot be estimated (ONNX sessions)
