@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hub import GhibliganHubMixin
-from .layers import check_positive_int
+from .layers import check_positive_int, inference_slice_rows
 
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
 
@@ -177,12 +177,12 @@ class JointBilateralUpsampler(nn.Module):
         return self.raw_sigma.float().exp()
 
     def forward(self, guide_low: torch.Tensor, source_low: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        low_height, low_width = guide_low.shape[-2:]
-        if self.training or self.inference_pixels is None or low_height * low_width <= self.inference_pixels:
+        rows = inference_slice_rows(self, *guide_low.shape[-2:])
+        if rows is None:
             return self._upsample(guide_low, source_low, guide)
         scale, height, parts = self.scale_factor, guide.shape[-2], []
         # a full-resolution row's taps are the low-resolution rows around it: 1 row of halo keeps the slices exact
-        for top, bottom, start, stop in row_slices(low_height, max(1, self.inference_pixels // low_width), halo=1):
+        for top, bottom, start, stop in row_slices(guide_low.shape[-2], rows, halo=1):
             low, full = slice(top, bottom), slice(top * scale, bottom * scale)  # full: up to H in the last slice
             out = self._upsample(guide_low[..., low, :], source_low[..., low, :], guide[..., full, :])
             parts.append(out[..., (start - top) * scale : (stop - top) * scale, :])
@@ -193,7 +193,7 @@ class JointBilateralUpsampler(nn.Module):
         (height, width), (low_height, low_width) = guide.shape[-2:], guide_low.shape[-2:]
         # full resolution padded to (h·s, w·s); low resolution by one pixel, so every tap is a slice
         guide = F.pad(guide, (0, low_width * scale - width, 0, low_height * scale - height), mode="replicate")
-        guide = guide.contiguous()  # planar: its strided phases below are slow to read channels-last
+        guide = guide.contiguous()  # planar, so that pixel_unshuffle below gives each phase as a contiguous plane
         both = torch.cat([source_low.to(guide.dtype), guide_low.to(guide.dtype)], dim=1)  # (B, C + G, h, w)
         both = F.pad(both, (1, 1, 1, 1), mode="replicate")  # (B, C + G, h + 2, w + 2)
         minus_inv_two_var = (-0.5 / self.sigma.square()).to(guide.dtype)
@@ -246,25 +246,24 @@ class RegionFlattener(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()  # planar: the shifted views below are 1.7x slower channels-last (3 channels)
-        inv_two_var = (0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]  # (B,1,1,1)
-        height, width = x.shape[-2:]
-        if self.training or self.inference_pixels is None or height * width <= self.inference_pixels:
-            return self._flatten(x, inv_two_var)
+        # -1 / 2σ², per image: (B, 1, 1, 1)
+        minus_inv_two_var = (-0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]
+        rows = inference_slice_rows(self, *x.shape[-2:])
+        if rows is None:
+            return self._flatten(x, minus_inv_two_var)
         # a pixel after all passes depends on the rows within iterations × radius: that halo keeps the slices exact
-        halo, rows = self.iterations * self.radius, max(1, self.inference_pixels // width)
         parts = [
-            self._flatten(x[..., top:bottom, :], inv_two_var)[..., start - top : stop - top, :]
-            for top, bottom, start, stop in row_slices(height, rows, halo)
+            self._flatten(x[..., top:bottom, :], minus_inv_two_var)[..., start - top : stop - top, :]
+            for top, bottom, start, stop in row_slices(x.shape[-2], rows, halo=self.iterations * self.radius)
         ]
         return torch.cat(parts, dim=-2)
 
-    def _flatten(self, x: torch.Tensor, inv_two_var: torch.Tensor) -> torch.Tensor:
+    def _flatten(self, x: torch.Tensor, minus_inv_two_var: torch.Tensor) -> torch.Tensor:
         radius, (height, width) = self.radius, x.shape[-2:]
         # Each weight is symmetric, w(p, p + o) = w(p + o, p): computed once for the half of the window's offsets
         # (dy, dx) > (0, 0) over the padded image, it serves the pixel at p (neighbour p + o) and the one at p + o
         # (neighbour p). Half the distances and exponentials of a plain loop over the window.
         half = [(dy, dx) for dy in range(radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) > (0, 0)]
-        minus_inv_two_var = -inv_two_var
         for _ in range(self.iterations):
             padded = F.pad(x, (radius,) * 4, mode="replicate")  # (B, C, H + 2r, W + 2r)
             numerator, denominator = x.clone(), 1.0  # the centre, weight 1 (numerator accumulates in place)
@@ -327,9 +326,9 @@ class StyleColorMap(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weights = [(layer.weight.to(x.dtype), layer.bias.to(x.dtype)) for layer in [*self.hidden_layers, self.conv_out]]
         biases = self.style_bias(style).to(x.dtype)[:, :, None, None].chunk(len(self.hidden_layers), dim=1)
-        if self.training or self.inference_pixels is None or x.shape[-2] * x.shape[-1] <= self.inference_pixels:
+        rows = inference_slice_rows(self, *x.shape[-2:])
+        if rows is None:
             return self._map(x, biases, weights)
-        rows = max(1, self.inference_pixels // x.shape[-1])
         return torch.cat([self._map(part, biases, weights) for part in x.split(rows, dim=-2)], dim=-2)
 
 

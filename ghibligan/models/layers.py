@@ -27,6 +27,16 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> None:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
+def inference_slice_rows(module: nn.Module, height: int, width: int) -> int | None:
+    """Rows per slice for a module that runs large images in slices of whole rows at inference, about
+    ``module.inference_pixels`` pixels each, so its activations stay in cache; ``None`` for one pass: in training,
+    with ``inference_pixels = None`` (the ONNX export sets it) or where the image fits in one slice."""
+    pixels = module.inference_pixels
+    if module.training or pixels is None or height * width <= pixels:
+        return None
+    return max(1, pixels // width)
+
+
 def make_norm(norm: str, channels: int) -> nn.Module:
     """BatchNorm, InstanceNorm (no affine, no running stats, as in pix2pix) or nothing."""
     if norm == "batch":
