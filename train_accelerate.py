@@ -71,7 +71,15 @@ from ghibligan.models import load_generator
 from ghibligan.models.guided import UPSAMPLERS
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
 from ghibligan.models.vgg import DEFAULT_VGG19_WEIGHTS, VGG19Features
-from ghibligan.training import fit_tone_head, lr_lambda, seed_step, tone_head_samples, training_step, validate
+from ghibligan.training import (
+    fit_level_quantizer,
+    fit_tone_head,
+    lr_lambda,
+    seed_step,
+    tone_head_samples,
+    training_step,
+    validate,
+)
 
 logger = get_logger(__name__)
 
@@ -83,6 +91,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
+    "levels",
 )  # fmt: skip
 
 
@@ -262,6 +271,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="guided: window radius of each flattening pass, at low resolution (2): how far a pass reaches.",
+    )
+    model.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="guided: a full-resolution luma posterizer, for sharp level borders where a teacher quantizes luminance "
+        "(toon, painterly). Each style starts at the levels of its own training targets, estimated before the first "
+        "step (this value is only the start of a style without targets), then learns its step, offset, edge "
+        "softness and strength. 0 = none.",
     )
     model.add_argument(
         "--photo_detail",
@@ -645,14 +663,22 @@ def main(args: argparse.Namespace) -> None:
 
     optimizer_g, optimizer_d = adam(generator), adam(discriminator)
 
-    # 4. data: training crops, whole validation images, and a warm start for a new tone head
+    # 4. data: training crops, whole validation images, and warm starts for a new tone head and level quantizer
     train_pairs, validation_pairs = build_datasets(args, edge_smoothing=objective.needs_smoothed_targets)
     validation_images = load_validation_images(args, accelerator, validation_pairs)
-    tone_head = getattr(generator, "tone_head", None)  # a fine-tuned or resumed one is trained already
-    if tone_head is not None and args.tone_head_init_steps and not (args.pretrained_model_name_or_path or resume_from):
+    # a new model's warm starts, on the same crops (a fine-tuned or resumed model is trained already)
+    tone_head = getattr(generator, "tone_head", None) if args.tone_head_init_steps else None
+    quantizer = getattr(generator, "level_quantizer", None)
+    new_model = not (args.pretrained_model_name_or_path or resume_from)
+    if new_model and (tone_head is not None or quantizer is not None):
         samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
-        loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
-        logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
+        if tone_head is not None:
+            loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
+            logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
+        if quantizer is not None:
+            names = getattr(generator, "styles", None) or ["target"]
+            for style, (levels, concentration) in fit_level_quantizer(quantizer, samples).items():
+                logger.info(f"Luma levels of {names[style]!r}: {levels:.2f} (concentration {concentration:.2f})")
     train_dataloader = accelerator.prepare(build_train_dataloader(args, train_pairs, accelerator))  # sharded
 
     # 5. schedule, in optimizer steps per process (None per epoch: a stream has no length)

@@ -22,7 +22,7 @@ from torch import nn
 from .data import StreamingPairedDataset
 from .image_io import pil_to_tensor, resize_to_max_side
 from .losses import Objective
-from .models.guided import StyleColorMap
+from .models.guided import LUMA, LevelQuantizer, StyleColorMap, estimate_levels
 from .pipeline import Cartoonizer
 
 
@@ -179,6 +179,27 @@ def fit_tone_head(
         optimizer.step()
         scheduler.step()
     return loss.item()
+
+
+# concentration (`estimate_levels`) at and above which a style starts fully posterized; none at and below the floor
+LEVELS_FULL, LEVELS_FLOOR = 0.6, 0.3
+
+
+def fit_level_quantizer(quantizer: LevelQuantizer, samples: list[dict]) -> dict[int, tuple[float, float]]:
+    """Start each style's `LevelQuantizer` levels where its training targets' luma levels are (`estimate_levels`), at
+    a strength that grows with how clearly the targets are posterized: 0 for a concentration at or below
+    ``LEVELS_FLOOR`` (continuous tones, e.g. the ghibli teacher's 0.2), 1 at ``LEVELS_FULL`` and above (the toon
+    teacher's 0.7). Without it the quantizer starts with levels that cut the teacher's in half, where no gradient
+    moves them. Styles without samples keep their start. Returns ``{style: (levels, concentration)}``."""
+    targets = [(int(sample.get("style", torch.tensor(0))), sample["target"]) for sample in samples]
+    fitted = {}
+    for style in sorted({style for style, _ in targets}):
+        rgb = torch.cat([target.flatten(1) for s, target in targets if s == style], dim=1)  # (3, pixels) in [-1, 1]
+        step, offset, concentration = estimate_levels(sum(weight * rgb[c] for c, weight in enumerate(LUMA)))
+        strength = (concentration - LEVELS_FLOOR) / (LEVELS_FULL - LEVELS_FLOOR)
+        quantizer.set_levels(style, step, offset, strength)
+        fitted[style] = (2 / step, concentration)
+    return fitted
 
 
 def lr_lambda(schedule: str, total_steps: int, decay_start: int | None):

@@ -13,6 +13,7 @@ from ghibligan.models.guided import (
     GuidedFilter,
     GuidedFilterGenerator,
     JointBilateralUpsampler,
+    LevelQuantizer,
     RegionFlattener,
     StyleColorMap,
     box_filter,
@@ -35,11 +36,13 @@ def trained_like(model: GuidedFilterGenerator) -> GuidedFilterGenerator:
                 color_map.conv_out.weight.normal_(0, 0.2)
         if model.ink_lines is not None:
             model.ink_lines.colour.weight.normal_(0, 0.2)
+        if model.level_quantizer is not None:
+            model.level_quantizer.raw_strength.weight.fill_(0.08)
     return model.eval()
 
 
 FULL = {"guide_channels": 8, "line_channels": 4}  # every optional part on
-BILATERAL = {"upsampler": "joint_bilateral", "flatten_iterations": 1, "photo_detail": True, **FULL}
+BILATERAL = {"upsampler": "joint_bilateral", "flatten_iterations": 1, "photo_detail": True, "levels": 5, **FULL}
 
 
 @pytest.mark.parametrize("kwargs", [{}, FULL, BILATERAL, {"scale_factor": 4, "tone_channels": 0}])
@@ -154,6 +157,8 @@ def test_bad_style_index_errors(style, message):
         ({"upsampler": "bicubic"}, "upsampler"),
         ({"photo_detail": 1}, "photo_detail"),
         ({"flatten_iterations": -1}, "flatten_iterations"),
+        ({"levels": -1}, "levels"),
+        ({"levels": 2.5}, "levels"),
         ({"upsampler": "joint_bilateral", "range_sigma": float("nan")}, "range_sigma"),
     ],
 )
@@ -394,3 +399,76 @@ def test_row_slices_cover_every_row_once_with_their_halo():
     slices = row_slices(10, rows=4, halo=2)
     assert slices == [(0, 6, 0, 4), (2, 10, 4, 8), (6, 10, 8, 10)]
     assert [row for _, _, start, stop in slices for row in range(start, stop)] == list(range(10))
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+
+
+def test_level_quantizer_starts_as_the_identity_and_posterizes_at_full_strength():
+    """Strength 0 (initialisation): the input. Strength 1: a smooth ramp becomes flat levels ``step`` apart with sharp
+    borders, and a grey shift keeps each pixel's colour differences (the hue)."""
+    ramp = torch.linspace(-0.9, 0.9, 200).expand(1, 1, 8, 200)
+    image = torch.cat([ramp + 0.05, ramp, ramp - 0.05], dim=1)  # a slightly warm grey ramp
+    quantizer = LevelQuantizer(num_styles=2, levels=5, softness=0.05)
+    style = torch.tensor([0, 1])
+    torch.testing.assert_close(quantizer(image.expand(2, -1, -1, -1), style), image.expand(2, -1, -1, -1))
+    with torch.no_grad():
+        quantizer.raw_strength.weight[1] = 1.0  # style 1 at full strength (clamped to 1)
+        out = quantizer(image.expand(2, -1, -1, -1), style)
+    torch.testing.assert_close(out[0], image[0])
+    levels = luma(out[1:])[0, 0]
+    values = torch.unique(levels.round(decimals=3))
+    steps = (levels[1:] - levels[:-1]).abs()
+    assert (steps < 1e-5).float().mean() > 0.9  # flat almost everywhere
+    plateaus = [v for v in values if (levels.round(decimals=3) == v).sum() >= 10]
+    torch.testing.assert_close(torch.tensor(plateaus).diff(), torch.full((len(plateaus) - 1,), 0.4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out[1, 0] - out[1, 2], image[0, 0] - image[0, 2])  # colour differences kept
+
+
+def test_level_quantizer_gradient_passes_straight_through_and_its_parameters_learn():
+    torch.manual_seed(0)
+    image = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_()
+    quantizer = LevelQuantizer(num_styles=2, levels=4)
+    with torch.no_grad():
+        quantizer.raw_strength.weight.fill_(0.05)  # strength 0.5
+    out = quantizer(image, torch.tensor([0, 1]))
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    torch.testing.assert_close(image.grad, weights)  # the identity's gradient: a pixel is pushed across its border
+    for parameter in quantizer.parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+
+def test_level_quantizer_learns_a_teachers_levels_from_a_nearby_start():
+    """Fitted by gradient descent to a ramp cut into 3 hard levels, from levels 10 % too close and a little off centre
+    (where `fit_level_quantizer`'s estimate leaves it), the quantizer takes the teacher's step, centres and hard
+    borders."""
+    ramp = torch.linspace(-1, 1, 256).expand(1, 3, 4, 256)
+    target = (torch.floor((ramp + 1) / (2 / 3)).clamp(max=2) + 0.5) * (2 / 3) - 1  # centres -2/3, 0, 2/3
+    quantizer = LevelQuantizer(num_styles=1, levels=4)
+    quantizer.set_levels(0, step=0.6, offset=0.28, strength=1.0)
+    optimizer = torch.optim.Adam(quantizer.parameters(), lr=1e-2)
+    style = torch.tensor([0])
+    with torch.no_grad():
+        start = (quantizer(ramp, style) - target).abs().mean()
+    for _ in range(300):
+        optimizer.zero_grad()
+        (quantizer(ramp, style) - target).abs().mean().backward()
+        optimizer.step()
+    step, offset, softness, strength = (p.item() for p in quantizer.parameters_for(style, torch.float32))
+    with torch.no_grad():
+        assert (quantizer(ramp, style) - target).abs().mean() < 0.15 * start
+    assert step == pytest.approx(2 / 3, abs=0.02) and offset % step == pytest.approx(1 / 3, abs=0.02)
+    assert softness < 0.1 and strength == 1.0
+
+
+def test_level_quantizer_in_slices_of_rows_equals_one_pass():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 37, 29) * 2 - 1
+    quantizer = LevelQuantizer(num_styles=2, levels=5).eval()
+    with torch.no_grad():
+        quantizer.raw_strength.weight.fill_(0.07)
+        one_pass = quantizer(image, torch.tensor([0, 1]))
+        quantizer.inference_pixels = 100  # 3 rows a slice
+        torch.testing.assert_close(quantizer(image, torch.tensor([0, 1])), one_pass, atol=0, rtol=0)

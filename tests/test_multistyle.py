@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from PIL import Image
 
@@ -16,10 +17,10 @@ from ghibligan import GuidedFilterGenerator
 from ghibligan.cli import main as ghibligan_main
 from ghibligan.data import PairedImageDataset, PairTransform, collate_pairs
 from ghibligan.losses import Pix2PixObjective, gradient_loss
-from ghibligan.models.guided import StyleColorMap
+from ghibligan.models.guided import LevelQuantizer, StyleColorMap, estimate_levels
 from ghibligan.models.patchgan import PatchDiscriminator
 from ghibligan.teachers import ToonTeacher
-from ghibligan.training import StyleSelected, fit_tone_head, training_step, validate
+from ghibligan.training import StyleSelected, fit_level_quantizer, fit_tone_head, training_step, validate
 
 from .helpers import photo_like
 
@@ -198,16 +199,17 @@ def test_target_column_flags_name_styles_and_refuse_what_cannot_train(capsys):
 
 
 def test_guided_model_flags_set_the_generators_config(capsys):
-    """--channels, --num_levels, --num_blocks, --tone_channels, --flatten_radius (with the older --scale_factor ...)
-    override the guided preset; they are refused for a generator that does not have them."""
+    """--channels, --num_levels, --num_blocks, --tone_channels, --flatten_radius, --levels (with the older
+    --scale_factor ...) override the guided preset; they are refused for a generator that does not have them."""
     base = ["--train_data_dir", "pairs", "--output_dir", "out", "--target_column", "a", "b"]
-    flags = {"channels": 4, "num_levels": 2, "num_blocks": 1, "tone_channels": 6, "flatten_radius": 1}
+    flags = {"channels": 4, "num_levels": 2, "num_blocks": 1, "tone_channels": 6, "flatten_radius": 1, "levels": 5}
     argv = [*base, "--preset", "guided", "--flatten_iterations", "1"]
     argv += [item for name, value in flags.items() for item in (f"--{name}", str(value))]
     generator, _ = train_script.build_models(train_script.parse_args(argv), Accelerator(cpu=True))
     assert isinstance(generator, GuidedFilterGenerator) and generator.styles == ["a", "b"]
     assert {name: generator.config[name] for name in flags} == flags
     assert generator.tone_head.conv_out.in_channels == 6 and generator.flattener.radius == 1
+    assert generator.level_quantizer.log_step.weight.exp().flatten().tolist() == pytest.approx([2 / 5, 2 / 5])
     assert len(generator.down_blocks) == 2 and len(generator.mid_blocks) == 1 and generator.conv_in.out_channels == 4
     with pytest.raises(SystemExit):
         train_script.parse_args(["--train_data_dir", "p", "--output_dir", "o", "--preset", "unet_256", "--channels=4"])
@@ -232,3 +234,37 @@ def test_a_style_aware_discriminator_sees_each_samples_style():
         as_given = discriminator(batch["target"], condition)
         other = objective.condition({**batch, "style": torch.tensor([1, 1])})
         assert not torch.allclose(discriminator(batch["target"], other), as_given)
+
+
+def posterized(levels: int, offset: float, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A grey (3, size, size) image in [-1, 1] with smooth content cut into ``levels`` luma levels centred on
+    ``offset + step · (k + 0.5)``, plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    smooth = F.interpolate(torch.rand(1, 1, 8, 8, generator=generator) * 2 - 1, size=size, mode="bicubic")[0, 0]
+    step = 2 / levels
+    values = offset + step * (torch.floor((smooth - offset) / step) + 0.5)
+    return (values + 0.005 * torch.randn(size, size, generator=generator)).clamp(-1, 1).expand(3, -1, -1)
+
+
+@pytest.mark.parametrize("levels, offset", [(5, 0.14), (7, 0.05), (3, 0.3)])
+def test_estimate_levels_finds_the_step_and_centres_of_posterized_luma(levels, offset):
+    step, found_offset, concentration = estimate_levels(posterized(levels, offset)[0])
+    assert step == pytest.approx(2 / levels, rel=0.03)
+    assert (found_offset - offset + step / 2) % step == pytest.approx(step / 2, abs=0.02)  # the same centres
+    assert concentration > 0.9
+    smooth = torch.linspace(-1, 1, 4096)  # continuous tones: no level stands out
+    assert estimate_levels(smooth)[2] < 0.2
+
+
+def test_fit_level_quantizer_starts_posterized_styles_posterized_and_others_off():
+    quantizer = LevelQuantizer(num_styles=2, levels=6)
+    continuous = F.interpolate(torch.rand(1, 3, 8, 8) * 2 - 1, size=64, mode="bicubic")[0].clamp(-1, 1)
+    samples = [{"target": posterized(5, 0.14, seed=i), "style": torch.tensor(0)} for i in range(3)]
+    samples += [{"target": continuous, "style": torch.tensor(1)}]
+    fitted = fit_level_quantizer(quantizer, samples)
+    assert fitted[0][0] == pytest.approx(5, rel=0.03) and fitted[0][1] > 0.9 and fitted[1][1] < 0.3
+    *_, strength = quantizer.parameters_for(torch.tensor([0, 1]), torch.float32)
+    assert strength.flatten().tolist() == [1.0, 0.0]
+    with torch.no_grad():  # style 0 keeps the levels where they are (half a step off, it would move them all)
+        image = posterized(5, 0.14)[None]
+        assert (quantizer(image, torch.tensor([0])) - image).abs().mean() < 0.01

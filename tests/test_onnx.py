@@ -95,6 +95,7 @@ MODELS = {
         upsampler="joint_bilateral",
         flatten_iterations=1,
         flatten_radius=1,
+        levels=5,
     ),
 }
 
