@@ -127,6 +127,24 @@ def report(name: str, metrics: dict) -> None:
             )
 
 
+def teacher_reproducibility(teacher_spec: str, rows, target_column: str, sigma: float, seed: int = 0) -> float:
+    """The share of the photo→teacher error that the teacher itself removes when it gets the photo with Gaussian
+    noise of ``sigma`` grey levels added (invisible at 0.5): 1 - MSE(teacher(noisy), teacher) / MSE(photo, teacher).
+
+    A teacher whose output jumps with such noise (a graph segmentation's region borders) cannot be reproduced on new
+    photos by any student: this is the most error removed one can expect, to read a student's score against."""
+    from ghibligan.teachers import make_teacher
+
+    teacher, generator = make_teacher(teacher_spec), np.random.default_rng(seed)
+    errors, scales = [], []
+    for row in rows:
+        photo, target = np.asarray(row["input_image"].convert("RGB")), np.asarray(row[target_column].convert("RGB"))
+        noisy = np.clip(photo + generator.normal(0, sigma, photo.shape) + 0.5, 0, 255).astype(np.uint8)
+        errors.append(mse(np.asarray(teacher(noisy)), target))
+        scales.append(mse(photo, target))
+    return 1 - statistics.mean(errors) / statistics.mean(scales)
+
+
 def evaluate_checkpoint(model: str, dtype: str, rows, style: str | None = None, target_column="target_image") -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one), evaluate it on
     ``rows`` against ``target_column`` and print the summary."""
@@ -153,6 +171,13 @@ def main() -> None:
         default=None,
         help="the --teacher value(s) the pairs were made with (for the card): one per style of a multi-style model",
     )
+    parser.add_argument(
+        "--teacher_noise",
+        type=float,
+        default=0.0,
+        help="with --teacher: also run each teacher on the photo plus Gaussian noise of this many grey levels (0.5 is "
+        "invisible) and report the error it removes: the teacher's own reproducibility, a ceiling for any student",
+    )
     parser.add_argument("--json", default=None, help="also write the metrics here")
     parser.add_argument("--notes", default=None, help="with --export: a paragraph for the card (what it can't do)")
     parser.add_argument("--reference", default=None, help="also evaluate this checkpoint (e.g. a unet_256 baseline)")
@@ -169,12 +194,27 @@ def main() -> None:
         metrics = {
             "styles": {style: evaluate_checkpoint(args.model, args.dtype, rows, style, style) for style in styles}
         }
+        if args.teacher_noise and args.teacher:
+            for style, teacher in zip(styles, args.teacher, strict=True):
+                ceiling = teacher_reproducibility(teacher, rows, style, args.teacher_noise)
+                metrics["styles"][style]["teacher_reproducibility"] = ceiling
+                print(
+                    f"{style}: {teacher} on the photo + noise σ {args.teacher_noise:g}: {100 * ceiling:.1f} % removed"
+                )
         if args.json:
             Path(args.json).write_text(json.dumps(metrics, indent=2))
         if args.export:
             export_styles(args, styles, metrics["styles"])
         return
     metrics = evaluate_checkpoint(args.model, args.dtype, rows)
+    if args.teacher_noise and args.teacher:
+        metrics["teacher_reproducibility"] = teacher_reproducibility(
+            args.teacher[0], rows, "target_image", args.teacher_noise
+        )
+        print(
+            f"{args.teacher[0]} on the photo + noise σ {args.teacher_noise:g}: "
+            f"{100 * metrics['teacher_reproducibility']:.1f} % removed"
+        )
     if args.reference:
         reference_metrics = evaluate_checkpoint(args.reference, args.dtype, rows)
         config = json.loads((Path(args.reference) / "config.json").read_text())
