@@ -14,8 +14,9 @@
 # ghibli-styles, the default model (about 20 minutes on 2 cores; STEPS=1000 by default):
 #   1. pairs: photos → three targets per photo (toon:ghibli, toon:toon, toon:painterly), one column per style
 #   2. one style-conditioned GuidedFilterGenerator (--preset guided: joint bilateral upsampling, flattening passes,
-#      per-style photo detail), each sample trained on one style drawn from (seed, epoch, row); L1 + L1 on image
-#      gradients, no GAN; per-style tone head fitted pixel by pixel first
+#      per-style photo detail, a luma posterizer), each sample trained on one style drawn from (seed, epoch, row);
+#      L1 + L1 on image gradients, no GAN; per-style tone head fitted pixel by pixel and posterizer levels estimated
+#      from the targets first
 #   3. held-out fidelity to each teacher, then export (fp16 safetensors + model card with per-style metrics)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,10 +34,12 @@ if [ "$MODEL" = ghibli-styles ]; then
         --resume_from_checkpoint latest
     read -r -d '' STYLES_NOTES <<'NOTES_END' || true
 **What it does not do yet.** It does not reach its targets (85 % of the error removed, 0.9x the teacher's flat
-share, per style). Its regions are flat, but their borders are soft where the teacher's are crisp: it cannot know
-where the `ghibli` teacher's segmentation puts them on a new photo, so it draws averaged shapes. `toon` has almost
-none of its teacher's dark ink lines. `painterly` keeps more of the photo's detail than the other two, and is less
-faithful to its teacher (71.8 % of the error removed) than the painterly-only U-Net bundled before it
+share, per style). For `ghibli` no student can: its teacher's graph segmentation moves with noise below one grey
+level, and the teacher reproduces only ~80 % of its own output from a copy of the photo with such noise, so the model
+draws averaged region shapes and colours. `toon`'s and `painterly`'s luminance levels are cut at full resolution by a
+learned posterizer, but at part strength: their borders are softer than the teacher's where the model cannot tell on
+which side of a level a pixel lies. `toon` has almost none of its teacher's dark ink lines. `painterly` is less
+faithful to its teacher (73.7 % of the error removed) than the painterly-only U-Net bundled before it
 (`toon-painterly-unet`, 80.6 %, still shipped). It is one seed of one recipe.
 NOTES_END
     NOTES=${NOTES:-$STYLES_NOTES}
