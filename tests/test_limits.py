@@ -72,6 +72,24 @@ def test_configs_out_of_bounds_are_refused_with_the_key_and_value(tmp_path, conf
         load_generator(folder)
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"flatten_iterations": 1_000_000}, r"`flatten_iterations` = 1000000 is outside the range"),
+        ({"flatten_radius": 500}, r"`flatten_radius` = 500 is outside the range"),
+        ({"levels": -3}, r"`levels` = -3 is outside the range"),
+    ],
+)
+def test_guided_configs_asking_for_endless_passes_are_refused(tmp_path, config, message):
+    """A guided checkpoint's config could ask for a million flattening passes or a 1001² window: few parameters and
+    little memory, but a forward pass that never ends. Refused from config.json alone."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "GuidedFilterGenerator", **config}))
+    with pytest.raises(ValueError, match=message):
+        load_generator(folder)
+
+
 def test_config_bounds_admit_the_reference_architectures():
     for key, value in {"ngf": 64, "num_downs": 8, "attention_heads": 8, "tone_head_channels": 32}.items():
         assert value <= CONFIG_BOUNDS[key]

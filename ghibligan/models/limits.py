@@ -42,6 +42,11 @@ CONFIG_BOUNDS: dict[str, int] = {
     "guide_channels": 256,
     "tone_channels": 256,
     "line_channels": 256,
+    # per-pixel passes over the image: a config could ask for millions of them (time, not memory, so the parameter
+    # count and the activation estimate would not catch it); the bundled model uses 3 passes of radius 2, 6 levels
+    "flatten_iterations": 16,
+    "flatten_radius": 8,
+    "levels": 256,
 }
 MAX_STYLES = 64  # style names a config may list (each one a row of small embedding tables)
 
