@@ -324,6 +324,22 @@ class Cartoonizer:
         if tile_batch_size is not None and (not isinstance(tile_batch_size, int) or tile_batch_size < 1):
             raise ValueError(f"`tile_batch_size` must be an integer >= 1 or None, got {tile_batch_size!r}.")
 
+    @property
+    def can_posterize(self) -> bool:
+        """Whether the model has a luma posterizer whose strength ``posterize`` can set."""
+        return getattr(self.generator, "level_quantizer", None) is not None
+
+    def check_posterize(self, posterize: float | None) -> None:
+        if posterize is None:
+            return
+        if isinstance(posterize, bool) or not isinstance(posterize, (int, float)) or not 0.0 <= posterize <= 1.0:
+            raise ValueError(f"`posterize` must be a number in [0, 1] or None, got {posterize!r}.")
+        if not self.can_posterize:
+            raise ValueError(
+                "`posterize` needs a model with a luma posterizer (a GuidedFilterGenerator built with `levels`, such "
+                f"as the bundled model); {type(self.generator).__name__} has none."
+            )
+
     def activation_bytes(self, height: int, width: int) -> int | None:
         """Estimated peak memory of one generator pass on a (1, 3, height, width) input, traced on the meta device
         (`ghibligan.models.limits.estimate_activation_bytes`); ``None`` for a generator without a ghibligan config."""
@@ -363,14 +379,17 @@ class Cartoonizer:
             )
         return max(1, max_activation_bytes // needed)
 
-    def _generate(self, batch: torch.Tensor, style: int | None = None) -> torch.Tensor:
-        """(B, 3, H, W) float in [-1, 1] on any device, a style index or None → (B, 3, H, W) in [-1, 1], left on the
-        device (the one place the generator runs)."""
+    def _generate(self, batch: torch.Tensor, style: int | None = None, posterize: float | None = None) -> torch.Tensor:
+        """(B, 3, H, W) float in [-1, 1] on any device, a style index or None, a posterizer strength or None →
+        (B, 3, H, W) in [-1, 1], left on the device (the one place the generator runs)."""
         batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        if style is None:  # style-less models take no style; style models use their first
-            return self.generator(batch)
-        styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)  # (B,)
-        return self.generator(batch, styles)
+        styles = None  # style-less models take no style; style models use their first
+        if style is not None:
+            styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)  # (B,)
+        if posterize is not None:
+            strengths = torch.full((batch.shape[0],), float(posterize), device=batch.device)  # (B,)
+            return self.generator(batch, styles, posterize=strengths)
+        return self.generator(batch) if styles is None else self.generator(batch, styles)
 
     # -- the batched uint8 path: one H2D copy of uint8, pre/post-processing on the device, one D2H copy of uint8 --
 
@@ -389,7 +408,11 @@ class Cartoonizer:
         return tensor.to(self.device, non_blocking=True)
 
     def generate_uint8(
-        self, images: np.ndarray | torch.Tensor, batch_size: int = 16, style: int | None = None
+        self,
+        images: np.ndarray | torch.Tensor,
+        batch_size: int = 16,
+        style: int | None = None,
+        posterize: float | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Cartoonize a stack of equal-sized images, uint8 in and uint8 out, with no PIL on the way.
 
@@ -398,6 +421,7 @@ class Cartoonizer:
             batch_size (`int`, *optional*, defaults to 16): images per generator pass (on CPU at most
                 `cpu_pass_images`, where larger passes cost more per image).
             style (`int`, *optional*): a style index (`style_index`) for a style-conditioned model.
+            posterize (`float`, *optional*): the posterizer's strength in [0, 1] (see `__call__`).
 
         Returns:
             (B, H, W, 3) uint8: a numpy array for numpy input, else a tensor on ``images``' device.
@@ -412,7 +436,7 @@ class Cartoonizer:
         for start in range(0, len(images), batch_size):
             pixels = self._upload_uint8(images[start : start + batch_size])  # (b, H, W, 3) uint8 on the device
             batch = uint8_to_model_input(pixels, self.dtype)  # (b, 3, H, W)
-            generated = self._generate(batch, style)  # (b, 3, H, W)
+            generated = self._generate(batch, style, posterize)  # (b, 3, H, W)
             outputs.append(model_output_to_uint8(generated))  # (b, H, W, 3) uint8 on the device
         result = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         if isinstance(images, np.ndarray):
@@ -420,12 +444,18 @@ class Cartoonizer:
         return result.to(images.device)
 
     def generate_uint8_tiled(
-        self, image: np.ndarray, tile: int, overlap: int, tile_batch_size: int, style: int | None = None
+        self,
+        image: np.ndarray,
+        tile: int,
+        overlap: int,
+        tile_batch_size: int,
+        style: int | None = None,
+        posterize: float | None = None,
     ) -> np.ndarray:
         """One (H, W, 3) uint8 image in overlapping ``tile`` squares, ``tile_batch_size`` tiles per generator pass,
         blended on the device (`ghibligan.tiling.tiled_apply`), every tile in ``style``; returns (H, W, 3) uint8 on
         the CPU."""
-        generate = functools.partial(self._generate, style=style)
+        generate = functools.partial(self._generate, style=style, posterize=posterize)
         pixels = uint8_to_model_input(self._upload_uint8(image[None]), torch.float32)[0]  # (3, H, W) on the device
         result = tiled_apply(generate, pixels, tile, overlap, batch_size=tile_batch_size)  # (3, H, W) float32
         return model_output_to_uint8(result[None])[0].cpu().numpy()
@@ -464,6 +494,7 @@ class Cartoonizer:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
         tile_batch_size: int | None = None,
+        posterize: float | None = None,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
@@ -486,12 +517,17 @@ class Cartoonizer:
                 ``None``: no limit.
             tile_batch_size (`int`, *optional*): tiles of one large image run together, at most this many per pass
                 (and no more than ``max_activation_bytes`` allows); defaults to 1 on CPU and 8 on accelerators.
+            posterize (`float`, *optional*): for a model with a luma posterizer (`can_posterize`, e.g. the bundled
+                one), how hard its luminance levels are, in [0, 1]: 0 none, 1 flat levels with sharp borders (flatter
+                than the teacher, further from it); ``None`` keeps the strength the model learned for the style (the
+                bundled model's `toon` 0.59, `painterly` 0.41, `ghibli` 0).
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
             where the input had alpha.
         """
         self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size)
+        self.check_posterize(posterize)
         style_index = self.style_index(style)
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
@@ -515,7 +551,7 @@ class Cartoonizer:
                 shape = (min(tile_side, height), min(tile_side, width))
                 tiles = min(tile_batch_size, fitting[shape] or tile_batch_size)
                 outputs[index] = self.generate_uint8_tiled(
-                    np.asarray(rgb), tile_side, tile_overlap, tiles, style=style_index
+                    np.asarray(rgb), tile_side, tile_overlap, tiles, style=style_index, posterize=posterize
                 )
                 progress.update()
             else:
@@ -526,7 +562,9 @@ class Cartoonizer:
                 chunk = indices[start : start + size]
                 batch = np.stack([np.asarray(rgbs[i]) for i in chunk])  # (B, H, W, 3) uint8
                 for i, result in zip(
-                    chunk, self.generate_uint8(batch, batch_size=size, style=style_index), strict=True
+                    chunk,
+                    self.generate_uint8(batch, batch_size=size, style=style_index, posterize=posterize),
+                    strict=True,
                 ):
                     outputs[i] = result
                 progress.update(len(chunk))

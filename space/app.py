@@ -15,10 +15,13 @@ API (named endpoint ``/cartoonize``)::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
-    png_path = client.predict(handle_file("photo.jpg"), "bundled", 1024, 0.0, "", api_name="/cartoonize")
+    png_path = client.predict(handle_file("photo.jpg"), "bundled", 1024, 0.0, "", False, api_name="/cartoonize")
 
-The last argument, the style, is one of the chosen model's styles, or "" (or left out) for its default: ``ghibli``
-when it has it, else its first; a model without styles takes only "".
+The fifth argument, the style, is one of the chosen model's styles, or "" (or left out) for its default: ``ghibli``
+when it has it, else its first; a model without styles takes only "". The last, "Crisp levels" (or left out: False),
+sets the bundled model's luma posterizer to full strength: flat levels with sharp borders; a model without a
+posterizer takes only False. gradio_client fills in left-out arguments; a plain HTTP call (``POST
+/gradio_api/call/cartoonize``) sends all six.
 """
 
 from __future__ import annotations
@@ -122,6 +125,11 @@ class ModelRegistry:
         model = self._models.get(name) if isinstance(name, str) else None
         return model.styles if model is not None else []
 
+    def can_posterize(self, name: object) -> bool:
+        """Whether ``name`` is loaded and has a luma posterizer (the bundled model has)."""
+        model = self._models.get(name) if isinstance(name, str) else None
+        return model is not None and model.can_posterize
+
     def get(self, name: object) -> Cartoonizer:
         """The loaded model ``name``, or a `gr.Error` for the visitor."""
         if not isinstance(name, str) or name not in self.names:
@@ -155,6 +163,20 @@ def read_smoothing(value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
         return float(value)
     raise refuse(f"Smoothing must be a number from 0 to 1; got {str(value)[:20]!r}.", f"smoothing {str(value)[:40]!r}")
+
+
+def read_crisp(value: object, model: str, can_posterize: bool) -> float | None:
+    """The posterizer strength for "Crisp levels": 1.0 when ticked, None (the model's own) when not; or a `gr.Error`."""
+    if value is None or value is False:
+        return None
+    if value is not True:
+        raise refuse(f"Crisp levels must be true or false; got {str(value)[:20]!r}.", f"crisp {str(value)[:40]!r}")
+    if not can_posterize:
+        raise refuse(
+            f"The model {model!r} has no luminance levels to make crisp; untick Crisp levels.",
+            f"crisp levels for {model!r}, which has no posterizer",
+        )
+    return 1.0
 
 
 def read_upload(upload: object) -> tuple[Path, str]:
@@ -224,16 +246,19 @@ def output_path(upload_name: str, style: str | None = None) -> Path:
 
 
 def make_cartoonize(models: ModelRegistry):
-    def cartoonize(upload, model: str, max_side: float, smoothing: float, style: str | None = "") -> str:
+    def cartoonize(
+        upload, model: str, max_side: float, smoothing: float, style: str | None = "", crisp: bool = False
+    ) -> str:
         """Cartoonize one uploaded photo; every refusal is a message for the visitor and one log line."""
         path, name = read_upload(upload)
         side, strength = read_side(max_side), read_smoothing(smoothing)
         cartoonizer = models.get(model)
         style = read_style(style, model, cartoonizer.styles)
+        posterize = read_crisp(crisp, model, cartoonizer.can_posterize)
         try:
             cartoon = cartoonizer(
                 path, style=style, max_side=side, smoothing=strength or None, max_pixels=MAX_PIXELS,
-                max_activation_bytes=MAX_ACTIVATION_BYTES,
+                max_activation_bytes=MAX_ACTIVATION_BYTES, posterize=posterize,
             )[0]  # fmt: skip
         except ImageLoadError as error:  # name the upload, not the server's temporary folder
             detail = str(error).replace(str(path), name)
@@ -263,11 +288,15 @@ def comparison(upload, cartoon, max_side: float):
 
 
 def style_choices(models: ModelRegistry):
-    """The style selector for ``model``: its styles, its default selected; hidden for a model without styles."""
+    """The style selector for ``model``: its styles, its default selected; hidden for a model without styles. And the
+    "Crisp levels" box, unticked, shown only for a model with a posterizer."""
 
-    def choices(model: str) -> gr.Dropdown:
+    def choices(model: str) -> tuple[gr.Dropdown, gr.Checkbox]:
         styles = models.styles(model)
-        return gr.Dropdown(choices=styles or [("default", "")], value=default_style(styles) or "", visible=bool(styles))
+        return (
+            gr.Dropdown(choices=styles or [("default", "")], value=default_style(styles) or "", visible=bool(styles)),
+            gr.Checkbox(value=False, visible=models.can_posterize(model)),
+        )
 
     return choices
 
@@ -298,6 +327,10 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
                     MIN_SIDE, MAX_SIDE, value=DEFAULT_SIDE, step=64, label="Output size (longer side, pixels)"
                 )
                 smoothing = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Edge-preserving smoothing")
+                crisp = gr.Checkbox(
+                    value=False, label="Crisp levels", elem_id="crisp", visible=models.can_posterize(models.names[0]),
+                    info="Flat luminance levels with sharp borders: a bolder cartoon, further from the style's teacher",
+                )  # fmt: skip
                 run = gr.Button("Cartoonize", variant="primary", elem_id="run")
             with gr.Column():
                 result = gr.Image(
@@ -309,17 +342,17 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
                 )
         # preprocess=False: the raw payloads reach the checks above (gradio's would decode the photo first)
         event = run.click(
-            make_cartoonize(models), [photo, model, max_side, smoothing, style], result, api_name="cartoonize",
+            make_cartoonize(models), [photo, model, max_side, smoothing, style, crisp], result, api_name="cartoonize",
             preprocess=False,
         )  # fmt: skip
-        model.change(style_choices(models), model, style, api_visibility="private")
+        model.change(style_choices(models), model, [style, crisp], api_visibility="private")
         event.success(comparison, [photo, result, max_side], before_after, api_visibility="private", preprocess=False)
         gr.Examples(
             examples=[[str(p)] for p in sorted(EXAMPLES.glob("*.jpg"))],
             inputs=[photo],
             label="Examples (CC0 / public domain, see examples/SOURCES.md) — click one, then Cartoonize",
         )
-        demo.load(style_choices(models), model, style, api_visibility="private")
+        demo.load(style_choices(models), model, [style, crisp], api_visibility="private")
     return demo
 
 

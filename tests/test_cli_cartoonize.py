@@ -194,3 +194,25 @@ def test_a_style_the_model_lacks_is_one_line_before_any_work(tmp_path, model, ca
     err = capsys.readouterr().err
     assert err.startswith("ghibligan: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1.5", "`posterize` must be a number in [0, 1] or None, got 1.5."),
+        ("1", "`posterize` needs a model with a luma posterizer (a GuidedFilterGenerator built with `levels`"),
+    ],
+)
+def test_a_posterize_the_model_cannot_take_is_one_line_before_any_work(tmp_path, model, capsys, value, message):
+    """--posterize on the bundled model (which has a posterizer) works; out of range, or for the plain test U-Net,
+    it is one line and nothing is written."""
+    Image.fromarray(photo_like(50, 40)).save(tmp_path / "photo.jpg")
+    out = tmp_path / "out"
+    chosen = ["--model", model] if value == "1" else []
+    assert main(["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(out), *chosen, "--posterize", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ghibligan: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+    bundled = tmp_path / "bundled.png"
+    args = ["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(bundled), "--style", "toon", "--posterize", "1"]
+    assert main(args) == 0 and Image.open(bundled).size == (50, 40)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ghibligan.metrics import flat_share
 from ghibligan.pipeline import bundled_model_path
 
 from .helpers import STYLES, photo_like, save_tiny_style_model, save_tiny_unet
@@ -185,7 +186,9 @@ def test_hostile_models_and_arguments_are_refused_at_once_and_memory_stays_flat(
     assert len(refusals(server.log)) - logged_before == len(cases)  # one line each
     assert "Traceback" not in server.log.read_text()[log_start:]
     assert rss_mb(server.process) - rss_before < 100, "a refused request allocated memory"
-    stream = raw_call(server.url, [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0, ""])
+    stream = raw_call(
+        server.url, [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0, "", False]
+    )
     assert "event: error" in stream and "could not be used as a photo" in stream and "/tmp" not in stream
 
 
@@ -215,7 +218,7 @@ def test_api_style_is_checked_against_the_chosen_model_and_names_the_output(serv
 
     client = Client(server.url, verbose=False)
     parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/cartoonize"]
-    assert parameters["parameters"][-1]["parameter_default"] == ""  # left out: each model's default, plain ones too
+    assert parameters["parameters"][4]["parameter_default"] == ""  # left out: each model's default, plain ones too
     wait_until_loaded(client, server.styled)  # (it leaves the style out)
     paths = {
         style: client.predict(handle_example(), server.styled, 256, 0.0, style, api_name="/cartoonize")
@@ -253,10 +256,41 @@ def test_api_style_is_checked_against_the_chosen_model_and_names_the_output(serv
     assert "Traceback" not in server.log.read_text()[log_start:]
 
 
+def test_api_crisp_levels_posterize_the_bundled_model_and_are_refused_elsewhere(server):
+    """ "Crisp levels" runs the bundled model's posterizer at full strength: flatter than its learned strength, the
+    same size and name; left out, it is off. Ticked for a model without a posterizer, or not a boolean: one message
+    and one log line each."""
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/cartoonize"]
+    assert parameters["parameters"][5]["parameter_default"] is False
+    learned = client.predict(handle_example(), "bundled", 256, 0.0, "toon", api_name="/cartoonize")
+    same = client.predict(handle_example(), "bundled", 256, 0.0, "toon", False, api_name="/cartoonize")
+    crisp = client.predict(handle_example(), "bundled", 256, 0.0, "toon", True, api_name="/cartoonize")
+    assert Path(crisp).name == "cat-toon.png"
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in (learned, same, crisp)]
+    assert np.array_equal(images[0], images[1]) and images[2].shape == images[0].shape
+    assert flat_share(images[2]) > flat_share(images[0]) + 0.02  # hard levels: flatter
+
+    wait_until_loaded(client, server.plain)
+    before, log_start = len(refusals(server.log)), len(server.log.read_text())
+    cases = [
+        ((server.plain, "", True), f"The model {server.plain!r} has no luminance levels to make crisp"),
+        (("bundled", "toon", "yes"), "Crisp levels must be true or false; got 'yes'."),
+    ]
+    for (model, style, value), message in cases:
+        with pytest.raises(Exception) as info:
+            client.predict(handle_example(), model, 256, 0.0, style, value, api_name="/cartoonize")
+        assert message in str(info.value), (value, str(info.value))
+    assert len(refusals(server.log)) - before == len(cases)
+    assert "Traceback" not in server.log.read_text()[log_start:]
+
+
 def test_api_server_paths_as_photos_are_refused(server):
     """A file the visitor did not upload is refused by gradio before our code runs, and nothing of it is echoed."""
     stream = raw_call(
-        server.url, [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0, ""]
+        server.url, [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "bundled", 512, 0, "", False]
     )
     assert "event: error" in stream
     assert Path("/etc/hostname").read_text().strip() not in stream
@@ -355,15 +389,17 @@ def test_browser_bad_upload_shows_an_error_and_the_page_keeps_working(server, br
 
 def test_browser_style_selector_follows_the_model(server, browser, tmp_path):
     """Hidden for a model without styles; the chosen model's styles, ghibli first selected, for a style model; the
-    cartoon is made in the style picked and named after it."""
+    cartoon is made in the style picked and named after it. "Crisp levels" shows for a model with a posterizer (the
+    bundled one) only."""
     from gradio_client import Client
 
     wait_until_loaded(Client(server.url, verbose=False), server.styled)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(server.url)
-    style = page.locator("#style")
+    style, crisp = page.locator("#style"), page.locator("#crisp")
     if not BUNDLED_STYLES:
         style.wait_for(state="hidden", timeout=30_000)
+    crisp.wait_for(state="visible", timeout=30_000)  # the bundled model has a posterizer
     page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name=server.styled).click()
     style.wait_for(state="visible", timeout=30_000)
@@ -378,4 +414,5 @@ def test_browser_style_selector_follows_the_model(server, browser, tmp_path):
     page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name=server.plain).click()
     style.wait_for(state="hidden", timeout=30_000)
+    crisp.wait_for(state="hidden", timeout=30_000)  # nor has the plain U-Net
     page.close()

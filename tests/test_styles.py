@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghibligan import Cartoonizer
+from ghibligan import Cartoonizer, GuidedFilterGenerator
+from ghibligan.metrics import flat_share
 from ghibligan.pipeline import auto_dtype
 
 from .helpers import STYLES, photo_like, save_tiny_style_model, save_tiny_unet
@@ -152,3 +153,61 @@ def test_dtype_defaults_to_auto_and_an_explicit_dtype_wins(style_dir, tmp_path):
     plain = Cartoonizer.from_pretrained(save_tiny_unet(tmp_path / "plain"), device="cpu", dtype="float32")
     assert plain.dtype == torch.float32 and plain.generator.conv_in.weight.dtype == torch.float32
     assert Cartoonizer(load_generator(style_dir), device="cpu", dtype=torch.float32).dtype == torch.float32
+
+
+def save_posterizer_model(path, toon_strength: float) -> str:
+    """A tiny 3-style guided model with a 5-level luma posterizer; `toon`'s strength ``toon_strength``, the others 0
+    (as trained: ghibli learns none)."""
+    torch.manual_seed(0)
+    model = GuidedFilterGenerator(styles=STYLES, channels=4, num_levels=2, num_blocks=1, tone_channels=8, levels=5)
+    with torch.no_grad():
+        model.level_quantizer.raw_strength.weight[STYLES.index("toon")] = toon_strength / 10  # STRENGTH_RATE
+        model.level_quantizer.raw_softness.weight.fill_(-3.0)  # sharp ramps
+    model.save_pretrained(path)
+    return str(path)
+
+
+def test_posterize_sets_the_posterizer_strength_in_every_batch_and_tile(tmp_path):
+    """``posterize=s`` gives what the model with strength s learned gives, one pass or tiled; 1 is flatter than the
+    learned strength, and a style that learned none can still be posterized."""
+    learned = Cartoonizer.from_pretrained(save_posterizer_model(tmp_path / "half", 0.5), device="cpu", dtype="float32")
+    full = Cartoonizer.from_pretrained(save_posterizer_model(tmp_path / "full", 1.0), device="cpu", dtype="float32")
+    off = Cartoonizer.from_pretrained(save_posterizer_model(tmp_path / "off", 0.0), device="cpu", dtype="float32")
+    assert learned.can_posterize
+    image = photo_like(120, 90)
+    for options in ({}, {"tile": 64, "tile_overlap": 8}):
+        assert np.array_equal(as_array(learned(image, style="toon", posterize=1.0, **options)[0]),
+                              as_array(full(image, style="toon", **options)[0]))  # fmt: skip
+        assert np.array_equal(as_array(learned(image, style="toon", posterize=0.0, **options)[0]),
+                              as_array(off(image, style="toon", **options)[0]))  # fmt: skip
+    batch = learned([image, image[::-1].copy()], style="toon", posterize=1.0)  # one batch of two
+    assert np.array_equal(as_array(batch[0]), as_array(full(image, style="toon")[0]))
+    soft, hard = learned(image, style="toon")[0], learned(image, style="toon", posterize=1.0)[0]
+    assert flat_share(hard) > flat_share(soft)
+    ghibli, posterized = learned(image, style="ghibli")[0], learned(image, style="ghibli", posterize=1.0)[0]
+    assert np.abs(as_array(ghibli) - as_array(posterized)).mean() > 1
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), True, "1"])
+def test_a_bad_posterize_is_refused_before_any_work(tmp_path, value):
+    pipe = Cartoonizer.from_pretrained(save_posterizer_model(tmp_path / "m", 0.5), device="cpu")
+    calls, hook = record_styles(pipe)
+    try:
+        with pytest.raises(ValueError, match=r"`posterize` must be a number in \[0, 1\] or None"):
+            pipe(photo_like(32, 32), style="toon", posterize=value)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_posterize_needs_a_model_with_a_posterizer(tmp_path, style_dir):
+    for pipe in (
+        Cartoonizer.from_pretrained(save_tiny_unet(tmp_path / "plain"), device="cpu"),
+        Cartoonizer.from_pretrained(style_dir, device="cpu"),  # a guided model built without levels
+    ):
+        assert not pipe.can_posterize
+        with pytest.raises(ValueError, match=r"`posterize` needs a model with a luma posterizer .* has none"):
+            pipe(photo_like(32, 32), posterize=0.5)
+    bare = GuidedFilterGenerator(styles=STYLES, channels=4, num_levels=2, num_blocks=1)
+    with pytest.raises(ValueError, match="`posterize` needs a model with a luma posterizer"):
+        bare(torch.zeros(1, 3, 16, 16), posterize=torch.ones(1))

@@ -424,8 +424,12 @@ class LevelQuantizer(nn.Module):
         values = (step, self.offset(style).float(), softness, strength)
         return tuple(v.to(dtype)[:, :, None, None] for v in values)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+        """``strength`` (B,) in [0, 1] replaces the learned strengths (0: off, 1: hard levels), e.g. for a user who
+        wants flatter levels than the learned compromise between fidelity and flatness."""
         params = self.parameters_for(style, x.dtype)
+        if strength is not None:
+            params = (*params[:3], strength.to(x.dtype).clamp(0, 1)[:, None, None, None])
         rows = inference_slice_rows(self, *x.shape[-2:])
         if rows is None:
             return self._quantize(x, *params)
@@ -660,10 +664,17 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         out = self.conv_out(F.leaky_relu(hidden, 0.2))[..., top : top + height, left : left + width]  # (B, 3|4, h, w)
         return out[:, :3] + low, out[:, 3:]  # surface (B, 3, h, w), line gate (B, 0 or 1, h, w)
 
-    def forward(self, sample: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] and style indices (B,) (None: style 0) → (B, 3, H, W) in [-1, 1]."""
+    def forward(
+        self, sample: torch.Tensor, style: torch.Tensor | None = None, posterize: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] and style indices (B,) (None: style 0) → (B, 3, H, W) in [-1, 1].
+
+        ``posterize`` (B,) in [0, 1] overrides the `LevelQuantizer`'s learned strength of each image's style (0: no
+        levels, 1: hard levels; None: as learned); only for a model built with ``levels``."""
         batch, _, height, width = sample.shape
         style = self._check_style(style, batch, sample.device)
+        if posterize is not None and self.level_quantizer is None:
+            raise ValueError("`posterize` needs a model with a luma posterizer (built with `levels` > 0).")
 
         # 1. downsample (area averaging: pixel i covers [i·H/h, (i+1)·H/h), matching bilinear upsampling below)
         # ceil(H / s), (H + s - 1) // s: the exported graph divides integers by truncation, so no negative operands
@@ -705,7 +716,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if self.tone_head is not None:
             surface = self.tone_head(surface, style).clamp(-1, 1)
         if self.level_quantizer is not None:  # flat luma levels with sharp borders, as much as the style has
-            surface = self.level_quantizer(surface, style).clamp(-1, 1)
+            surface = self.level_quantizer(surface, style, posterize).clamp(-1, 1)
 
         # 6. ink lines
         surface = surface.to(sample.dtype)
