@@ -330,6 +330,7 @@ class Cartoonizer:
         return getattr(self.generator, "level_quantizer", None) is not None
 
     def check_posterize(self, posterize: float | None) -> None:
+        """Refuse a ``posterize`` that is not None or a number in [0, 1], or that this model cannot take."""
         if posterize is None:
             return
         if isinstance(posterize, bool) or not isinstance(posterize, (int, float)) or not 0.0 <= posterize <= 1.0:
@@ -431,6 +432,7 @@ class Cartoonizer:
                 f"`images` must be a (B, H, W, 3) uint8 array or tensor, got shape {tuple(images.shape)} of "
                 f"{images.dtype}."
             )
+        self.check_posterize(posterize)
         batch_size = min(batch_size, self.cpu_pass_images(*images.shape[1:3]) or batch_size)
         outputs = []
         for start in range(0, len(images), batch_size):

@@ -166,7 +166,7 @@ def test_pipeline_refuses_or_shrinks_work_above_max_activation_bytes(tmp_path):
         cartoonizer(images[0], max_activation_bytes=needed // 2)
     batches = []
     generate = cartoonizer._generate
-    cartoonizer._generate = lambda batch, style=None: batches.append(len(batch)) or generate(batch, style)
+    cartoonizer._generate = lambda batch, *args: batches.append(len(batch)) or generate(batch, *args)
     limited = cartoonizer(images, max_activation_bytes=2 * needed)
     assert batches == [2, 2]  # two fit at once
     batches.clear()
