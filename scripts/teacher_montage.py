@@ -4,7 +4,11 @@ python scripts/teacher_montage.py space/examples/*.jpg -o docs/teacher_montage.j
 python scripts/teacher_montage.py space/examples/*.jpg -o docs/ghibli_montage.jpg --presets ghibli --cell 512
 python scripts/teacher_montage.py space/examples/*.jpg -o docs/styles_montage.jpg --presets --model bundled
 
-A model with styles gets one column per style (``--styles`` picks them; default: all of the model's).
+A model with styles gets one column per style (``--styles`` picks them; default: all of the model's); with
+``--posterize S``, each style also gets a column at that posterizer strength (the Space's "Crisp levels" is 1):
+
+python scripts/teacher_montage.py space/examples/*.jpg -o docs/crisp_montage.jpg --presets --model bundled \
+    --styles ghibli toon --posterize 1 --max-side 512
 """
 
 from __future__ import annotations
@@ -29,15 +33,22 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=None, help="the model's styles to show (default: all)")
     parser.add_argument("--model", default=None, help="also a generator: 'bundled', a folder or a Hub id")
     parser.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to this (1024)")
+    parser.add_argument(
+        "--posterize", type=float, default=None, help="also each style at this posterizer strength in [0, 1]"
+    )
     args = parser.parse_args()
 
     columns = [(teacher.name, teacher) for teacher in map(ToonTeacher, args.presets)]
     if args.model:
         model = Cartoonizer.from_pretrained(None if args.model == "bundled" else args.model, device="cpu")
         model.set_progress_bar_config(disable=True)
+        model.check_posterize(args.posterize)
         for style in args.styles or model.styles or [None]:
             label = f"model: {args.model}" + (f", {style}" if style else "")
             columns.append((label, lambda photo, style=style: model(photo, style=style)[0]))
+            if args.posterize is not None:
+                render = lambda photo, style=style: model(photo, style=style, posterize=args.posterize)[0]  # noqa: E731
+                columns.append((f"{label}, posterize={args.posterize:g}", render))
     rows = []
     for path in args.photos:
         photo = resize_to_max_side(load_image(path).rgb, args.max_side)
