@@ -188,9 +188,10 @@ LEVELS_FULL, LEVELS_FLOOR = 0.6, 0.3
 def fit_level_quantizer(quantizer: LevelQuantizer, samples: list[dict]) -> dict[int, tuple[float, float]]:
     """Start each style's `LevelQuantizer` levels where its training targets' luma levels are (`estimate_levels`), at
     a strength that grows with how clearly the targets are posterized: 0 for a concentration at or below
-    ``LEVELS_FLOOR`` (continuous tones, e.g. the ghibli teacher's 0.2), 1 at ``LEVELS_FULL`` and above (the toon
-    teacher's 0.7). Without it the quantizer starts with levels that cut the teacher's in half, where no gradient
-    moves them. Styles without samples keep their start. Returns ``{style: (levels, concentration)}``."""
+    ``LEVELS_FLOOR`` (continuous tones: the ghibli teacher's targets score 0.1–0.2), 1 at ``LEVELS_FULL`` and above
+    (the toon teacher's 0.64–0.71; painterly's soft steps, 0.40–0.59, start in between). Without it the quantizer
+    starts with levels that cut the teacher's in half, where no gradient moves them. Styles without samples keep their
+    start. Returns ``{style: (levels, concentration)}``."""
     targets = [(int(sample.get("style", torch.tensor(0))), sample["target"]) for sample in samples]
     fitted = {}
     for style in sorted({style for style, _ in targets}):

@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--notes", default=None, help="with --export: a paragraph for the card (what it can't do)")
     parser.add_argument("--reference", default=None, help="also evaluate this checkpoint (e.g. a unet_256 baseline)")
     args = parser.parse_args()
+    if args.teacher_noise and not args.teacher:
+        parser.error("--teacher_noise needs --teacher: the teacher(s) the pairs were made with")
 
     files = sorted(str(p.resolve()) for p in Path(args.pairs, "data").glob(f"{args.split}-*.parquet"))
     if not files:
