@@ -145,6 +145,13 @@ def teacher_reproducibility(teacher_spec: str, rows, target_column: str, sigma: 
     return 1 - statistics.mean(errors) / statistics.mean(scales)
 
 
+def report_reproducibility(teacher_spec: str, rows, target_column: str, sigma: float, label: str = "") -> float:
+    """`teacher_reproducibility`, printed (``label``: the style, for a multi-style model)."""
+    ceiling = teacher_reproducibility(teacher_spec, rows, target_column, sigma)
+    print(f"{label}{teacher_spec} on the photo + noise σ {sigma:g}: {100 * ceiling:.1f} % removed")
+    return ceiling
+
+
 def evaluate_checkpoint(model: str, dtype: str, rows, style: str | None = None, target_column="target_image") -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one), evaluate it on
     ``rows`` against ``target_column`` and print the summary."""
@@ -198,10 +205,8 @@ def main() -> None:
         }
         if args.teacher_noise and args.teacher:
             for style, teacher in zip(styles, args.teacher, strict=True):
-                ceiling = teacher_reproducibility(teacher, rows, style, args.teacher_noise)
-                metrics["styles"][style]["teacher_reproducibility"] = ceiling
-                print(
-                    f"{style}: {teacher} on the photo + noise σ {args.teacher_noise:g}: {100 * ceiling:.1f} % removed"
+                metrics["styles"][style]["teacher_reproducibility"] = report_reproducibility(
+                    teacher, rows, style, args.teacher_noise, label=f"{style}: "
                 )
         if args.json:
             Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -210,12 +215,8 @@ def main() -> None:
         return
     metrics = evaluate_checkpoint(args.model, args.dtype, rows)
     if args.teacher_noise and args.teacher:
-        metrics["teacher_reproducibility"] = teacher_reproducibility(
+        metrics["teacher_reproducibility"] = report_reproducibility(
             args.teacher[0], rows, "target_image", args.teacher_noise
-        )
-        print(
-            f"{args.teacher[0]} on the photo + noise σ {args.teacher_noise:g}: "
-            f"{100 * metrics['teacher_reproducibility']:.1f} % removed"
         )
     if args.reference:
         reference_metrics = evaluate_checkpoint(args.reference, args.dtype, rows)

@@ -14,6 +14,8 @@ python scripts/teacher_montage.py space/examples/*.jpg -o docs/crisp_montage.jpg
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import time
 
 import numpy as np
@@ -22,6 +24,10 @@ from PIL import Image, ImageDraw
 from ghibligan import Cartoonizer
 from ghibligan.image_io import load_image, resize_to_max_side
 from ghibligan.teachers import PRESETS, ToonTeacher
+
+
+def render_model(model: Cartoonizer, photo: Image.Image, style: str | None, posterize: float | None) -> Image.Image:
+    return model(photo, style=style, posterize=posterize)[0]
 
 
 def main() -> None:
@@ -43,12 +49,11 @@ def main() -> None:
         model = Cartoonizer.from_pretrained(None if args.model == "bundled" else args.model, device="cpu")
         model.set_progress_bar_config(disable=True)
         model.check_posterize(args.posterize)
-        for style in args.styles or model.styles or [None]:
+        strengths = [None] if args.posterize is None else [None, args.posterize]  # None: the learned strength
+        for style, posterize in itertools.product(args.styles or model.styles or [None], strengths):
             label = f"model: {args.model}" + (f", {style}" if style else "")
-            columns.append((label, lambda photo, style=style: model(photo, style=style)[0]))
-            if args.posterize is not None:
-                render = lambda photo, style=style: model(photo, style=style, posterize=args.posterize)[0]  # noqa: E731
-                columns.append((f"{label}, posterize={args.posterize:g}", render))
+            label += "" if posterize is None else f", posterize={posterize:g}"
+            columns.append((label, functools.partial(render_model, model, style=style, posterize=posterize)))
     rows = []
     for path in args.photos:
         photo = resize_to_max_side(load_image(path).rgb, args.max_side)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hub import GhibliganHubMixin
-from .layers import check_positive_int, inference_slice_rows
+from .layers import check_positive_int, inference_slice_rows, map_row_slices
 
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, the luma of `ghibligan.metrics`
@@ -327,10 +327,7 @@ class StyleColorMap(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weights = [(layer.weight.to(x.dtype), layer.bias.to(x.dtype)) for layer in [*self.hidden_layers, self.conv_out]]
         biases = self.style_bias(style).to(x.dtype)[:, :, None, None].chunk(len(self.hidden_layers), dim=1)
-        rows = inference_slice_rows(self, *x.shape[-2:])
-        if rows is None:
-            return self._map(x, biases, weights)
-        return torch.cat([self._map(part, biases, weights) for part in x.split(rows, dim=-2)], dim=-2)
+        return map_row_slices(self, x, lambda part: self._map(part, biases, weights))
 
 
 def estimate_levels(
@@ -430,10 +427,7 @@ class LevelQuantizer(nn.Module):
         params = self.parameters_for(style, x.dtype)
         if strength is not None:
             params = (*params[:3], strength.to(x.dtype).clamp(0, 1)[:, None, None, None])
-        rows = inference_slice_rows(self, *x.shape[-2:])
-        if rows is None:
-            return self._quantize(x, *params)
-        return torch.cat([self._quantize(part, *params) for part in x.split(rows, dim=-2)], dim=-2)
+        return map_row_slices(self, x, lambda part: self._quantize(part, *params))
 
     @staticmethod
     def _quantize(x, step, offset, softness, strength) -> torch.Tensor:

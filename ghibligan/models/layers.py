@@ -7,6 +7,8 @@ image size: pad up to the multiple their depth needs, run, crop back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,15 @@ def inference_slice_rows(module: nn.Module, height: int, width: int) -> int | No
     if module.training or pixels is None or height * width <= pixels:
         return None
     return max(1, pixels // width)
+
+
+def map_row_slices(module: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` for a per-pixel map (no reach across rows), at inference in slices of `inference_slice_rows` rows
+    joined back together; in one pass where that is None."""
+    rows = inference_slice_rows(module, *x.shape[-2:])
+    if rows is None:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(rows, dim=-2)], dim=-2)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import check_positive_int, inference_slice_rows
+from .layers import check_positive_int, map_row_slices
 
 
 class ToneHead(nn.Module):
@@ -45,12 +45,9 @@ class ToneHead(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        rows = inference_slice_rows(self, *image.shape[-2:])
-        if rows is None:
-            return (image + self.mlp(image)).clamp(-1, 1)
         # inference: a slice of rows at a time, so the wide hidden activations stay in cache (2.2× faster end to end at
         # 512² with 64 rows)
-        return torch.cat([(part + self.mlp(part)).clamp(-1, 1) for part in image.split(rows, dim=-2)], dim=-2)
+        return map_row_slices(self, image, lambda part: (part + self.mlp(part)).clamp(-1, 1))
 
 
 class OutputStageMixin:
