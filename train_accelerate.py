@@ -313,6 +313,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "removed (0 = off).",
     )
     loss.add_argument(
+        "--lambda_gradient_distribution",
+        type=float,
+        default=0.0,
+        help="pix2pix: weight of a loss on the distribution of the output's edge strengths (luma Sobel magnitudes, "
+        "sorted and compared with the target's, per image): asks for the target's share of flat pixels and sharp "
+        "borders wherever they are, against the blur L1 settles for where the target's borders cannot be predicted "
+        "(0 = off).",
+    )
+    loss.add_argument(
         "--lambda_adversarial",
         type=float,
         default=1.0,
@@ -426,7 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"several --target_column styles train with --objective pix2pix, not {args.objective}")
     if multi_style and args.paired_layout != "separate":
         parser.error("several --target_column styles need --paired_layout separate")
-    for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial"):
+    for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial", "lambda_gradient_distribution"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):
@@ -535,6 +544,7 @@ def build_objective(args, device: torch.device) -> Objective:
             lambda_l1=args.lambda_l1,
             lambda_gradient=args.lambda_gradient,
             lambda_adversarial=args.lambda_adversarial,
+            lambda_gradient_distribution=args.lambda_gradient_distribution,
             num_styles=style_planes(args),
         )
     try:

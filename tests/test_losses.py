@@ -10,7 +10,10 @@ from ghibligan.losses import (
     Pix2PixObjective,
     discriminator_loss,
     generator_adversarial_loss,
+    gradient_distribution_loss,
+    luma_sobel_magnitude,
 )
+from ghibligan.metrics import flat_share, sobel_magnitude
 
 
 class Oracle(nn.Module):
@@ -105,10 +108,65 @@ def test_the_content_loss_sends_gradients_to_the_generator_only():
     assert vgg.weight.grad is None
 
 
+def step_image(edge: int, size: int = 32) -> torch.Tensor:
+    """(1, 3, size, size) in [-1, 1]: dark left of column ``edge``, light from it on."""
+    image = torch.full((1, 3, size, size), -0.6)
+    image[..., edge:] = 0.6
+    return image
+
+
+def test_luma_sobel_magnitude_is_the_metrics_sobel_in_model_units():
+    image = torch.rand(1, 3, 20, 24) * 2 - 1
+    pixels = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    # the metric's luma is uint8 (cv2), so compare on an image whose luma the rounding barely moves: tolerance 2 levels
+    reference = sobel_magnitude(pixels)[1:-1, 1:-1] / 127.5
+    ours = luma_sobel_magnitude(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1)[0, 0]
+    assert ours.shape == (18, 22)
+    assert torch.allclose(ours, torch.from_numpy(reference), atol=2 * 8 / 127.5)
+
+
+def test_the_gradient_distribution_loss_wants_the_targets_edges_wherever_they_are():
+    target = step_image(edge=12)
+    moved, blurred = step_image(edge=20), torch.nn.functional.avg_pool2d(target, 7, stride=1, padding=3)
+    assert gradient_distribution_loss(target + 0.2, target) < 1e-6  # a colour shift has the same edges
+    # the edge 8 px off: far in L1, the same distribution of edge strengths
+    assert gradient_distribution_loss(moved, target) < 1e-6 < torch.nn.functional.l1_loss(moved, target)
+    # the edge blurred: close in L1, but many pixels on a ramp and no sharp edge
+    assert gradient_distribution_loss(blurred, target) > 10 * gradient_distribution_loss(moved, target) + 0.01
+    assert torch.nn.functional.l1_loss(blurred, target) < torch.nn.functional.l1_loss(moved, target)
+
+
+def test_descending_the_gradient_distribution_loss_sharpens_a_blurred_edge():
+    target = step_image(edge=16)
+    blurred = torch.nn.functional.avg_pool2d(target, 9, stride=1, padding=4, count_include_pad=False)
+    image = blurred.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([image], lr=0.01)
+    for _ in range(200):
+        optimizer.zero_grad()
+        gradient_distribution_loss(image, target).backward()
+        optimizer.step()
+
+    def flat(x):
+        return flat_share(((x[0].detach().clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).byte().numpy())
+
+    assert flat(blurred) < 0.7 and flat(image) > flat(blurred) + 0.1  # the ramp became flat sides and a border
+    assert gradient_distribution_loss(image, target) < 0.5 * gradient_distribution_loss(blurred, target)
+
+
+def test_the_pix2pix_objective_adds_the_gradient_distribution_term_at_its_weight():
+    target, fake = step_image(edge=16), torch.nn.functional.avg_pool2d(step_image(edge=16), 5, stride=1, padding=2)
+    objective = Pix2PixObjective(lambda_l1=1, lambda_gradient_distribution=3, lambda_adversarial=0)
+    loss, logs = objective.generator_loss(None, {"input": target, "target": target}, fake, adversarial=False)
+    assert set(logs) == {"loss_g_l1", "loss_g_gradient_distribution"}
+    assert torch.isclose(loss, logs["loss_g_l1"] + 3 * logs["loss_g_gradient_distribution"])
+    assert "λ_gradient_distribution = 3" in objective.description
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda: Pix2PixObjective(gan_mode="wgan"), "`gan_mode` must be one of"),
+        (lambda: Pix2PixObjective(lambda_gradient_distribution=-1), "`lambda_gradient_distribution` must be >= 0"),
         (lambda: CartoonGANObjective(vgg=nn.Identity(), init_steps=-1), "`init_steps` must be >= 0"),
     ],
 )

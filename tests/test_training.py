@@ -165,6 +165,7 @@ def test_presets_with_flag_overrides_build_the_models_each_objective_needs():
         (["--preset", "bundled", "--generator", "unet"], "give --preset or its shorthand --generator"),
         (["--pretrained_model_name_or_path", "ckpt", "--ngf", "8"], "leave out --ngf"),
         (["--init_steps", "10"], "add --objective cartoongan"),
+        (["--lambda_gradient_distribution", "-1"], "--lambda_gradient_distribution must be >= 0"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_flag_and_what_to_do(argv, message, capsys):
