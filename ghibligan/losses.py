@@ -91,9 +91,10 @@ def gradient_distribution_loss(generated: torch.Tensor, target: torch.Tensor) ->
     average: many pixels on soft ramps, few flat ones, no sharp edge. This term is blind to position; it compares how
     many pixels are flat, how many on gentle slopes and how many on sharp edges, so it asks for the target's flat
     regions and crisp borders, and leaves *where* they go to the L1 terms."""
-    generated_magnitude = luma_sobel_magnitude(generated).flatten(1)  # (B, N)
-    target_magnitude = luma_sobel_magnitude(target).flatten(1)
-    return F.l1_loss(generated_magnitude.sort(dim=1).values, target_magnitude.sort(dim=1).values)
+    generated_magnitude = luma_sobel_magnitude(generated).flatten(1).sort(dim=1).values  # (B, N), ascending
+    with torch.no_grad():  # the target is data
+        target_magnitude = luma_sobel_magnitude(target).flatten(1).sort(dim=1).values
+    return F.l1_loss(generated_magnitude, target_magnitude)
 
 
 def _check_gan_mode(gan_mode: str) -> None:

@@ -1,7 +1,8 @@
 # The multi-style guided-filter model's training recipe (ghibli-styles), sourced by train_bundled_model.sh: change the
 # recipe here. One style-conditioned GuidedFilterGenerator (--preset guided: joint bilateral upsampling, 3 flattening
 # passes, per-style photo detail) learns three teachers at once; each training sample draws one style (target column);
-# L1 + L1 on image gradients, no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the
+# L1 + L1 on image gradients + 0.3 × the gradient-distribution loss (the targets' edge strengths wherever they are:
+# sharper borders, toon's ink lines), no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the
 # discriminator stayed at chance, docs/experiments.md). The preset's luma posterizer (levels=6) starts each style at
 # its targets' own levels, estimated before training (toon 5.25, painterly 7.25, ghibli none).
 STYLES_TEACHERS=(toon:ghibli toon:toon toon:painterly)
@@ -12,6 +13,6 @@ STYLES_LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_prec
 # Learning rate 1e-3 with gradients clipped at 0.5: at 2e-3 unclipped the first run diverged at step ~310 (L1 0.07 →
 # 0.9, outputs stuck at the clamp).
 STYLES_TRAINING=(--preset guided --target_column "${STYLES_COLUMNS[@]}" --lambda_adversarial 0 --lambda_l1 1
-    --lambda_gradient 1 --learning_rate 1e-3 --adam_beta1 0.9 --lr_scheduler linear_decay --max_grad_norm 0.5
-    --train_batch_size 8 --resolution 304 --random_flip --tone_head_init_steps 1000 --dataloader_num_workers 1
-    --seed 0 --validation_split validation --report_to none)
+    --lambda_gradient 1 --lambda_gradient_distribution 0.3 --learning_rate 1e-3 --adam_beta1 0.9
+    --lr_scheduler linear_decay --max_grad_norm 0.5 --train_batch_size 8 --resolution 304 --random_flip
+    --tone_head_init_steps 1000 --dataloader_num_workers 1 --seed 0 --validation_split validation --report_to none)

@@ -158,6 +158,21 @@ def test_presets_with_flag_overrides_build_the_models_each_objective_needs():
 
 
 @pytest.mark.parametrize(
+    "recipe, arrays",
+    [("bundled_recipe.sh", ("TRAINING", "GENERATOR")), ("styles_recipe.sh", ("STYLES_TRAINING",))],
+)
+def test_the_bundled_models_recipes_are_flags_the_script_takes(recipe, arrays):
+    """The recipes that scripts/train_bundled_model.sh sources, as bash expands them, parse: a flag renamed in the
+    script cannot leave a recipe that only fails 20 minutes into a retraining."""
+    expand = f"source scripts/{recipe}; printf '%s\\0' " + " ".join(f'"${{{name}[@]}}"' for name in arrays)
+    argv = subprocess.run(["bash", "-c", expand], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    args = train_script.parse_args(["--train_data_dir", "pairs", "--output_dir", "out", *argv.split("\0")[:-1]])
+    assert args.preset in ("bundled", "guided")
+    if recipe == "styles_recipe.sh":
+        assert args.styles == ["ghibli", "toon", "painterly"] and args.lambda_gradient_distribution > 0
+
+
+@pytest.mark.parametrize(
     "argv, message",
     [
         (["--resolution", "50"], "--resolution must be a multiple of 8"),
