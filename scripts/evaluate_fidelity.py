@@ -277,6 +277,10 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     )
     notes = f"\n{args.notes}\n" if args.notes else ""
     levels_note = "; luma posterizer started at the levels of each style's targets" if config.get("levels") else ""
+    distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
+    distribution_note = (
+        f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""
+    )  # the edge-distribution loss, `ghibligan.losses.gradient_distribution_loss`
     details = f"""One style-conditioned generator for {len(styles)} styles, each distilled from a classical toon teacher
 of ghibligan (`make-pairs --teacher {" ".join(str(t) for t in teachers)} --max_side 512`): trained with ghibligan's own
 tools to reproduce those teachers, **not** on Studio Ghibli images. Pick a style by name (`{styles[0]}` by default).
@@ -293,7 +297,7 @@ Held-out: {rows["validation"]} photos at 512 px never seen in training ({rows["t
 | | |
 | --- | --- |
 | generator | `{type(generator).__name__}({architecture})`, {parameters / 1e3:.1f} k parameters |
-| objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients, no GAN (λ_adversarial = \
+| objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients{distribution_note}, no GAN (λ_adversarial = \
 {training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); per-style tone \
 head fitted pixel by pixel first ({training["tone_head_init_steps"]} steps){levels_note} |
 | steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
