@@ -2,7 +2,8 @@
 
 `Pix2PixObjective` (Isola et al., 2017): D judges (input, target) as real and (input, G(input)) as fake; G minimises
 λ_adv·adversarial + λ·L1(G(input), target) with λ = 100, plus λ_grad·L1 between the images' gradients (finite
-differences), which penalizes texture the teacher removed and edges it drew more than plain L1 does. λ_adv = 0 leaves
+differences), which penalizes texture the teacher removed and edges it drew more than plain L1 does, and
+λ_dist·`gradient_distribution_loss`, which asks for the target's edge strengths wherever the edges are. λ_adv = 0 leaves
 out D altogether: a regression to the teacher (distillation). For a multi-style generator (``num_styles`` > 0) D is
 style-aware, the cGAN one-hot of the original design: it sees the sample's style as constant one-hot planes beside the
 photo, so a ``ghibli`` image passed off as ``toon`` is fake.
@@ -90,7 +91,9 @@ def gradient_distribution_loss(generated: torch.Tensor, target: torch.Tensor) ->
     L1 to a target whose region borders the model cannot place (a graph segmentation's) is lowest for a blurred
     average: many pixels on soft ramps, few flat ones, no sharp edge. This term is blind to position; it compares how
     many pixels are flat, how many on gentle slopes and how many on sharp edges, so it asks for the target's flat
-    regions and crisp borders, and leaves *where* they go to the L1 terms."""
+    regions and crisp borders, and leaves *where* they go to the L1 terms. On the bundled model (λ 0.3 beside L1 and
+    the gradient L1) it brought the gradient energy to the teachers' and `toon`'s contour lines back, but no
+    flatter regions (BENCHMARKS.md)."""
     generated_magnitude = luma_sobel_magnitude(generated).flatten(1).sort(dim=1).values  # (B, N), ascending
     with torch.no_grad():  # the target is data
         target_magnitude = luma_sobel_magnitude(target).flatten(1).sort(dim=1).values
