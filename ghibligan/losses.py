@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.guided import LUMA
+from .models.guided import luma
 
 GAN_MODES = ("vanilla", "lsgan", "hinge")
 
@@ -76,10 +76,9 @@ def luma_sobel_magnitude(image: torch.Tensor, eps: float = 1e-3) -> torch.Tensor
     3×3 Sobel kernels, over the valid pixels, (B, 1, H - 2, W - 2); `ghibligan.metrics.sobel_magnitude` in [-1, 1]
     units (÷ 127.5). ``eps`` keeps the square root's gradient finite on flat pixels."""
     image = image.float()
-    luma = sum(weight * image[:, c : c + 1] for c, weight in enumerate(LUMA))  # (B, 1, H, W)
     kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device)
     kernels = torch.stack([kernel_x, kernel_x.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
-    gradients = F.conv2d(luma, kernels)  # (B, 2, H - 2, W - 2)
+    gradients = F.conv2d(luma(image), kernels)  # (B, 2, H - 2, W - 2)
     return (gradients.square().sum(1, keepdim=True) + eps**2).sqrt()
 
 

@@ -38,6 +38,13 @@ UPSAMPLERS = ("guided_filter", "joint_bilateral")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, the luma of `ghibligan.metrics`
 
 
+def luma(image: torch.Tensor, dim: int = -3) -> torch.Tensor:
+    """The `LUMA` of an RGB tensor whose channels lie along ``dim``, kept as a size-1 dimension: (B, 3, H, W) →
+    (B, 1, H, W). With autograd (`LevelQuantizer` computes its own, in place, without one)."""
+    red, green, blue = image.split(1, dim=dim)
+    return LUMA[0] * red + LUMA[1] * green + LUMA[2] * blue
+
+
 def pad_to_multiple_indexed(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """`ghibligan.models.layers.pad_to_multiple` as index gathers, with no Python branch on the size (so
     `torch.export` keeps the height and width dynamic): the same values, padding by 0 included.
