@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .hub import GhibliganHubMixin
 from .layers import check_positive_int, inference_slice_rows, map_row_slices
 
@@ -256,6 +257,8 @@ class RegionFlattener(nn.Module):
         x = x.contiguous()  # planar: the shifted views below are 1.7x slower channels-last (3 channels)
         # -1 / 2σ², per image: (B, 1, 1, 1)
         minus_inv_two_var = (-0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]
+        if x.dtype == torch.float32 and cpu_kernels.usable(x):  # one fused loop nest, ~5x faster on CPU
+            return cpu_kernels.flatten(x, minus_inv_two_var.flatten(), self.iterations, self.radius)
         rows = inference_slice_rows(self, *x.shape[-2:])
         if rows is None:
             return self._flatten(x, minus_inv_two_var)
@@ -330,6 +333,19 @@ class StyleColorMap(nn.Module):
         for (weight, bias), style_bias in zip(weights[:-1], biases, strict=True):
             hidden = F.leaky_relu(F.conv2d(hidden, weight, bias) + style_bias, 0.2)
         return x + F.conv2d(hidden, *weights[-1])
+
+    def folded_weights(self, style: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For `cpu_kernels.output_stage`, a map of two hidden layers with each image's style biases folded into
+        the layers' biases, float32: w1 (B, K, C), b1 (B, K), w2 (B, K, K), b2 (B, K), w3 (C, K), b3 (C,)."""
+        if len(self.hidden_layers) != 2:
+            raise ValueError(f"folded_weights needs 2 hidden layers, this map has {len(self.hidden_layers)}.")
+        batch = style.shape[0]
+        biases = self.style_bias(style).float().chunk(2, dim=1)  # (B, K) each
+        folded = []
+        for layer, style_bias in zip(self.hidden_layers, biases, strict=True):
+            weight = layer.weight.float()[:, :, 0, 0]  # (K, in)
+            folded += [weight.expand(batch, *weight.shape), layer.bias.float() + style_bias]
+        return (*folded, self.conv_out.weight.float()[:, :, 0, 0], self.conv_out.bias.float())
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weights = [(layer.weight.to(x.dtype), layer.bias.to(x.dtype)) for layer in [*self.hidden_layers, self.conv_out]]
@@ -417,23 +433,27 @@ class LevelQuantizer(nn.Module):
         self.offset.weight[style] = offset
         self.raw_strength.weight[style] = min(max(strength, 0.0), 1.0) / self.STRENGTH_RATE
 
-    def parameters_for(self, style: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """(step, offset, softness, strength), each (B, 1, 1, 1) in ``dtype``."""
+    def parameters_for(
+        self, style: torch.Tensor, dtype: torch.dtype, strength: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(step, offset, softness, strength), each (B, 1, 1, 1) in ``dtype``; ``strength`` (B,) replaces the
+        learned one (see `forward`)."""
         step = self.log_step(style).float().exp()
         softness = torch.sigmoid(self.raw_softness(style).float()).clamp(0.02, 0.98)
-        strength = self.STRENGTH_RATE * self.raw_strength(style).float()
-        # in [0, 1], with a straight-through gradient outside it: a style whose strength a few steps pushed below 0
-        # can still come back (a plain clamp has no gradient there)
-        strength = strength + (strength.clamp(0, 1) - strength).detach()
+        if strength is not None:
+            strength = strength.float().clamp(0, 1)[:, None]  # (B, 1), as the tables' rows
+        else:
+            strength = self.STRENGTH_RATE * self.raw_strength(style).float()
+            # in [0, 1], with a straight-through gradient outside it: a style whose strength a few steps pushed
+            # below 0 can still come back (a plain clamp has no gradient there)
+            strength = strength + (strength.clamp(0, 1) - strength).detach()
         values = (step, self.offset(style).float(), softness, strength)
         return tuple(v.to(dtype)[:, :, None, None] for v in values)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
         """``strength`` (B,) in [0, 1] replaces the learned strengths (0: off, 1: hard levels), e.g. for a user who
         wants flatter levels than the learned compromise between fidelity and flatness."""
-        params = self.parameters_for(style, x.dtype)
-        if strength is not None:
-            params = (*params[:3], strength.to(x.dtype).clamp(0, 1)[:, None, None, None])
+        params = self.parameters_for(style, x.dtype, strength)
         return map_row_slices(self, x, lambda part: self._quantize(part, *params))
 
     @staticmethod
@@ -697,8 +717,12 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if self.flattener is not None:  # plateaus: flat regions, sharp borders
             surface_low = self.flattener(surface_low.to(compute), style)
 
-        # 3. the guide, at both resolutions (the same per-pixel map)
         photo, photo_low = sample.to(compute), low.to(compute)  # (no copies in float32 or off CPU)
+        if self._fused_output_stage(photo):  # steps 3-5 below in one pass over the image, ~3x faster on CPU
+            surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
+            return self._ink(surface.to(sample.dtype), sample, line_gate, style)
+
+        # 3. the guide, at both resolutions (the same per-pixel map)
         guide, guide_low = photo, photo_low
         if self.guide_map is not None:
             guide, guide_low = self.guide_map(photo, style), self.guide_map(photo_low, style)  # (B, 3, H, W), (h, w)
@@ -719,8 +743,37 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if self.level_quantizer is not None:  # flat luma levels with sharp borders, as much as the style has
             surface = self.level_quantizer(surface, style, posterize).clamp(-1, 1)
 
-        # 6. ink lines
-        surface = surface.to(sample.dtype)
-        if self.ink_lines is not None:
-            surface = self.ink_lines(surface, sample, line_gate, style)
-        return surface
+        return self._ink(surface.to(sample.dtype), sample, line_gate, style)
+
+    def _ink(self, surface: torch.Tensor, sample: torch.Tensor, line_gate: torch.Tensor, style: torch.Tensor):
+        """6. ink lines, where the model draws them."""
+        return surface if self.ink_lines is None else self.ink_lines(surface, sample, line_gate, style)
+
+    def _fused_output_stage(self, photo: torch.Tensor) -> bool:
+        """Whether steps 3-5 can run as `cpu_kernels.output_stage`: the joint bilateral upsampler guided by the
+        photo itself, a tone head of two hidden layers (or none), float32 on the CPU without autograd."""
+        return (
+            hasattr(self, "joint_bilateral")
+            and self.guide_map is None
+            and (self.tone_head is None or len(self.tone_head.hidden_layers) == 2)
+            and photo.dtype == torch.float32
+            and cpu_kernels.usable(photo)
+        )
+
+    def _output_stage_kernel(
+        self,
+        photo: torch.Tensor,
+        photo_low: torch.Tensor,
+        surface_low: torch.Tensor,
+        style: torch.Tensor,
+        posterize: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel."""
+        detail = None if self.style_detail is None else self.style_detail(style).float()[:, 0]  # (B,)
+        tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
+        levels = None
+        if self.level_quantizer is not None:
+            levels = tuple(v.flatten() for v in self.level_quantizer.parameters_for(style, torch.float32, posterize))
+        return cpu_kernels.output_stage(
+            photo, photo_low, surface_low.float(), self.scale_factor, self.joint_bilateral.sigma, detail, tone, levels
+        )

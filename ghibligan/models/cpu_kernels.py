@@ -1,0 +1,363 @@
+"""Fused CPU inference kernels for `GuidedFilterGenerator`'s per-pixel stages, compiled by numba.
+
+The guided generator spends most of its CPU time not in its network but in per-pixel stages written as chains of
+torch ops: the `RegionFlattener` (24 neighbours a pixel, 3 passes) and the full-resolution output stage
+(`JointBilateralUpsampler`, the photo's detail, the `StyleColorMap` tone head and the `LevelQuantizer`). Each op
+reads and writes the whole image, so the chain is bound by memory traffic and op overhead, not arithmetic. Here each
+stage is one loop nest that keeps a row's values in registers and cache: the same arithmetic (float32, as the torch
+path computes on CPU), a fraction of the traffic, both cores through numba's ``prange`` over rows.
+
+Why numba rather than torch: the torch path stays, for training (these kernels have no backward), accelerators, ONNX
+export and machines without numba; ``torch.compile`` was measured for the flattener (docs/experiments.md) and compiles
+for 60 s per image size, which a Space that sees every size cannot afford. numba compiles each kernel once (a few
+seconds, cached on disk) for every size.
+
+The one departure from the torch path is ``exp``: LLVM vectorizes no call to ``exp``, so `_exp_neg` evaluates
+``exp(-t)`` as ``(Taylor₈(t/32))³²``, pure arithmetic that vectorizes, with a relative error below 2e-5 on the
+range that matters (``t ≤ 24``; beyond it every weight here is below 4e-11 of its pixel's own, and is taken as
+``exp(-24)``). The bundled model's output through these kernels is within 1/255 of the torch path's
+(``tests/test_cpu_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+
+import numpy as np
+import torch
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # the torch path serves; `available()` says so
+    numba = None
+
+LUMA = (0.299, 0.587, 0.114)  # BT.601, as `ghibligan.models.guided.LUMA`
+# One kernel call at a time: numba's fallback threading layer (workqueue) aborts on concurrent parallel calls, as a
+# Space's worker threads would make; the kernels use every core anyway.
+_LOCK = threading.Lock()
+_CHUNK = 128  # pixels per chunk of the tone head: its two (hidden, _CHUNK) float32 buffers stay in L1
+# float32 constants (a Python float would promote the kernels' arithmetic to float64)
+_ZERO, _ONE, _TWO, _THREE = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(3.0)
+_HALF, _SLOPE, _FLOOR = np.float32(0.5), np.float32(0.2), np.float32(1e-6)  # LeakyReLU slope, JBU weight floor
+_LUMA_R, _LUMA_G, _LUMA_B = np.float32(LUMA[0]), np.float32(LUMA[1]), np.float32(LUMA[2])
+
+
+# GHIBLIGAN_CPU_KERNELS=0 runs the torch path everywhere (e.g. to rule these kernels out when something looks wrong)
+_enabled = os.environ.get("GHIBLIGAN_CPU_KERNELS", "1") != "0"
+
+
+def available() -> bool:
+    """Whether numba is installed (``pip install numba``); without it the torch path runs, slower on CPU."""
+    return numba is not None
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether a stage may run its kernel on ``x``: numba installed and enabled, ``x`` on the CPU, no autograd
+    (the kernels have no backward), and no export, trace or compile (they are opaque to all three)."""
+    return (
+        _enabled
+        and numba is not None
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+    )
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the torch path inside this block (A/B benchmarks, tests of the kernels against it)."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+if numba is not None:
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _clamp(v):
+        """``v`` clamped to [-1, 1]."""
+        return min(max(v, -_ONE), _ONE)
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _exp_neg(t):
+        """``exp(-t)`` for ``t ≥ 0`` in float32 arithmetic that vectorizes (see the module docstring)."""
+        u = min(t, np.float32(24.0)) * np.float32(1.0 / 32.0)
+        p = np.float32(1.0 / 40320.0)
+        p = np.float32(1.0 / 5040.0) - u * p
+        p = np.float32(1.0 / 720.0) - u * p
+        p = np.float32(1.0 / 120.0) - u * p
+        p = np.float32(1.0 / 24.0) - u * p
+        p = np.float32(1.0 / 6.0) - u * p
+        p = np.float32(0.5) - u * p
+        p = _ONE - u * p
+        p = _ONE - u * p  # exp(-u), |error| < 1e-8 for u ≤ 0.75
+        p = p * p
+        p = p * p
+        p = p * p
+        p = p * p
+        return p * p
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _flatten_kernel(x, minus_inv_two_var, iterations, radius):
+        """`RegionFlattener._flatten`: ``iterations`` passes of the (2r+1)² bilateral mean, replicate borders.
+        x (B, 3, H, W) float32 planar, minus_inv_two_var (B,) → (B, 3, H, W)."""
+        batch, _, height, width = x.shape
+        r = radius
+        current = x
+        for _ in range(iterations):
+            # columns padded by replication once a pass, so every neighbour's row is a contiguous slice
+            padded = np.empty((batch, 3, height, width + 2 * r), np.float32)
+            for row in prange(batch * height):
+                b, y = row // height, row % height
+                for c in range(3):
+                    for i in range(width + 2 * r):
+                        padded[b, c, y, i] = current[b, c, y, min(max(i - r, 0), width - 1)]
+            out = np.empty((batch, 3, height, width), np.float32)
+            for row in prange(batch * height):
+                b, y = row // height, row % height
+                scale = np.float32(-minus_inv_two_var[b])  # 1 / 2σ² > 0
+                # 1-D contiguous slices: LLVM vectorizes loops over those (slices of a 2-D view it does not)
+                c0, c1, c2 = (
+                    padded[b, 0, y, r : r + width],
+                    padded[b, 1, y, r : r + width],
+                    padded[b, 2, y, r : r + width],
+                )
+                num0, num1, num2 = c0.copy(), c1.copy(), c2.copy()  # the centre, weight 1
+                den = np.ones(width, np.float32)
+                for dy in range(-r, r + 1):
+                    yy = min(max(y + dy, 0), height - 1)
+                    for dx in range(-r, r + 1):
+                        if dy == 0 and dx == 0:
+                            continue
+                        n0 = padded[b, 0, yy, r + dx : r + dx + width]
+                        n1 = padded[b, 1, yy, r + dx : r + dx + width]
+                        n2 = padded[b, 2, yy, r + dx : r + dx + width]
+                        for i in range(width):
+                            e0, e1, e2 = n0[i] - c0[i], n1[i] - c1[i], n2[i] - c2[i]
+                            w = _exp_neg((e0 * e0 + e1 * e1 + e2 * e2) * scale)
+                            num0[i] += w * n0[i]
+                            num1[i] += w * n1[i]
+                            num2[i] += w * n2[i]
+                            den[i] += w
+                for i in range(width):
+                    inv = _ONE / den[i]
+                    out[b, 0, y, i] = num0[i] * inv
+                    out[b, 1, y, i] = num1[i] * inv
+                    out[b, 2, y, i] = num2[i] * inv
+            current = out
+        return current
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _output_stage_kernel(
+        photo, photo_low, both_low, tap_offset, tap_weight, tap_count, jbu_scale,
+        up_rows, up_row_weights, up_cols, up_col_weights, detail,
+        w1, b1, w2, b2, w3, b3, levels,
+    ):  # fmt: skip
+        """The full-resolution stage, per pixel: joint bilateral upsampling, the photo's detail, the tone head, the
+        luma posterizer, each clamped to [-1, 1] as the torch path is.
+
+        photo (B, H, W, 3) float32 pixel-interleaved (channels-last), photo_low (B, 3, h, w), both_low (B, 6, h + 2,
+        w + 2) the surface and the guide at low resolution, padded by one replicated pixel; tap_offset / tap_weight
+        (s, 2) and tap_count (s,): the bilinear taps of each phase (`_bilinear_taps`); jbu_scale: 1 / 2σ²;
+        up_rows / up_cols (H, 2) | (W, 2) int and their weights: the bilinear ×(H/h, W/w) resize of photo_low
+        (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight; w1 (B, K, 3), b1 (B, K),
+        w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,): the tone head with its style biases folded in (K = 0: none);
+        levels (B, 4): step, offset, softness, strength (strength 0: none). → (B, H, W, 3) float32.
+        """
+        batch, height, width, _ = photo.shape
+        low_width = photo_low.shape[3]
+        scale = tap_offset.shape[0]
+        hidden = w1.shape[1]
+        out = np.empty((batch, height, width, 3), np.float32)
+        for row in prange(batch * height):
+            b, y = row // height, row % height
+            a, i = y % scale, y // scale
+            px = photo[b, y]  # (W, 3)
+            s = np.empty((3, width), np.float32)  # the row's surface
+            # 1. joint bilateral upsampling, phase by phase along the row (each phase has fixed taps). Every inner
+            # loop below runs over 1-D contiguous slices, which LLVM vectorizes (2-D indexing there it does not)
+            for phase in range(min(scale, width)):
+                count = (width - phase + scale - 1) // scale  # pixels x = j·s + phase < W
+                guide = np.empty((3, count), np.float32)  # this phase's pixels, planar
+                for j in range(count):
+                    for c in range(3):
+                        guide[c, j] = px[j * scale + phase, c]
+                g0, g1, g2 = guide[0], guide[1], guide[2]
+                num0, num1, num2 = np.zeros(count, np.float32), np.zeros(count, np.float32), np.zeros(count, np.float32)
+                den = np.zeros(count, np.float32)
+                for ty in range(tap_count[a]):
+                    ly, wy = 1 + i + tap_offset[a, ty], tap_weight[a, ty]
+                    for tx in range(tap_count[phase]):
+                        lx, wxy = 1 + tap_offset[phase, tx], wy * tap_weight[phase, tx]
+                        end = lx + count
+                        t0, t1, t2 = both_low[b, 0, ly, lx:end], both_low[b, 1, ly, lx:end], both_low[b, 2, ly, lx:end]
+                        q0, q1, q2 = both_low[b, 3, ly, lx:end], both_low[b, 4, ly, lx:end], both_low[b, 5, ly, lx:end]
+                        for j in range(count):
+                            e0, e1, e2 = g0[j] - q0[j], g1[j] - q1[j], g2[j] - q2[j]
+                            w = wxy * _exp_neg((e0 * e0 + e1 * e1 + e2 * e2) * jbu_scale) + _FLOOR
+                            num0[j] += w * t0[j]
+                            num1[j] += w * t1[j]
+                            num2[j] += w * t2[j]
+                            den[j] += w
+                for j in range(count):
+                    inv = _ONE / den[j]
+                    guide[0, j] = _clamp(num0[j] * inv)
+                    guide[1, j] = _clamp(num1[j] * inv)
+                    guide[2, j] = _clamp(num2[j] * inv)
+                for j in range(count):
+                    for c in range(3):
+                        s[c, j * scale + phase] = guide[c, j]
+            # 2. the photo's detail, photo - bilinear(photo_low): the two low-resolution rows mixed, then the columns
+            if detail[b] != 0:
+                r0, r1 = up_rows[y, 0], up_rows[y, 1]
+                v0, v1 = up_row_weights[y, 0], up_row_weights[y, 1]
+                mixed = np.empty((3, low_width), np.float32)
+                for c in range(3):
+                    top, bottom, mixed_c = photo_low[b, c, r0], photo_low[b, c, r1], mixed[c]
+                    for j in range(low_width):
+                        mixed_c[j] = v0 * top[j] + v1 * bottom[j]
+                for x in range(width):
+                    c0, c1 = up_cols[x, 0], up_cols[x, 1]
+                    u0, u1 = up_col_weights[x, 0], up_col_weights[x, 1]
+                    for c in range(3):
+                        s[c, x] += detail[b] * (px[x, c] - (u0 * mixed[c, c0] + u1 * mixed[c, c1]))
+            # 3. the tone head x + MLP(x), in chunks of pixels so its hidden rows stay in L1
+            if hidden:
+                h1, h2 = np.empty((hidden, _CHUNK), np.float32), np.empty((hidden, _CHUNK), np.float32)
+                for start in range(0, width, _CHUNK):
+                    n = min(_CHUNK, width - start)
+                    x0, x1, x2 = s[0, start : start + n], s[1, start : start + n], s[2, start : start + n]
+                    for k in range(hidden):
+                        h, a0, a1, a2, bias = h1[k], w1[b, k, 0], w1[b, k, 1], w1[b, k, 2], b1[b, k]
+                        for j in range(n):
+                            v = a0 * x0[j] + a1 * x1[j] + a2 * x2[j] + bias
+                            h[j] = max(v, _SLOPE * v)
+                    for k in range(hidden):
+                        h = h2[k]
+                        h[:n] = b2[b, k]
+                        for m in range(hidden):
+                            weight, source = w2[b, k, m], h1[m]
+                            for j in range(n):
+                                h[j] += weight * source[j]
+                        for j in range(n):
+                            h[j] = max(h[j], _SLOPE * h[j])
+                    for c in range(3):
+                        xc = s[c, start : start + n]
+                        for j in range(n):
+                            xc[j] += b3[c]
+                        for m in range(hidden):
+                            weight, source = w3[c, m], h2[m]
+                            for j in range(n):
+                                xc[j] += weight * source[j]
+                        for j in range(n):
+                            xc[j] = _clamp(xc[j])
+            # 4. the luma posterizer: a grey shift onto the staircase
+            step, offset, softness, strength = levels[b, 0], levels[b, 1], levels[b, 2], levels[b, 3]
+            out_row = out[b, y]
+            for x in range(width):
+                v0, v1, v2 = s[0, x], s[1, x], s[2, x]
+                if strength != 0:
+                    lum = _LUMA_R * v0 + _LUMA_G * v1 + _LUMA_B * v2
+                    t = (lum - offset) / step
+                    frac = t - math.floor(t)
+                    ramp = min(max((frac - _ONE) / softness + _ONE, _ZERO), _ONE)
+                    shift = (strength * step) * (ramp * ramp * (_THREE - _TWO * ramp) + _HALF - frac)
+                    v0, v1, v2 = v0 + shift, v1 + shift, v2 + shift
+                out_row[x, 0], out_row[x, 1], out_row[x, 2] = _clamp(v0), _clamp(v1), _clamp(v2)
+        return out
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(torch.float32).numpy()
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def flatten(x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:
+    """`RegionFlattener`'s passes: x (B, 3, h, w) float32 on the CPU, ``-1 / 2σ²`` (B,) → (B, 3, h, w) float32."""
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        out = _flatten_kernel(_numpy(x.contiguous()), _numpy(minus_inv_two_var), iterations, radius)
+    return torch.from_numpy(out)
+
+
+def _resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two source indices and weights of each output pixel of a bilinear resize ``in_size`` → ``out_size``
+    (``F.interpolate(..., align_corners=False)`` given a size): (out, 2) int64 and (out, 2) float32."""
+    ratio = in_size / out_size
+    source = np.maximum((np.arange(out_size) + 0.5) * ratio - 0.5, 0.0)
+    first = np.floor(source).astype(np.int64)
+    second = first + (first < in_size - 1)
+    fraction = (source - first).astype(np.float32)
+    return np.stack([first, second], 1), np.stack([1 - fraction, fraction], 1)
+
+
+def output_stage(
+    photo: torch.Tensor,
+    photo_low: torch.Tensor,
+    surface_low: torch.Tensor,
+    scale_factor: int,
+    range_sigma: torch.Tensor,
+    detail: torch.Tensor | None,
+    tone: tuple[torch.Tensor, ...] | None,
+    levels: tuple[torch.Tensor, ...] | None,
+) -> torch.Tensor:
+    """The guided generator's full-resolution stage in one pass over the image (see `_output_stage_kernel`).
+
+    Args:
+        photo: (B, 3, H, W) float32 on the CPU, any layout (channels-last is read without a copy).
+        photo_low, surface_low: (B, 3, h, w) float32, ``h = ceil(H / scale_factor)``.
+        range_sigma: the joint bilateral upsampler's σ (a scalar tensor).
+        detail: (B,) the share of the photo's detail each image keeps, or None.
+        tone: the tone head's (w1 (B, K, 3), b1 (B, K), w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,)), style biases
+            folded into b1 and b2, or None.
+        levels: the posterizer's (step, offset, softness, strength), each (B,), or None.
+
+    Returns:
+        (B, 3, H, W) float32, channels-last.
+    """
+    from .guided import _bilinear_taps  # the taps the torch path uses (guided imports this module lazily too)
+
+    batch, _, height, width = photo.shape
+    low_height, low_width = photo_low.shape[-2:]
+    tap_offset, tap_weight = np.zeros((scale_factor, 2), np.int64), np.zeros((scale_factor, 2), np.float32)
+    tap_count = np.zeros(scale_factor, np.int64)
+    for phase in range(scale_factor):
+        taps = _bilinear_taps(phase, scale_factor)
+        tap_count[phase] = len(taps)
+        for t, (offset, weight) in enumerate(taps):
+            tap_offset[phase, t], tap_weight[phase, t] = offset, weight
+    both_low = torch.nn.functional.pad(torch.cat([surface_low, photo_low], 1), (1, 1, 1, 1), mode="replicate")
+    up_rows, up_row_weights = _resize_taps(low_height, height)
+    up_cols, up_col_weights = _resize_taps(low_width, width)
+    if tone is None:
+        empty = np.zeros((batch, 0, 3), np.float32)
+        tone_arrays = (empty, np.zeros((batch, 0), np.float32), np.zeros((batch, 0, 0), np.float32))
+        tone_arrays += (np.zeros((batch, 0), np.float32), np.zeros((3, 0), np.float32), np.zeros(3, np.float32))
+    else:
+        tone_arrays = tuple(np.ascontiguousarray(_numpy(t)) for t in tone)
+    level_array = np.zeros((batch, 4), np.float32)
+    level_array[:, 0] = 1.0  # any step: strength 0 skips the posterizer
+    if levels is not None:
+        level_array = np.ascontiguousarray(_numpy(torch.stack([v.reshape(batch) for v in levels], 1)))
+    detail_array = np.zeros(batch, np.float32) if detail is None else _numpy(detail.reshape(batch))
+    pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
+    jbu_scale = np.float32(0.5 / float(range_sigma) ** 2)
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        out = _output_stage_kernel(
+            _numpy(pixels), _numpy(photo_low.contiguous()), _numpy(both_low.contiguous()),
+            tap_offset, tap_weight, tap_count, jbu_scale,
+            up_rows, up_row_weights, up_cols, up_col_weights, detail_array,
+            *tone_arrays, level_array,
+        )  # fmt: skip
+    return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last

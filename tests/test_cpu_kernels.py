@@ -1,0 +1,143 @@
+"""The fused CPU inference kernels (numba) of the guided generator against the torch path they replace."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ghibligan import Cartoonizer
+from ghibligan.models import cpu_kernels
+from ghibligan.models.guided import GuidedFilterGenerator, RegionFlattener
+
+from .helpers import photo_like
+from .test_guided import trained_like
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="numba is not installed")
+
+STYLES = ["toon", "painterly"]
+# every stage the fused output stage covers, on
+FUSED = {"upsampler": "joint_bilateral", "flatten_iterations": 2, "photo_detail": True, "levels": 5}
+
+
+def both_paths(fn):
+    """``fn()`` through the kernels and through the torch path, without autograd."""
+    with torch.no_grad():
+        fused = fn()
+        with cpu_kernels.disabled():
+            reference = fn()
+    return fused, reference
+
+
+def test_exp_is_accurate_where_weights_matter():
+    t = np.linspace(0, 24, 200_001, dtype=np.float32)
+    approx = np.array([cpu_kernels._exp_neg(np.float32(v)) for v in t[::97]], dtype=np.float64)
+    exact = np.exp(-t[::97].astype(np.float64))
+    assert np.max(np.abs(approx / exact - 1)) < 2e-5  # float32 rounding, amplified by the 5 squarings
+    assert cpu_kernels._exp_neg(np.float32(0)) == 1.0
+    assert cpu_kernels._exp_neg(np.float32(1e4)) < 1e-10  # far beyond the range: negligible, never inf or nan
+
+
+@pytest.mark.parametrize(
+    "size, radius, iterations", [((37, 81), 2, 3), ((5, 7), 3, 2), ((1, 1), 1, 1), ((64, 9), 4, 1)]
+)
+def test_flattener_kernel_equals_torch_path(size, radius, iterations):
+    flattener = RegionFlattener(num_styles=2, iterations=iterations, radius=radius).eval()
+    with torch.no_grad():
+        flattener.log_sigma.weight.copy_(torch.tensor([[-2.5], [-1.0]]))  # σ 0.08 (edges kept) and 0.37 (blurs)
+    x = torch.rand(2, 3, *size) * 2 - 1
+    style = torch.tensor([1, 0])
+    fused, reference = both_paths(lambda: flattener(x, style))
+    assert fused.shape == x.shape and fused.dtype == torch.float32
+    torch.testing.assert_close(fused, reference, atol=2e-5, rtol=0)
+    if x[0, 0].numel() > 1:  # (a 1x1 image has nothing to flatten)
+        assert (reference - x).abs().max() > 0.05  # the flattener changed something worth comparing
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        FUSED,
+        {**FUSED, "scale_factor": 3},  # an odd factor: one phase has a single tap
+        {**FUSED, "scale_factor": 1, "tone_channels": 0},
+        {"upsampler": "joint_bilateral", "tone_channels": 8},  # no flattener, detail or posterizer
+    ],
+)
+@pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])
+def test_generator_through_kernels_equals_torch_path(size, kwargs):
+    torch.manual_seed(0)
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, **kwargs))
+    with torch.no_grad():  # a visible range σ and levels, so every weight matters
+        model.joint_bilateral.raw_sigma.fill_(-2.0)
+        if model.tone_head is not None:
+            for layer in model.tone_head.hidden_layers:
+                layer.weight.normal_(0, 0.5)
+    sample = (torch.rand(2, 3, *size) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    style = torch.tensor([0, 1])
+    assert model._fused_output_stage(sample) is False  # autograd on: the torch path
+    fused, reference = both_paths(lambda: model(sample, style))
+    torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
+    if model.level_quantizer is not None:  # the user's posterize strength reaches the kernel
+        posterize = torch.tensor([1.0, 0.0])
+        fused, reference = both_paths(lambda: model(sample, style, posterize=posterize))
+        torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "auto"])
+def test_bundled_model_through_kernels_within_one_grey_level(dtype):
+    cartoonizer = Cartoonizer.from_pretrained(dtype=dtype)
+    image = photo_like(301, 203)
+    for style, name in enumerate(cartoonizer.styles):
+        fused, reference = both_paths(lambda style=style: cartoonizer.generate_uint8(image[None], style=style))
+        difference = np.abs(fused.astype(int) - reference.astype(int))
+        assert difference.max() <= 1, name
+        assert (difference > 0).mean() < 1e-3, name  # rounding ties only
+
+
+def test_kernels_only_run_where_they_may():
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert cpu_kernels.usable(x)
+        assert not cpu_kernels.usable(x.to("meta"))  # memory estimates run on the meta device
+        with cpu_kernels.disabled():
+            assert not cpu_kernels.usable(x)
+        assert cpu_kernels.usable(x)  # restored
+    assert not cpu_kernels.usable(x)  # autograd on: the kernels have no backward
+
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, **FUSED)).train()
+    output = model(torch.rand(1, 3, 16, 16), style=torch.tensor([1]))
+    output.mean().backward()  # training goes through the torch path, with gradients
+    assert model.flattener.log_sigma.weight.grad is not None and model.joint_bilateral.raw_sigma.grad is not None
+
+
+def test_concurrent_calls_from_threads_agree_with_one_at_a_time():
+    """A Space calls the model from several worker threads at once."""
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, **FUSED))
+    samples = [torch.rand(1, 3, 96, 130) * 2 - 1 for _ in range(6)]
+    style = torch.tensor([1])
+    with torch.no_grad():
+        expected = [model(sample, style) for sample in samples]
+    results = [None] * len(samples)
+
+    def run(index):
+        with torch.no_grad():
+            results[index] = model(samples[index], style)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(samples))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(torch.equal(result, reference) for result, reference in zip(results, expected, strict=True))
+
+
+def test_environment_variable_turns_the_kernels_off():
+    code = "import torch; from ghibligan.models import cpu_kernels as k; print(k.usable(torch.zeros(1)))"
+    run = [sys.executable, "-c", f"import torch; torch.set_grad_enabled(False); {code}"]
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "GHIBLIGAN_CPU_KERNELS": value}
+        out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True)
+        assert out.stdout.strip() == expected
