@@ -4,8 +4,9 @@ For each model and precision, in one interleaved run (so a shared machine's load
 the bare ``model(x)`` forward on a (1, 3, H, W) tensor, and of PIL in → PIL out (tensor conversion included, one pass,
 no tiling), at 512², 1024² and 3840×2160; and, for the bundled model, the product path ``Cartoonizer(image)``
 with its defaults (``dtype="auto"``; 1024² tiles only where one pass would need over 1 GiB, so the bundled model runs
-3840×2160 in one pass). bf16 is measured only where the CPU
-computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the median: on a shared
+3840×2160 in one pass). The bundled model and the Cartoonizer are also timed with their fused CPU kernels off
+(`ghibligan.models.cpu_kernels.disabled()`, the torch path), for the kernels' A/B in the same run. bf16 is measured
+only where the CPU computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the median: on a shared
 machine other processes only ever add time, so the minimum is the least noisy estimate. Read the ratios.
 
     python benchmarks/bench_student.py                       # prints a Markdown table for BENCHMARKS.md
@@ -27,6 +28,7 @@ from PIL import Image
 
 from ghibligan import Cartoonizer, UNetGenerator
 from ghibligan.image_io import pil_to_tensor, tensor_to_uint8
+from ghibligan.models import cpu_kernels
 from ghibligan.models.auto import load_generator
 from ghibligan.models.presets import build_generator
 from ghibligan.pipeline import bundled_model_path, has_native_bf16_cpu
@@ -93,8 +95,14 @@ def main() -> None:
                 repeats = args.repeats if width < 2000 else max(1, args.repeats // 3)
                 row[f"{name} forward"] = min_ms(forward_fn(model, image, dtype), repeats)
                 row[f"{name} e2e"] = min_ms(end_to_end_fn(model, image, dtype), repeats)
+                if name == "bundled" and cpu_kernels.available():  # A/B: the same model without the fused kernels
+                    with cpu_kernels.disabled():
+                        row["bundled torch-path e2e"] = min_ms(end_to_end_fn(model, image, dtype), repeats)
             if dtype == dtypes[0]:
                 row["Cartoonizer auto"] = min_ms(lambda image=image: pipe(image), repeats)
+                if cpu_kernels.available():
+                    with cpu_kernels.disabled():
+                        row["Cartoonizer torch path"] = min_ms(lambda image=image: pipe(image), repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -109,18 +117,18 @@ def main() -> None:
     print(
         "| size | dtype | bundled fwd (ms) | "
         + " | ".join(f"{name} PIL→PIL (ms)" for name in names)
-        + " | Cartoonizer (ms) | unet_256 fp32 / bundled |"
+        + " | bundled, torch path (ms) | Cartoonizer (ms) | Cartoonizer, torch path (ms) | unet_256 fp32 / bundled |"
     )
-    print("|---" * (len(names) + 5) + "|")
+    print("|---" * (len(names) + 7) + "|")
     fp32_unet = {r["size"]: r.get("unet_256 e2e") for r in rows if r["dtype"] == "float32"}
     for r in rows:
         ratio = fp32_unet[r["size"]] / r["bundled e2e"] if fp32_unet[r["size"]] else float("nan")
         cells = " | ".join("–" if r.get(f"{name} e2e") is None else f"{r[f'{name} e2e']:.1f}" for name in names)
-        auto = r.get("Cartoonizer auto")
-        print(
-            f"| {r['size']} | {r['dtype']} | {r['bundled forward']:.1f} | {cells} | "
-            f"{'–' if auto is None else f'{auto:.1f}'} | {ratio:.1f}× |"
+        extra = " | ".join(
+            "–" if r.get(key) is None else f"{r[key]:.1f}"
+            for key in ("bundled torch-path e2e", "Cartoonizer auto", "Cartoonizer torch path")
         )
+        print(f"| {r['size']} | {r['dtype']} | {r['bundled forward']:.1f} | {cells} | {extra} | {ratio:.1f}× |")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from ghibligan import Cartoonizer, ImageLoadError, load_image
@@ -95,6 +96,9 @@ class ModelRegistry:
                 None if name == BUNDLED else name, dtype="auto", max_parameters=DEFAULT_MAX_PARAMETERS
             )
             cartoonizer.set_progress_bar_config(disable=True)
+            # one small image through it now, so the first visitor waits for neither oneDNN's set-up nor the fused
+            # CPU kernels' compile (seconds on a fresh install, then cached on disk)
+            cartoonizer.generate_uint8(np.zeros((1, 64, 64, 3), np.uint8))
         except Exception as error:  # any failure: kept and reported once, the Space keeps serving the others
             self._fail(name, f"{type(error).__name__}: {error}")
             return
