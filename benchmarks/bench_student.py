@@ -6,8 +6,9 @@ no tiling), at 512², 1024² and 3840×2160; and, for the bundled model, the pro
 with its defaults (``dtype="auto"``; 1024² tiles only where one pass would need over 1 GiB, so the bundled model runs
 3840×2160 in one pass). The bundled model and the Cartoonizer are also timed with their fused CPU kernels off
 (`ghibligan.models.cpu_kernels.disabled()`, the torch path), for the kernels' A/B in the same run. bf16 is measured
-only where the CPU computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the median: on a shared
-machine other processes only ever add time, so the minimum is the least noisy estimate. Read the ratios.
+only where the CPU computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the
+median: on a shared machine other processes only ever add time, so the minimum is the least noisy estimate. Read the
+ratios.
 
     python benchmarks/bench_student.py                       # prints a Markdown table for BENCHMARKS.md
     python benchmarks/bench_student.py --repeats 9 --student '{"scale_factor": 4}'   # + a variant of the guided preset

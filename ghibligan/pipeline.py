@@ -408,6 +408,7 @@ class Cartoonizer:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
+    @torch.inference_mode()  # public: no autograd graph (and the fused CPU kernels) for direct callers too
     def generate_uint8(
         self,
         images: np.ndarray | torch.Tensor,
@@ -445,6 +446,7 @@ class Cartoonizer:
             return result.cpu().numpy()
         return result.to(images.device)
 
+    @torch.inference_mode()
     def generate_uint8_tiled(
         self,
         image: np.ndarray,

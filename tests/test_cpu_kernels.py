@@ -77,7 +77,7 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
                 layer.weight.normal_(0, 0.5)
     sample = (torch.rand(2, 3, *size) * 2 - 1).contiguous(memory_format=torch.channels_last)
     style = torch.tensor([0, 1])
-    assert model._fused_output_stage(sample) is False  # autograd on: the torch path
+    assert model._fused_output_stage(sample, sample) is False  # autograd on, parameters that need grad: torch
     fused, reference = both_paths(lambda: model(sample, style))
     torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
     if model.level_quantizer is not None:  # the user's posterize strength reaches the kernel
@@ -105,7 +105,9 @@ def test_kernels_only_run_where_they_may():
         with cpu_kernels.disabled():
             assert not cpu_kernels.usable(x)
         assert cpu_kernels.usable(x)  # restored
-    assert not cpu_kernels.usable(x)  # autograd on: the kernels have no backward
+    assert cpu_kernels.usable(x)  # grad mode on, but nothing that requires grad: nothing for autograd to record
+    assert not cpu_kernels.usable(x, torch.zeros(1, requires_grad=True))  # the kernels have no backward
+    assert not cpu_kernels.usable(x.requires_grad_())
 
     model = trained_like(GuidedFilterGenerator(styles=STYLES, **FUSED)).train()
     output = model(torch.rand(1, 3, 16, 16), style=torch.tensor([1]))
@@ -141,3 +143,15 @@ def test_environment_variable_turns_the_kernels_off():
         env = {**os.environ, "GHIBLIGAN_CPU_KERNELS": value}
         out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True)
         assert out.stdout.strip() == expected
+
+
+def test_generate_uint8_called_directly_records_no_graph():
+    """`Cartoonizer.generate_uint8` is public API: called outside any no_grad block it must not build an autograd
+    graph (memory), and so it gets the kernels."""
+    cartoonizer = Cartoonizer.from_pretrained(dtype="float32")
+    pixels = torch.from_numpy(photo_like(64, 48))[None]  # (1, H, W, 3) uint8
+    assert torch.is_grad_enabled()
+    out = cartoonizer.generate_uint8(pixels)
+    assert torch.is_inference(out) and not out.requires_grad
+    with torch.no_grad():
+        assert torch.equal(out, cartoonizer.generate_uint8(pixels))

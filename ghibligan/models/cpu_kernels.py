@@ -55,14 +55,15 @@ def available() -> bool:
     return numba is not None
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether a stage may run its kernel on ``x``: numba installed and enabled, ``x`` on the CPU, no autograd
-    (the kernels have no backward), and no export, trace or compile (they are opaque to all three)."""
+def usable(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether a stage may run its kernel on ``x``: numba installed and enabled, ``x`` on the CPU, nothing for autograd
+    to record (the kernels have no backward: grad mode off, or neither ``x`` nor ``others``, the stage's other inputs
+    and parameters, requiring grad), and no export, trace or compile (they are opaque to all three)."""
     return (
         _enabled
         and numba is not None
         and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
+        and not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in others)))
         and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
     )
 

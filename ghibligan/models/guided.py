@@ -257,7 +257,7 @@ class RegionFlattener(nn.Module):
         x = x.contiguous()  # planar: the shifted views below are 1.7x slower channels-last (3 channels)
         # -1 / 2σ², per image: (B, 1, 1, 1)
         minus_inv_two_var = (-0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]
-        if x.dtype == torch.float32 and cpu_kernels.usable(x):  # one fused loop nest, ~5x faster on CPU
+        if x.dtype == torch.float32 and cpu_kernels.usable(x, self.log_sigma.weight):  # one loop nest, ~5x faster
             return cpu_kernels.flatten(x, minus_inv_two_var.flatten(), self.iterations, self.radius)
         rows = inference_slice_rows(self, *x.shape[-2:])
         if rows is None:
@@ -718,7 +718,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             surface_low = self.flattener(surface_low.to(compute), style)
 
         photo, photo_low = sample.to(compute), low.to(compute)  # (no copies in float32 or off CPU)
-        if self._fused_output_stage(photo):  # steps 3-5 below in one pass over the image, ~3x faster on CPU
+        if self._fused_output_stage(photo, surface_low):  # steps 3-5 below in one pass over the image, on CPU
             surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
             return self._ink(surface.to(sample.dtype), sample, line_gate, style)
 
@@ -749,15 +749,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         """6. ink lines, where the model draws them."""
         return surface if self.ink_lines is None else self.ink_lines(surface, sample, line_gate, style)
 
-    def _fused_output_stage(self, photo: torch.Tensor) -> bool:
+    def _fused_output_stage(self, photo: torch.Tensor, surface_low: torch.Tensor) -> bool:
         """Whether steps 3-5 can run as `cpu_kernels.output_stage`: the joint bilateral upsampler guided by the
-        photo itself, a tone head of two hidden layers (or none), float32 on the CPU without autograd."""
+        photo itself, a tone head of two hidden layers (or none), float32 on the CPU, nothing for autograd."""
         return (
             hasattr(self, "joint_bilateral")
             and self.guide_map is None
             and (self.tone_head is None or len(self.tone_head.hidden_layers) == 2)
             and photo.dtype == torch.float32
-            and cpu_kernels.usable(photo)
+            and cpu_kernels.usable(photo, surface_low, *self.parameters())
         )
 
     def _output_stage_kernel(
