@@ -35,6 +35,7 @@ from .image_io import (
     resize_to_max_side,
 )
 from .models.auto import load_generator
+from .models.guided import GuidedFilterGenerator
 from .models.hub import GhibliganHubMixin
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .onnx_generator import OnnxGenerator
@@ -271,6 +272,15 @@ class Cartoonizer:
         self.generator.to(device=self.device, dtype=self.dtype, memory_format=memory_format)
         return self
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype photos are handed to the generator in: its own, except for a `GuidedFilterGenerator` on the CPU,
+        whose full-resolution stages compute in float32 whatever its dtype (its network casts what it needs), so that
+        a bf16 model is spared a bf16 round trip of the full-resolution photo and of its output."""
+        if isinstance(self.generator, GuidedFilterGenerator) and self.device.type == "cpu":
+            return torch.float32
+        return self.dtype
+
     def set_progress_bar_config(self, **kwargs) -> None:
         """Options for the tqdm bar shown over several images, e.g. ``disable=True``."""
         self._progress_bar_config = kwargs
@@ -383,7 +393,7 @@ class Cartoonizer:
     def _generate(self, batch: torch.Tensor, style: int | None = None, posterize: float | None = None) -> torch.Tensor:
         """(B, 3, H, W) float in [-1, 1] on any device, a style index or None, a posterizer strength or None →
         (B, 3, H, W) in [-1, 1], left on the device (the one place the generator runs)."""
-        batch = batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        batch = batch.to(self.device, self.input_dtype).contiguous(memory_format=torch.channels_last)
         styles = None  # style-less models take no style; style models use their first
         if style is not None:
             styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)  # (B,)
@@ -438,7 +448,7 @@ class Cartoonizer:
         outputs = []
         for start in range(0, len(images), batch_size):
             pixels = self._upload_uint8(images[start : start + batch_size])  # (b, H, W, 3) uint8 on the device
-            batch = uint8_to_model_input(pixels, self.dtype)  # (b, 3, H, W)
+            batch = uint8_to_model_input(pixels, self.input_dtype)  # (b, 3, H, W)
             generated = self._generate(batch, style, posterize)  # (b, 3, H, W)
             outputs.append(model_output_to_uint8(generated))  # (b, H, W, 3) uint8 on the device
         result = torch.cat(outputs) if len(outputs) > 1 else outputs[0]

@@ -1,5 +1,6 @@
 """The fused CPU inference kernels (numba) of the guided generator against the torch path they replace."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,6 +58,32 @@ def test_flattener_kernel_equals_torch_path(size, radius, iterations):
         assert (reference - x).abs().max() > 0.05  # the flattener changed something worth comparing
 
 
+@pytest.mark.parametrize("size", [(7, 5), (301, 203), (1, 1), (2, 9), (64, 64)])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_area_kernel_equals_interpolate(size, factor):
+    photo = torch.rand(2, 3, *size) * 2 - 1
+    low_size = (-(-size[0] // factor), -(-size[1] // factor))
+    expected = torch.nn.functional.interpolate(photo, size=low_size, mode="area")
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = cpu_kernels.area_downsample(photo.contiguous(memory_format=layout), low_size)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_a_bf16_model_takes_a_float32_photo(kernels):
+    """`Cartoonizer.input_dtype`: on CPU a bf16 guided model is handed float32 photos (its per-pixel stages compute
+    in float32 anyway); its network casts what it needs, the ink-line branch included, and the output is float32."""
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, line_channels=4, **FUSED))
+    model = model.to(torch.bfloat16, memory_format=torch.channels_last)
+    sample = (torch.rand(2, 3, 37, 50) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    style = torch.tensor([1, 0])
+    with torch.no_grad(), contextlib.nullcontext() if kernels else cpu_kernels.disabled():
+        from_float32 = model(sample, style)
+        from_bf16 = model(sample.bfloat16(), style)
+    assert from_float32.dtype == torch.float32 and from_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(from_float32, from_bf16.float(), atol=0.08, rtol=0)  # bf16 rounding, amplified
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -77,7 +104,7 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
                 layer.weight.normal_(0, 0.5)
     sample = (torch.rand(2, 3, *size) * 2 - 1).contiguous(memory_format=torch.channels_last)
     style = torch.tensor([0, 1])
-    assert model._fused_output_stage(sample, sample) is False  # autograd on, parameters that need grad: torch
+    assert model._fused_output_stage(sample) is False  # autograd on, parameters that need grad: the torch path
     fused, reference = both_paths(lambda: model(sample, style))
     torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
     if model.level_quantizer is not None:  # the user's posterize strength reaches the kernel

@@ -106,6 +106,31 @@ if numba is not None:
         return p * p
 
     @njit(parallel=True, fastmath=True, cache=True)
+    def _area_kernel(photo, low_height, low_width):
+        """``F.interpolate(photo, (h, w), mode="area")``: output pixel ``i`` averages input rows (and columns)
+        ``[floor(i·H/h), ceil((i+1)·H/h))``. photo (B, H, W, 3) float32 pixel-interleaved → (B, 3, h, w) planar."""
+        batch, height, width, _ = photo.shape
+        out = np.empty((batch, 3, low_height, low_width), np.float32)
+        for row in prange(batch * low_height):
+            b, i = row // low_height, row % low_height
+            top, bottom = i * height // low_height, ((i + 1) * height + low_height - 1) // low_height
+            sums = np.zeros(width * 3, np.float32)  # the window's rows summed, still interleaved
+            for y in range(top, bottom):
+                pixels = photo[b, y].reshape(width * 3)
+                for k in range(width * 3):
+                    sums[k] += pixels[k]
+            for j in range(low_width):
+                left, right = j * width // low_width, ((j + 1) * width + low_width - 1) // low_width
+                total0 = total1 = total2 = _ZERO
+                for x in range(left, right):
+                    total0 += sums[3 * x]
+                    total1 += sums[3 * x + 1]
+                    total2 += sums[3 * x + 2]
+                inv = _ONE / np.float32((bottom - top) * (right - left))
+                out[b, 0, i, j], out[b, 1, i, j], out[b, 2, i, j] = total0 * inv, total1 * inv, total2 * inv
+        return out
+
+    @njit(parallel=True, fastmath=True, cache=True)
     def _flatten_kernel(x, minus_inv_two_var, iterations, radius):
         """`RegionFlattener._flatten`: ``iterations`` passes of the (2r+1)² bilateral mean, replicate borders.
         x (B, 3, H, W) float32 planar, minus_inv_two_var (B,) → (B, 3, H, W)."""
@@ -281,6 +306,16 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
 
 def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def area_downsample(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(photo, size, mode="area")`` of a (B, 3, H, W) float32 CPU photo, read channels-last without a
+    copy where it is stored so (as the pipeline's are) → (B, 3, h, w) float32, planar."""
+    pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
+    with _LOCK:
+        numba.set_num_threads(_threads())
+        out = _area_kernel(_numpy(pixels), *size)
+    return torch.from_numpy(out)
 
 
 def flatten(x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:

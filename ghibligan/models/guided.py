@@ -697,6 +697,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if posterize is not None and self.level_quantizer is None:
             raise ValueError("`posterize` needs a model with a luma posterizer (built with `levels` > 0).")
 
+        # The per-pixel stages are elementwise or tiny 1x1 convs: on CPU they run in float32 whatever the model's
+        # dtype, as bf16 is slower there for such work (the bundled model in bf16 at 512²: 53 → 35 ms); on the meta
+        # device (memory estimates, `ghibligan.models.limits`) as on CPU: the larger of the two. The network runs in
+        # its weights' dtype, whatever the photo's (a pipeline may hand a bf16 model a float32 photo on CPU).
+        compute = torch.float32 if sample.device.type in ("cpu", "meta") else sample.dtype
+        net_dtype = self.conv_in.weight.dtype
+        photo = sample.to(compute)  # (no copy in float32 or off CPU)
+        fused = self._fused_output_stage(photo)  # on CPU without autograd: numba kernels for the per-pixel stages
+
         # 1. downsample (area averaging: pixel i covers [i·H/h, (i+1)·H/h), matching bilinear upsampling below)
         # ceil(H / s), (H + s - 1) // s: the exported graph divides integers by truncation, so no negative operands
         low_size = (
@@ -705,20 +714,19 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         )
         if torch.compiler.is_exporting():  # adaptive pooling's bins depend on the size: no exportable aten op
             low = area_downsample_indexed(sample, low_size, span=self.scale_factor + 1)  # (B, 3, h, w)
+        elif fused:  # the same average, ~3x faster on a 3-channel image, float32
+            low = cpu_kernels.area_downsample(photo, low_size)
         else:
             low = F.interpolate(sample, size=low_size, mode="area")  # (B, 3, h, w)
+        photo_low = low.to(compute)
+        if fused or low.dtype != net_dtype:  # (the kernel's output is planar: oneDNN's convolutions want NHWC)
+            low = low.to(net_dtype, memory_format=torch.channels_last)
 
         # 2. the cartoon's surface at low resolution
         surface_low, line_gate = self._low_res_net(low, style)  # (B, 3, h, w), (B, 0 or 1, h, w)
-        # The per-pixel stages below are elementwise or tiny 1x1 convs: on CPU they run in float32 whatever the
-        # model's dtype, as bf16 is slower there for such work (the bundled model in bf16 at 512²: 53 → 35 ms). On the
-        # meta device (memory estimates, `ghibligan.models.limits`) as on CPU: the larger of the two
-        compute = torch.float32 if sample.device.type in ("cpu", "meta") else sample.dtype
         if self.flattener is not None:  # plateaus: flat regions, sharp borders
             surface_low = self.flattener(surface_low.to(compute), style)
-
-        photo, photo_low = sample.to(compute), low.to(compute)  # (no copies in float32 or off CPU)
-        if self._fused_output_stage(photo, surface_low):  # steps 3-5 below in one pass over the image, on CPU
+        if fused:  # steps 3-5 below in one pass over the image
             surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
             return self._ink(surface.to(sample.dtype), sample, line_gate, style)
 
@@ -747,17 +755,20 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
 
     def _ink(self, surface: torch.Tensor, sample: torch.Tensor, line_gate: torch.Tensor, style: torch.Tensor):
         """6. ink lines, where the model draws them."""
-        return surface if self.ink_lines is None else self.ink_lines(surface, sample, line_gate, style)
+        if self.ink_lines is None:
+            return surface
+        return self.ink_lines(surface, sample.to(self.conv_in.weight.dtype), line_gate, style)
 
-    def _fused_output_stage(self, photo: torch.Tensor, surface_low: torch.Tensor) -> bool:
-        """Whether steps 3-5 can run as `cpu_kernels.output_stage`: the joint bilateral upsampler guided by the
-        photo itself, a tone head of two hidden layers (or none), float32 on the CPU, nothing for autograd."""
+    def _fused_output_stage(self, photo: torch.Tensor) -> bool:
+        """Whether the downsampling and steps 3-5 can run as `cpu_kernels`' kernels: the joint bilateral upsampler
+        guided by the photo itself, a tone head of two hidden layers (or none), float32 on the CPU, nothing for
+        autograd to record."""
         return (
             hasattr(self, "joint_bilateral")
             and self.guide_map is None
             and (self.tone_head is None or len(self.tone_head.hidden_layers) == 2)
             and photo.dtype == torch.float32
-            and cpu_kernels.usable(photo, surface_low, *self.parameters())
+            and cpu_kernels.usable(photo, *self.parameters())
         )
 
     def _output_stage_kernel(
