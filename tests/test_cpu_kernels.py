@@ -104,7 +104,7 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
                 layer.weight.normal_(0, 0.5)
     sample = (torch.rand(2, 3, *size) * 2 - 1).contiguous(memory_format=torch.channels_last)
     style = torch.tensor([0, 1])
-    assert model._fused_output_stage(sample) is False  # autograd on, parameters that need grad: the torch path
+    assert model._runs_cpu_kernels(sample) is False  # autograd on, parameters that need grad: the torch path
     fused, reference = both_paths(lambda: model(sample, style))
     torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
     if model.level_quantizer is not None:  # the user's posterize strength reaches the kernel

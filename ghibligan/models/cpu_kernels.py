@@ -35,7 +35,6 @@ try:
 except ImportError:  # the torch path serves; `available()` says so
     numba = None
 
-LUMA = (0.299, 0.587, 0.114)  # BT.601, as `ghibligan.models.guided.LUMA`
 # One kernel call at a time: numba's fallback threading layer (workqueue) aborts on concurrent parallel calls, as a
 # Space's worker threads would make; the kernels use every core anyway.
 _LOCK = threading.Lock()
@@ -43,7 +42,6 @@ _CHUNK = 128  # pixels per chunk of the tone head: its two (hidden, _CHUNK) floa
 # float32 constants (a Python float would promote the kernels' arithmetic to float64)
 _ZERO, _ONE, _TWO, _THREE = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(3.0)
 _HALF, _SLOPE, _FLOOR = np.float32(0.5), np.float32(0.2), np.float32(1e-6)  # LeakyReLU slope, JBU weight floor
-_LUMA_R, _LUMA_G, _LUMA_B = np.float32(LUMA[0]), np.float32(LUMA[1]), np.float32(LUMA[2])
 
 
 # GHIBLIGAN_CPU_KERNELS=0 runs the torch path everywhere (e.g. to rule these kernels out when something looks wrong)
@@ -70,7 +68,7 @@ def usable(x: torch.Tensor, *others: torch.Tensor) -> bool:
 
 @contextlib.contextmanager
 def disabled():
-    """Run the torch path inside this block (A/B benchmarks, tests of the kernels against it)."""
+    """Run the torch path inside this block, process-wide (A/B benchmarks, tests of the kernels against it)."""
     global _enabled
     previous, _enabled = _enabled, False
     try:
@@ -184,7 +182,7 @@ if numba is not None:
     def _output_stage_kernel(
         photo, photo_low, both_low, tap_offset, tap_weight, tap_count, jbu_scale,
         up_rows, up_row_weights, up_cols, up_col_weights, detail,
-        w1, b1, w2, b2, w3, b3, levels,
+        w1, b1, w2, b2, w3, b3, levels, luma,
     ):  # fmt: skip
         """The full-resolution stage, per pixel: joint bilateral upsampling, the photo's detail, the tone head, the
         luma posterizer, each clamped to [-1, 1] as the torch path is.
@@ -195,7 +193,8 @@ if numba is not None:
         up_rows / up_cols (H, 2) | (W, 2) int and their weights: the bilinear ×(H/h, W/w) resize of photo_low
         (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight; w1 (B, K, 3), b1 (B, K),
         w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,): the tone head with its style biases folded in (K = 0: none);
-        levels (B, 4): step, offset, softness, strength (strength 0: none). → (B, H, W, 3) float32.
+        levels (B, 4): step, offset, softness, strength (strength 0: none); luma (3,): the posterizer's luma weights.
+        → (B, H, W, 3) float32.
         """
         batch, height, width, _ = photo.shape
         low_width = photo_low.shape[3]
@@ -290,7 +289,7 @@ if numba is not None:
             for x in range(width):
                 v0, v1, v2 = s[0, x], s[1, x], s[2, x]
                 if strength != 0:
-                    lum = _LUMA_R * v0 + _LUMA_G * v1 + _LUMA_B * v2
+                    lum = luma[0] * v0 + luma[1] * v1 + luma[2] * v2
                     t = (lum - offset) / step
                     frac = t - math.floor(t)
                     ramp = min(max((frac - _ONE) / softness + _ONE, _ZERO), _ONE)
@@ -304,25 +303,23 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.float32).numpy()
 
 
-def _threads() -> int:
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+def _run(kernel, *args) -> np.ndarray:
+    """``kernel(*args)`` on as many threads as torch uses, one call at a time (`_LOCK`)."""
+    with _LOCK:
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        return kernel(*args)
 
 
 def area_downsample(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(photo, size, mode="area")`` of a (B, 3, H, W) float32 CPU photo, read channels-last without a
     copy where it is stored so (as the pipeline's are) → (B, 3, h, w) float32, planar."""
     pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
-    with _LOCK:
-        numba.set_num_threads(_threads())
-        out = _area_kernel(_numpy(pixels), *size)
-    return torch.from_numpy(out)
+    return torch.from_numpy(_run(_area_kernel, _numpy(pixels), *size))
 
 
 def flatten(x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:
     """`RegionFlattener`'s passes: x (B, 3, h, w) float32 on the CPU, ``-1 / 2σ²`` (B,) → (B, 3, h, w) float32."""
-    with _LOCK:
-        numba.set_num_threads(_threads())
-        out = _flatten_kernel(_numpy(x.contiguous()), _numpy(minus_inv_two_var), iterations, radius)
+    out = _run(_flatten_kernel, _numpy(x.contiguous()), _numpy(minus_inv_two_var), iterations, radius)
     return torch.from_numpy(out)
 
 
@@ -341,36 +338,37 @@ def output_stage(
     photo: torch.Tensor,
     photo_low: torch.Tensor,
     surface_low: torch.Tensor,
-    scale_factor: int,
+    taps: list[tuple[tuple[int, float], ...]],
     range_sigma: torch.Tensor,
     detail: torch.Tensor | None,
     tone: tuple[torch.Tensor, ...] | None,
     levels: tuple[torch.Tensor, ...] | None,
+    luma: tuple[float, float, float],
 ) -> torch.Tensor:
     """The guided generator's full-resolution stage in one pass over the image (see `_output_stage_kernel`).
 
     Args:
         photo: (B, 3, H, W) float32 on the CPU, any layout (channels-last is read without a copy).
-        photo_low, surface_low: (B, 3, h, w) float32, ``h = ceil(H / scale_factor)``.
+        photo_low, surface_low: (B, 3, h, w) float32, ``h = ceil(H / s)``.
+        taps: for each of the ``s`` phases of the ×s upsampling, its ``(offset, weight)`` low-resolution taps along
+            one axis (`ghibligan.models.guided._bilinear_taps`).
         range_sigma: the joint bilateral upsampler's σ (a scalar tensor).
         detail: (B,) the share of the photo's detail each image keeps, or None.
         tone: the tone head's (w1 (B, K, 3), b1 (B, K), w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,)), style biases
             folded into b1 and b2, or None.
         levels: the posterizer's (step, offset, softness, strength), each (B,), or None.
+        luma: the posterizer's luma weights.
 
     Returns:
         (B, 3, H, W) float32, channels-last.
     """
-    from .guided import _bilinear_taps  # the taps the torch path uses (guided imports this module lazily too)
-
     batch, _, height, width = photo.shape
     low_height, low_width = photo_low.shape[-2:]
-    tap_offset, tap_weight = np.zeros((scale_factor, 2), np.int64), np.zeros((scale_factor, 2), np.float32)
-    tap_count = np.zeros(scale_factor, np.int64)
-    for phase in range(scale_factor):
-        taps = _bilinear_taps(phase, scale_factor)
-        tap_count[phase] = len(taps)
-        for t, (offset, weight) in enumerate(taps):
+    scale = len(taps)
+    tap_offset, tap_weight = np.zeros((scale, 2), np.int64), np.zeros((scale, 2), np.float32)
+    tap_count = np.array([len(phase_taps) for phase_taps in taps], np.int64)
+    for phase, phase_taps in enumerate(taps):
+        for t, (offset, weight) in enumerate(phase_taps):
             tap_offset[phase, t], tap_weight[phase, t] = offset, weight
     both_low = torch.nn.functional.pad(torch.cat([surface_low, photo_low], 1), (1, 1, 1, 1), mode="replicate")
     up_rows, up_row_weights = _resize_taps(low_height, height)
@@ -388,12 +386,11 @@ def output_stage(
     detail_array = np.zeros(batch, np.float32) if detail is None else _numpy(detail.reshape(batch))
     pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
     jbu_scale = np.float32(0.5 / float(range_sigma) ** 2)
-    with _LOCK:
-        numba.set_num_threads(_threads())
-        out = _output_stage_kernel(
-            _numpy(pixels), _numpy(photo_low.contiguous()), _numpy(both_low.contiguous()),
-            tap_offset, tap_weight, tap_count, jbu_scale,
-            up_rows, up_row_weights, up_cols, up_col_weights, detail_array,
-            *tone_arrays, level_array,
-        )  # fmt: skip
+    out = _run(
+        _output_stage_kernel,
+        _numpy(pixels), _numpy(photo_low.contiguous()), _numpy(both_low.contiguous()),
+        tap_offset, tap_weight, tap_count, jbu_scale,
+        up_rows, up_row_weights, up_cols, up_col_weights, detail_array,
+        *tone_arrays, level_array, np.array(luma, np.float32),
+    )  # fmt: skip
     return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last

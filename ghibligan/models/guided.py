@@ -704,7 +704,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         compute = torch.float32 if sample.device.type in ("cpu", "meta") else sample.dtype
         net_dtype = self.conv_in.weight.dtype
         photo = sample.to(compute)  # (no copy in float32 or off CPU)
-        fused = self._fused_output_stage(photo)  # on CPU without autograd: numba kernels for the per-pixel stages
+        fused = self._runs_cpu_kernels(photo)  # on CPU without autograd: numba kernels for the per-pixel stages
 
         # 1. downsample (area averaging: pixel i covers [i·H/h, (i+1)·H/h), matching bilinear upsampling below)
         # ceil(H / s), (H + s - 1) // s: the exported graph divides integers by truncation, so no negative operands
@@ -759,7 +759,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             return surface
         return self.ink_lines(surface, sample.to(self.conv_in.weight.dtype), line_gate, style)
 
-    def _fused_output_stage(self, photo: torch.Tensor) -> bool:
+    def _runs_cpu_kernels(self, photo: torch.Tensor) -> bool:
         """Whether the downsampling and steps 3-5 can run as `cpu_kernels`' kernels: the joint bilateral upsampler
         guided by the photo itself, a tone head of two hidden layers (or none), float32 on the CPU, nothing for
         autograd to record."""
@@ -785,6 +785,6 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         levels = None
         if self.level_quantizer is not None:
             levels = tuple(v.flatten() for v in self.level_quantizer.parameters_for(style, torch.float32, posterize))
-        return cpu_kernels.output_stage(
-            photo, photo_low, surface_low.float(), self.scale_factor, self.joint_bilateral.sigma, detail, tone, levels
-        )
+        taps = [_bilinear_taps(phase, self.scale_factor) for phase in range(self.scale_factor)]
+        sigma = self.joint_bilateral.sigma
+        return cpu_kernels.output_stage(photo, photo_low, surface_low.float(), taps, sigma, detail, tone, levels, LUMA)
