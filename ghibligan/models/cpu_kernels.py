@@ -103,6 +103,19 @@ if numba is not None:
         p = p * p
         return p * p
 
+    @njit(fastmath=True, inline="always", cache=True)
+    def _add_bilateral(num0, num1, num2, den, p0, p1, p2, q0, q1, q2, t0, t1, t2, scale, weight, floor):
+        """One neighbour (or upsampling tap) of a row of pixels ``p``, the bilateral sums of both kernels:
+        ``num += w · t`` and ``den += w``, ``w = weight · exp(-|p - q|² · scale) + floor``, where ``q`` is the
+        neighbour's colour (or guide) and ``t`` its value; every argument but the last three a 1-D row."""
+        for i in range(den.shape[0]):
+            e0, e1, e2 = p0[i] - q0[i], p1[i] - q1[i], p2[i] - q2[i]
+            w = weight * _exp_neg((e0 * e0 + e1 * e1 + e2 * e2) * scale) + floor
+            num0[i] += w * t0[i]
+            num1[i] += w * t1[i]
+            num2[i] += w * t2[i]
+            den[i] += w
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _area_kernel(photo, low_height, low_width):
         """``F.interpolate(photo, (h, w), mode="area")``: output pixel ``i`` averages input rows (and columns)
@@ -163,13 +176,7 @@ if numba is not None:
                         n0 = padded[b, 0, yy, r + dx : r + dx + width]
                         n1 = padded[b, 1, yy, r + dx : r + dx + width]
                         n2 = padded[b, 2, yy, r + dx : r + dx + width]
-                        for i in range(width):
-                            e0, e1, e2 = n0[i] - c0[i], n1[i] - c1[i], n2[i] - c2[i]
-                            w = _exp_neg((e0 * e0 + e1 * e1 + e2 * e2) * scale)
-                            num0[i] += w * n0[i]
-                            num1[i] += w * n1[i]
-                            num2[i] += w * n2[i]
-                            den[i] += w
+                        _add_bilateral(num0, num1, num2, den, c0, c1, c2, n0, n1, n2, n0, n1, n2, scale, _ONE, _ZERO)
                 for i in range(width):
                     inv = _ONE / den[i]
                     out[b, 0, y, i] = num0[i] * inv
@@ -224,13 +231,9 @@ if numba is not None:
                         end = lx + count
                         t0, t1, t2 = both_low[b, 0, ly, lx:end], both_low[b, 1, ly, lx:end], both_low[b, 2, ly, lx:end]
                         q0, q1, q2 = both_low[b, 3, ly, lx:end], both_low[b, 4, ly, lx:end], both_low[b, 5, ly, lx:end]
-                        for j in range(count):
-                            e0, e1, e2 = g0[j] - q0[j], g1[j] - q1[j], g2[j] - q2[j]
-                            w = wxy * _exp_neg((e0 * e0 + e1 * e1 + e2 * e2) * jbu_scale) + _FLOOR
-                            num0[j] += w * t0[j]
-                            num1[j] += w * t1[j]
-                            num2[j] += w * t2[j]
-                            den[j] += w
+                        _add_bilateral(
+                            num0, num1, num2, den, g0, g1, g2, q0, q1, q2, t0, t1, t2, jbu_scale, wxy, _FLOOR
+                        )  # noqa: E501
                 for j in range(count):
                     inv = _ONE / den[j]
                     guide[0, j] = _clamp(num0[j] * inv)
