@@ -233,7 +233,7 @@ if numba is not None:
                         q0, q1, q2 = both_low[b, 3, ly, lx:end], both_low[b, 4, ly, lx:end], both_low[b, 5, ly, lx:end]
                         _add_bilateral(
                             num0, num1, num2, den, g0, g1, g2, q0, q1, q2, t0, t1, t2, jbu_scale, wxy, _FLOOR
-                        )  # noqa: E501
+                        )
                 for j in range(count):
                     inv = _ONE / den[j]
                     guide[0, j] = _clamp(num0[j] * inv)
