@@ -1,11 +1,12 @@
 """Fused CPU inference kernels for `GuidedFilterGenerator`'s per-pixel stages, compiled by numba.
 
 The guided generator spends most of its CPU time not in its network but in per-pixel stages written as chains of
-torch ops: the `RegionFlattener` (24 neighbours a pixel, 3 passes) and the full-resolution output stage
-(`JointBilateralUpsampler`, the photo's detail, the `StyleColorMap` tone head and the `LevelQuantizer`). Each op
-reads and writes the whole image, so the chain is bound by memory traffic and op overhead, not arithmetic. Here each
-stage is one loop nest that keeps a row's values in registers and cache: the same arithmetic (float32, as the torch
-path computes on CPU), a fraction of the traffic, both cores through numba's ``prange`` over rows.
+torch ops: the area downsampling of the photo, the `RegionFlattener` (24 neighbours a pixel, 3 passes) and the
+full-resolution output stage (`JointBilateralUpsampler`, the photo's detail, the `StyleColorMap` tone head and the
+`LevelQuantizer`). Each op reads and writes the whole image, so the chain is bound by memory traffic and op overhead,
+not arithmetic. Here each stage is one loop nest that keeps a row's values in registers and cache: the same
+arithmetic (float32, as the torch path computes on CPU), a fraction of the traffic, both cores through numba's
+``prange`` over rows.
 
 Why numba rather than torch: the torch path stays, for training (these kernels have no backward), accelerators, ONNX
 export and machines without numba; ``torch.compile`` was measured for the flattener (docs/experiments.md) and compiles
