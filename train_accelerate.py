@@ -91,7 +91,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels",
+    "levels", "despeckle",
 )  # fmt: skip
 
 
@@ -280,6 +280,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(toon, painterly). Each style starts at the levels of its own training targets, estimated before the first "
         "step (this value is only the start of a style without targets), then learns its step, offset, edge "
         "softness and strength. 0 = none.",
+    )
+    model.add_argument(
+        "--despeckle",
+        type=int,
+        default=None,
+        help="guided: window radius of a full-resolution median of the output's luma after the posterizer, as much as "
+        "each style learns (1 = 3x3, the one the CPU kernels run; 0 = none): one-level islands a few pixels wide go.",
     )
     model.add_argument(
         "--photo_detail",

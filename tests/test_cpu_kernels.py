@@ -12,7 +12,7 @@ import torch
 
 from ghibligan import Cartoonizer
 from ghibligan.models import cpu_kernels
-from ghibligan.models.guided import GuidedFilterGenerator, RegionFlattener
+from ghibligan.models.guided import GuidedFilterGenerator, LumaDespeckle, RegionFlattener
 
 from .helpers import photo_like
 from .test_guided import trained_like
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="numba is no
 
 STYLES = ["toon", "painterly"]
 # every stage the fused output stage covers, on
-FUSED = {"upsampler": "joint_bilateral", "flatten_iterations": 2, "photo_detail": True, "levels": 5}
+FUSED = {"upsampler": "joint_bilateral", "flatten_iterations": 2, "photo_detail": True, "levels": 5, "despeckle": 1}
 
 
 def both_paths(fn):
@@ -56,6 +56,28 @@ def test_flattener_kernel_equals_torch_path(size, radius, iterations):
     torch.testing.assert_close(fused, reference, atol=2e-5, rtol=0)
     if x[0, 0].numel() > 1:  # (a 1x1 image has nothing to flatten)
         assert (reference - x).abs().max() > 0.05  # the flattener changed something worth comparing
+
+
+@pytest.mark.parametrize("size", [(37, 81), (1, 1), (2, 9), (9, 1)])
+def test_despeckle_kernel_equals_torch_path(size):
+    despeckle = LumaDespeckle(num_styles=2).eval()
+    with torch.no_grad():
+        despeckle.raw_strength.weight.copy_(torch.tensor([[0.1], [0.04]]))  # strengths 1 and 0.4
+    x = torch.rand(2, 3, *size) * 2 - 1
+    style = torch.tensor([1, 0])
+    original = x.clone()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        fused, reference = both_paths(lambda layout=layout: despeckle(x.contiguous(memory_format=layout), style))
+        torch.testing.assert_close(fused, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(x, original, atol=0, rtol=0)  # the input is left alone
+    if x[0, 0].numel() > 2:
+        assert (reference - x).abs().max() > 0.05  # the median changed something worth comparing
+    # in place, where the caller owns a channels-last image (the output stage's): the same values, no copy
+    owned = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        result = despeckle(owned, style, inplace=True)
+    assert result.data_ptr() == owned.data_ptr()
+    torch.testing.assert_close(owned, reference, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(7, 5), (301, 203), (1, 1), (2, 9), (64, 64)])

@@ -9,14 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ghibligan.models import cpu_kernels
 from ghibligan.models.guided import (
     GuidedFilter,
     GuidedFilterGenerator,
     JointBilateralUpsampler,
     LevelQuantizer,
+    LumaDespeckle,
     RegionFlattener,
     StyleColorMap,
     box_filter,
+    median9,
     row_slices,
 )
 
@@ -38,6 +41,8 @@ def trained_like(model: GuidedFilterGenerator) -> GuidedFilterGenerator:
             model.ink_lines.colour.weight.normal_(0, 0.2)
         if model.level_quantizer is not None:
             model.level_quantizer.raw_strength.weight.fill_(0.08)
+        if model.despeckle is not None:
+            model.despeckle.raw_strength.weight.fill_(0.07)
     return model.eval()
 
 
@@ -472,3 +477,104 @@ def test_level_quantizer_in_slices_of_rows_equals_one_pass():
         one_pass = quantizer(image, torch.tensor([0, 1]))
         quantizer.inference_pixels = 100  # 3 rows a slice
         torch.testing.assert_close(quantizer(image, torch.tensor([0, 1])), one_pass, atol=0, rtol=0)
+
+
+def window_median(y: torch.Tensor, radius: int) -> torch.Tensor:
+    """Reference: the median of each (2r+1)² window of (B, 1, H, W), edges replicated, by `torch.median`."""
+    height, width = y.shape[-2:]
+    padded = F.pad(y, (radius,) * 4, mode="replicate")
+    size = 2 * radius + 1
+    return (
+        torch.stack([padded[..., i : i + height, j : j + width] for i in range(size) for j in range(size)])
+        .median(0)
+        .values
+    )
+
+
+def test_median9_is_the_median():
+    torch.manual_seed(0)
+    values = [torch.randn(1000) for _ in range(9)]
+    torch.testing.assert_close(median9(values), torch.stack(values).median(0).values, atol=0, rtol=0)
+    ties = [torch.tensor([1.0, 2.0, 2.0])] * 5 + [torch.tensor([0.0, 3.0, 2.0])] * 4
+    torch.testing.assert_close(median9(ties), torch.tensor([1.0, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_despeckle_is_a_median_of_the_luma_blended_per_style(radius):
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 23, 31) * 2 - 1
+    despeckle = LumaDespeckle(num_styles=3, radius=radius).eval()
+    style = torch.tensor([2, 0])
+    torch.testing.assert_close(despeckle(image, style), image, atol=0, rtol=0)  # strength 0 at construction
+    with torch.no_grad():
+        despeckle.raw_strength.weight.copy_(torch.tensor([[0.03], [0.0], [1.0]]))  # 0.3, 0, clamped to 1
+        out = despeckle(image, style)
+    y = luma(image)[:, None]
+    expected = image + torch.tensor([1.0, 0.3])[:, None, None, None] * (window_median(y, radius) - y)
+    torch.testing.assert_close(out, expected.clamp(-1, 1), atol=1e-6, rtol=0)
+    inside = (expected.abs() < 1).all(1)  # where no channel was clamped, a grey shift: the hue stays
+    torch.testing.assert_close((out[:, 0] - out[:, 2])[inside], (image[:, 0] - image[:, 2])[inside])
+    assert inside.float().mean() > 0.5
+
+
+def test_despeckle_removes_islands_and_keeps_borders():
+    """At full strength a one-pixel island of another level goes, a straight border between two areas stays."""
+    image = torch.full((1, 3, 12, 12), -0.5)
+    image[..., :, 6:] = 0.5  # two areas, a vertical border
+    image[..., 3, 2] = 0.5  # an island of the bright level in the dark area
+    image[..., 8, 9] = -0.5  # and a dark one in the bright area
+    despeckle = LumaDespeckle(num_styles=1).eval()
+    with torch.no_grad():
+        despeckle.raw_strength.weight.fill_(1.0)
+        out = despeckle(image, torch.tensor([0]))
+    expected = torch.full_like(image, -0.5)
+    expected[..., :, 6:] = 0.5
+    torch.testing.assert_close(out, expected)
+
+
+def test_despeckle_learns_its_strength_and_passes_gradients():
+    torch.manual_seed(0)
+    clean = torch.full((4, 3, 16, 16), -0.4)
+    clean[..., 8:, :] = 0.4
+    speckled = clean.clone()
+    speckled[..., torch.randint(16, (12,)), torch.randint(16, (12,))] *= -1  # islands of the other level
+    despeckle = LumaDespeckle(num_styles=1)
+    optimizer = torch.optim.Adam(despeckle.parameters(), lr=1e-2)
+    style = torch.zeros(4, dtype=torch.long)
+    image = speckled.clone().requires_grad_()
+    (despeckle(image, style) - clean).abs().mean().backward()
+    assert image.grad.abs().sum() > 0 and despeckle.raw_strength.weight.grad.abs().sum() > 0
+    for _ in range(100):
+        optimizer.zero_grad()
+        (despeckle(speckled, style) - clean).abs().mean().backward()
+        optimizer.step()
+    assert despeckle.strength(style)[0].item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_despeckle_in_slices_of_rows_equals_one_pass():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 37, 29) * 2 - 1
+    for radius in (1, 2):
+        despeckle = LumaDespeckle(num_styles=2, radius=radius).eval()
+        with torch.no_grad():
+            despeckle.raw_strength.weight.fill_(0.07)
+            with cpu_kernels.disabled():
+                one_pass = despeckle(image, torch.tensor([0, 1]))
+                despeckle.inference_pixels = 100  # 3 rows a slice, `radius` rows of halo
+                torch.testing.assert_close(despeckle(image, torch.tensor([0, 1])), one_pass, atol=0, rtol=0)
+
+
+def test_generator_with_despeckle_round_trips_and_rejects_bad_radii(tmp_path):
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, levels=5, despeckle=1))
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["despeckle"] == 1
+    loaded = GuidedFilterGenerator.from_pretrained(tmp_path).eval()
+    sample, style = torch.rand(2, 3, 20, 30) * 2 - 1, torch.tensor([0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample, style), model(sample, style))
+        off = GuidedFilterGenerator(styles=STYLES, levels=5)
+        off.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("despeckle.")})
+        assert (off.eval()(sample, style) - model(sample, style)).abs().max() > 1e-3  # the stage does something
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="despeckle"):
+            GuidedFilterGenerator(styles=STYLES, despeckle=bad)

@@ -96,6 +96,7 @@ MODELS = {
         flatten_iterations=1,
         flatten_radius=1,
         levels=5,
+        despeckle=1,
     ),
 }
 

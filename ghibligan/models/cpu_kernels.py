@@ -1,12 +1,12 @@
 """Fused CPU inference kernels for `GuidedFilterGenerator`'s per-pixel stages, compiled by numba.
 
 The guided generator spends most of its CPU time not in its network but in per-pixel stages written as chains of
-torch ops: the area downsampling of the photo, the `RegionFlattener` (24 neighbours a pixel, 3 passes) and the
+torch ops: the area downsampling of the photo, the `RegionFlattener` (24 neighbours a pixel, 3 passes), the
 full-resolution output stage (`JointBilateralUpsampler`, the photo's detail, the `StyleColorMap` tone head and the
-`LevelQuantizer`). Each op reads and writes the whole image, so the chain is bound by memory traffic and op overhead,
-not arithmetic. Here each stage is one loop nest that keeps a row's values in registers and cache: the same
-arithmetic (float32, as the torch path computes on CPU), a fraction of the traffic, both cores through numba's
-``prange`` over rows.
+`LevelQuantizer`) and the 3×3 median of `LumaDespeckle` (in place, a selection network of min and max). Each op
+reads and writes the whole image, so the chain is bound by memory traffic and op overhead, not arithmetic. Here each
+stage is one loop nest that keeps a row's values in registers and cache: the same arithmetic (float32, as the torch
+path computes on CPU), a fraction of the traffic, both cores through numba's ``prange`` over rows.
 
 Why numba rather than torch: the torch path stays, for training (these kernels have no backward), accelerators, ONNX
 export and machines without numba; ``torch.compile`` was measured for the flattener (docs/experiments.md) and compiles
@@ -302,6 +302,83 @@ if numba is not None:
                 out_row[x, 0], out_row[x, 1], out_row[x, 2] = _clamp(v0), _clamp(v1), _clamp(v2)
         return out
 
+    @njit(fastmath=True, inline="always", cache=True)
+    def _sort2(a, b):
+        return min(a, b), max(a, b)
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _luma_row(px, luma, out):
+        """``out[1:W+1]`` = the luma of a row of pixels px (W, 3), ``out[0]`` and ``out[W+1]`` its edges replicated."""
+        width = px.shape[0]
+        for x in range(width):
+            out[x + 1] = luma[0] * px[x, 0] + luma[1] * px[x, 1] + luma[2] * px[x, 2]
+        out[0], out[width + 1] = out[1], out[width]
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _median3_kernel(pixels, strength, luma, rows):
+        """`LumaDespeckle` of radius 1, in place: ``x + strength · (median₃ₓ₃(y) - y)`` on every channel, clamped to
+        [-1, 1], ``y`` the luma, edges replicated; the median by `guided.median9`'s selection network (min and max
+        only, so it vectorizes). pixels (B, H, W, 3) float32 pixel-interleaved, strength (B,).
+
+        In place and without a luma image: each block of ``rows`` rows keeps the luma of three rows in a ring and
+        computes a row's luma before it changes that row; the rows just outside each block are read first, in a pass
+        of their own, before any block writes."""
+        batch, height, width, _ = pixels.shape
+        blocks = (height + rows - 1) // rows
+        halo = np.empty((batch * blocks, 2, width + 2), np.float32)  # the rows above and below each block
+        for block in prange(batch * blocks):
+            b, top = block // blocks, (block % blocks) * rows
+            bottom = min(top + rows, height)
+            _luma_row(pixels[b, max(top - 1, 0)], luma, halo[block, 0])
+            _luma_row(pixels[b, min(bottom, height - 1)], luma, halo[block, 1])
+        for block in prange(batch * blocks):
+            b, top = block // blocks, (block % blocks) * rows
+            bottom = min(top + rows, height)
+            if strength[b] == 0:
+                continue
+            ring = np.empty((3, width + 2), np.float32)
+            ring[0] = halo[block, 0]
+            _luma_row(pixels[b, top], luma, ring[1])
+            median = np.empty(width, np.float32)
+            for y in range(top, bottom):
+                up, mid, down = ring[(y - top) % 3], ring[(y - top + 1) % 3], ring[(y - top + 2) % 3]
+                if y + 1 < bottom:
+                    _luma_row(pixels[b, y + 1], luma, down)  # before row y + 1 changes
+                elif bottom < height:
+                    down[:] = halo[block, 1]
+                else:
+                    down[:] = mid  # the last row, replicated
+                for x in range(width):
+                    p0, p1, p2 = up[x], up[x + 1], up[x + 2]
+                    p3, p4, p5 = mid[x], mid[x + 1], mid[x + 2]
+                    p6, p7, p8 = down[x], down[x + 1], down[x + 2]
+                    p1, p2 = _sort2(p1, p2)
+                    p4, p5 = _sort2(p4, p5)
+                    p7, p8 = _sort2(p7, p8)
+                    p0, p1 = _sort2(p0, p1)
+                    p3, p4 = _sort2(p3, p4)
+                    p6, p7 = _sort2(p6, p7)
+                    p1, p2 = _sort2(p1, p2)
+                    p4, p5 = _sort2(p4, p5)
+                    p7, p8 = _sort2(p7, p8)
+                    p0, p3 = _sort2(p0, p3)
+                    p5, p8 = _sort2(p5, p8)
+                    p4, p7 = _sort2(p4, p7)
+                    p3, p6 = _sort2(p3, p6)
+                    p1, p4 = _sort2(p1, p4)
+                    p2, p5 = _sort2(p2, p5)
+                    p4, p7 = _sort2(p4, p7)
+                    p4, p2 = _sort2(p4, p2)
+                    p6, p4 = _sort2(p6, p4)
+                    p4, p2 = _sort2(p4, p2)
+                    median[x] = strength[b] * (p4 - mid[x + 1])
+                px = pixels[b, y]
+                for x in range(width):
+                    shift = median[x]
+                    px[x, 0] = _clamp(px[x, 0] + shift)
+                    px[x, 1] = _clamp(px[x, 1] + shift)
+                    px[x, 2] = _clamp(px[x, 2] + shift)
+
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.float32).numpy()
@@ -398,3 +475,16 @@ def output_stage(
         *tone_arrays, level_array, np.array(luma, np.float32),
     )  # fmt: skip
     return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last
+
+
+def luma_median3(
+    x: torch.Tensor, strength: torch.Tensor, luma: tuple[float, float, float], inplace: bool = False
+) -> torch.Tensor:
+    """`LumaDespeckle` of radius 1 (see `_median3_kernel`), clamped to [-1, 1]: x (B, 3, H, W) float32 on the CPU,
+    strength (B,) → (B, 3, H, W) float32, channels-last. ``inplace``: write into ``x`` itself where it is stored
+    channels-last (as `output_stage` returns it), saving a copy of the image; the input is left alone otherwise."""
+    pixels = x.permute(0, 2, 3, 1)  # (B, H, W, 3): a view of a channels-last tensor
+    if not (inplace and pixels.is_contiguous()):
+        pixels = pixels.clone(memory_format=torch.contiguous_format)
+    _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), np.array(luma, np.float32), 32)
+    return pixels.permute(0, 3, 1, 2)
