@@ -75,11 +75,12 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "flatten_iterations": 3,
             "photo_detail": True,
             "levels": 6,
+            "despeckle": 1,
         },
         "the bundled three-style model's architecture: a FiLM U-Net at 1/2 resolution, 3 passes of iterated bilateral "
         "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style photo detail and tone head, "
-        "a full-resolution luma posterizer (levels estimated per style from the targets); styles ghibli, toon, "
-        "painterly (the --target_column names replace them)",
+        "a full-resolution luma posterizer (levels estimated per style from the targets) and 3x3 luma median; styles "
+        "ghibli, toon, painterly (the --target_column names replace them)",
     ),
     "cartoongan_resnet": GeneratorPreset(
         "ResNetGenerator",
