@@ -68,7 +68,7 @@ from ghibligan.data import (
 from ghibligan.data_cache import DecodedPairs, available_cores, collate_decoded_pairs
 from ghibligan.losses import GAN_MODES, CartoonGANObjective, Objective, Pix2PixObjective
 from ghibligan.models import load_generator
-from ghibligan.models.guided import UPSAMPLERS
+from ghibligan.models.guided import LEVEL_SPACES, UPSAMPLERS
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
 from ghibligan.models.vgg import DEFAULT_VGG19_WEIGHTS, VGG19Features
 from ghibligan.training import (
@@ -91,7 +91,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels", "despeckle",
+    "levels", "despeckle", "level_space",
 )  # fmt: skip
 
 
@@ -287,6 +287,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided: window radius of a full-resolution median of the output's luma after the posterizer, as much as "
         "each style learns (1 = 3x3, the one the CPU kernels run; 0 = none): one-level islands a few pixels wide go.",
+    )
+    model.add_argument(
+        "--level_space",
+        default=None,
+        choices=LEVEL_SPACES,
+        help="guided: what the posterizer cuts its levels in and the median sorts: BT.601 luma (the CPU kernels run "
+        "it) or CIE L* (as the toon teachers quantize; torch only).",
     )
     model.add_argument(
         "--photo_detail",
@@ -695,7 +702,9 @@ def main(args: argparse.Namespace) -> None:
         if quantizer is not None:
             names = getattr(generator, "styles", None) or ["target"]
             for style, (levels, concentration) in fit_level_quantizer(quantizer, samples).items():
-                logger.info(f"Luma levels of {names[style]!r}: {levels:.2f} (concentration {concentration:.2f})")
+                logger.info(
+                    f"Levels of {names[style]!r} ({quantizer.space}): {levels:.2f} (concentration {concentration:.2f})"
+                )
     train_dataloader = accelerator.prepare(build_train_dataloader(args, train_pairs, accelerator))  # sharded
 
     # 5. schedule, in optimizer steps per process (None per epoch: a stream has no length)

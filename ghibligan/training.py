@@ -22,7 +22,7 @@ from torch import nn
 from .data import StreamingPairedDataset
 from .image_io import pil_to_tensor, resize_to_max_side
 from .losses import Objective
-from .models.guided import LevelQuantizer, StyleColorMap, estimate_levels, luma
+from .models.guided import LevelQuantizer, StyleColorMap, estimate_levels
 from .pipeline import Cartoonizer
 
 
@@ -196,7 +196,7 @@ def fit_level_quantizer(quantizer: LevelQuantizer, samples: list[dict]) -> dict[
     fitted = {}
     for style in sorted({style for style, _ in targets}):
         rgb = torch.cat([target.flatten(1) for s, target in targets if s == style], dim=1)  # (3, pixels) in [-1, 1]
-        step, offset, concentration = estimate_levels(luma(rgb, dim=0))
+        step, offset, concentration = estimate_levels(quantizer.signal(rgb))
         strength = (concentration - LEVELS_FLOOR) / (LEVELS_FULL - LEVELS_FLOOR)
         quantizer.set_levels(style, step, offset, strength)
         fitted[style] = (2 / step, concentration)

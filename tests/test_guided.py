@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ghibligan.models import cpu_kernels
+from ghibligan.models.color import lab_to_rgb, rgb_to_lab
 from ghibligan.models.guided import (
     GuidedFilter,
     GuidedFilterGenerator,
@@ -578,3 +579,90 @@ def test_generator_with_despeckle_round_trips_and_rejects_bad_radii(tmp_path):
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError, match="despeckle"):
             GuidedFilterGenerator(styles=STYLES, despeckle=bad)
+
+
+def lab_levels_image(levels: int, seed: int = 0, size: int = 48) -> torch.Tensor:
+    """(1, 3, size, size) RGB whose CIE L* sits on ``levels`` levels of [0, 100] (their centres), with random hues."""
+    generator = torch.Generator().manual_seed(seed)
+    level = torch.randint(levels, (1, 1, size // 8, size // 8), generator=generator).float()
+    lightness = F.interpolate((level + 0.5) * (100 / levels), size=size, mode="nearest")
+    chroma = F.interpolate(torch.rand(1, 2, size // 8, size // 8, generator=generator) * 16 - 8, size=size)  # in gamut
+    return lab_to_rgb(torch.cat([lightness, chroma], dim=1))
+
+
+def test_lab_conversion_matches_opencv_and_round_trips():
+    cv2 = pytest.importorskip("cv2")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 17, 23) * 2 - 1
+    lab = rgb_to_lab(x)
+    reference = cv2.cvtColor(((x[0].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32), cv2.COLOR_RGB2LAB)
+    # OpenCV computes float Lab through tables (its a* and b* come in 1/64 steps): agreement within 0.6
+    np.testing.assert_allclose(lab[0].permute(1, 2, 0).numpy(), reference, atol=0.6)
+    torch.testing.assert_close(lab_to_rgb(lab), x, atol=1e-4, rtol=0)
+
+
+def test_lab_level_quantizer_cuts_lightness_not_luma():
+    """In the lab space a colourful image whose L* lies on 4 levels is a fixed point at full strength with those
+    levels (its luma does not lie on levels: the same L* is another luma for each hue), and the luma space moves it."""
+    image = lab_levels_image(4)
+    style = torch.tensor([0])
+    lab_quantizer, luma_quantizer = LevelQuantizer(1, 4, space="lab"), LevelQuantizer(1, 4)
+    lab_quantizer.set_levels(0, step=0.5, offset=-1.0, strength=1.0)  # L* levels 25 apart from 0
+    luma_quantizer.set_levels(0, step=0.5, offset=-1.0, strength=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(lab_quantizer(image, style), image, atol=2e-3, rtol=0)
+        assert (luma_quantizer(image, style) - image).abs().mean() > 0.02
+        with torch.no_grad():
+            lab_quantizer.raw_strength.weight.zero_()  # strength 0: the identity (up to the Lab round trip)
+        torch.testing.assert_close(lab_quantizer(image + 0.05, style), (image + 0.05).clamp(-1, 1), atol=1e-4, rtol=0)
+    assert lab_quantizer.signal(image[0]).shape == image.shape[-2:]
+    with pytest.raises(ValueError, match="space"):
+        LevelQuantizer(1, 4, space="hsv")
+
+
+def test_lab_level_quantizer_learns_chroma_and_passes_gradients():
+    torch.manual_seed(0)
+    noisy = (torch.rand(1, 3, 16, 16) * 1.6 - 0.8).requires_grad_()  # values everywhere within the levels
+    quantizer = LevelQuantizer(1, 5, space="lab")
+    quantizer.set_levels(0, step=0.4, offset=-1.0, strength=0.5)
+    quantizer(noisy, torch.tensor([0])).square().sum().backward()
+    assert noisy.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in quantizer.parameters())
+    image = lab_levels_image(5, seed=1)
+    target = lab_to_rgb(rgb_to_lab(image) * torch.tensor([1.0, 1.4, 1.4])[None, :, None, None])  # more saturated
+    optimizer = torch.optim.Adam([quantizer.log_chroma.weight], lr=2e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        (quantizer(image, torch.tensor([0])) - target).abs().mean().backward()
+        optimizer.step()
+    assert quantizer.log_chroma.weight.exp().item() == pytest.approx(1.4, abs=0.05)
+
+
+def test_lab_despeckle_takes_the_median_of_lightness():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 19, 21) * 1.6 - 0.8
+    despeckle = LumaDespeckle(num_styles=1, space="lab").eval()
+    with torch.no_grad():
+        despeckle.raw_strength.weight.fill_(1.0)
+        out = despeckle(image, torch.tensor([0, 0]))  # the torch path: no kernel for the lab space
+    lab = rgb_to_lab(image)
+    expected = lab_to_rgb(torch.cat([window_median(lab[:, :1], 1), lab[:, 1:]], dim=1))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert (out - image).abs().max() > 0.05  # the median changed something worth comparing
+
+
+def test_generator_in_lab_space_round_trips_and_skips_the_kernels(tmp_path):
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", levels=5, despeckle=1))
+    lab_model = trained_like(
+        GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", levels=5, despeckle=1, level_space="lab")
+    )
+    sample, style = torch.rand(2, 3, 20, 30) * 2 - 1, torch.tensor([0, 1])
+    with torch.no_grad():
+        assert model._runs_cpu_kernels(sample) == cpu_kernels.available()
+        assert not lab_model._runs_cpu_kernels(sample)
+        lab_model.save_pretrained(tmp_path)
+        assert json.loads((tmp_path / "config.json").read_text())["level_space"] == "lab"
+        loaded = GuidedFilterGenerator.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded(sample, style), lab_model(sample, style))
+    with pytest.raises(ValueError, match="level_space"):
+        GuidedFilterGenerator(styles=STYLES, levels=5, level_space="LAB")

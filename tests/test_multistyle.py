@@ -268,3 +268,18 @@ def test_fit_level_quantizer_starts_posterized_styles_posterized_and_others_off(
     with torch.no_grad():  # style 0 keeps the levels where they are (half a step off, it would move them all)
         image = posterized(5, 0.14)[None]
         assert (quantizer(image, torch.tensor([0])) - image).abs().mean() < 0.01
+
+
+def test_fit_level_quantizer_estimates_lab_levels_in_the_lab_space():
+    """A teacher that quantizes L* (as the toon teachers do) has clear levels in L*, blurred ones in luma."""
+    from ghibligan.models.color import lab_to_rgb
+
+    generator = torch.Generator().manual_seed(0)
+    level = torch.randint(5, (1, 1, 16, 16), generator=generator).float()
+    lightness = F.interpolate((level + 0.5) * 20, size=64, mode="nearest")
+    chroma = F.interpolate(torch.rand(1, 2, 16, 16, generator=generator) * 60 - 30, size=64, mode="nearest")
+    samples = [{"target": lab_to_rgb(torch.cat([lightness, chroma], dim=1))[0], "style": torch.tensor(0)}]
+    lab_fit = fit_level_quantizer(LevelQuantizer(num_styles=1, levels=6, space="lab"), samples)
+    luma_fit = fit_level_quantizer(LevelQuantizer(num_styles=1, levels=6), samples)
+    assert lab_fit[0][0] == pytest.approx(5, rel=0.03) and lab_fit[0][1] > 0.95
+    assert luma_fit[0][1] < lab_fit[0][1] - 0.2

@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
+from .color import lab_to_rgb, rgb_to_lab
 from .hub import GhibliganHubMixin
 from .layers import check_positive_int, inference_slice_rows, map_row_slices
 
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
+LEVEL_SPACES = ("luma", "lab")  # what `LevelQuantizer` cuts its levels in and `LumaDespeckle` takes the median of
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, the luma of `ghibligan.metrics`
 
 
@@ -402,10 +404,17 @@ class LevelQuantizer(nn.Module):
     a style where its targets' levels are (`estimate_levels`; training does this before its first step). The strength,
     in [0, 1], is 0 at construction (the identity), and each style learns how much posterization it has.
 
+    With ``space="lab"`` the staircase is cut in CIE L* instead (`ghibligan.models.color`, scaled to [-1, 1] as
+    ``L* / 50 - 1``), the a* and b* kept and scaled by a learned chroma gain per style (1 at construction): the toon
+    teachers quantize L*, whose levels are no fixed luma (a green's L* level is another luma than a grey's), and a
+    per-pixel map fitted to the toon teacher reached 83 % of its error removed with L* levels and 54 % with luma ones
+    (docs/experiments.md, session 11). Torch only: the fused CPU kernels cover the luma space.
+
     Args:
         num_styles (`int`): rows of the parameter tables.
         levels (`int`): initial number of levels over the luma range (step ``2 / levels`` in [-1, 1] units).
         softness (`float`, *optional*, defaults to 0.2): initial share of a step taken by the ramp between levels.
+        space (`str`, *optional*, defaults to `"luma"`): `"luma"` (BT.601, a grey shift) or `"lab"` (CIE L*).
     """
 
     # at inference, slices of about this many pixels (whole rows), so the per-pixel temporaries stay in cache
@@ -414,8 +423,11 @@ class LevelQuantizer(nn.Module):
     # learning rate without an optimizer parameter group: 0 → 1 in ~100 steps at lr 1e-3, not ~1000)
     STRENGTH_RATE = 10.0
 
-    def __init__(self, num_styles: int, levels: int, softness: float = 0.2):
+    def __init__(self, num_styles: int, levels: int, softness: float = 0.2, space: str = "luma"):
         super().__init__()
+        if space not in LEVEL_SPACES:
+            raise ValueError(f"`space` must be one of {LEVEL_SPACES}, got {space!r}.")
+        self.space = space
         self.log_step = nn.Embedding(num_styles, 1)
         self.offset = nn.Embedding(num_styles, 1)
         self.raw_softness = nn.Embedding(num_styles, 1)
@@ -424,6 +436,16 @@ class LevelQuantizer(nn.Module):
         nn.init.zeros_(self.offset.weight)
         nn.init.constant_(self.raw_softness.weight, math.log(softness / (1 - softness)))
         nn.init.zeros_(self.raw_strength.weight)
+        if space == "lab":  # log of the a*, b* gain per style
+            self.log_chroma = nn.Embedding(num_styles, 1)
+            nn.init.zeros_(self.log_chroma.weight)
+
+    def signal(self, rgb: torch.Tensor) -> torch.Tensor:
+        """What the levels are cut in, for RGB in [-1, 1] with channels first, (3, ...) → (...): the BT.601 luma, or
+        ``L* / 50 - 1`` in the lab space (`fit_level_quantizer` estimates each style's levels on it)."""
+        if self.space == "luma":
+            return luma(rgb, dim=0)[0]
+        return rgb_to_lab(rgb.reshape(1, 3, -1, 1))[0, 0].reshape(rgb.shape[1:]) / 50 - 1
 
     @torch.no_grad()
     def set_levels(self, style: int, step: float, offset: float, strength: float) -> None:
@@ -454,19 +476,33 @@ class LevelQuantizer(nn.Module):
         """``strength`` (B,) in [0, 1] replaces the learned strengths (0: off, 1: hard levels), e.g. for a user who
         wants flatter levels than the learned compromise between fidelity and flatness."""
         params = self.parameters_for(style, x.dtype, strength)
+        if self.space == "lab":
+            chroma = self.log_chroma(style).to(x.dtype).exp()[:, :, None, None]  # (B, 1, 1, 1)
+            return map_row_slices(self, x, lambda part: self._quantize_lab(part, chroma, *params))
         return map_row_slices(self, x, lambda part: self._quantize(part, *params))
 
     @staticmethod
+    def _shift(signal, step, offset, softness, strength) -> torch.Tensor:
+        # The staircase's value minus the signal, written with the position within a level (frac): offset + step ·
+        # (level + 0.5 + ramp) - signal = step · (ramp + 0.5 - frac), since signal = offset + step · (level + frac).
+        # The signal is a constant to autograd (straight-through: the input's gradient is the identity's).
+        frac = ((signal.detach() - offset) / step).remainder(1)  # in [0, 1); its gradient that of the position
+        ramp = ((frac - 1) / softness + 1).clamp(0, 1)
+        return (strength * step) * (ramp * ramp * (3 - 2 * ramp) + 0.5 - frac)
+
+    @staticmethod
     def _quantize(x, step, offset, softness, strength) -> torch.Tensor:
-        # The staircase's value minus the luma, written with the position within a level (frac): offset + step ·
-        # (level + 0.5 + ramp) - luma = step · (ramp + 0.5 - frac), since luma = offset + step · (level + frac). The
-        # luma is a constant to autograd (straight-through: x's gradient is the identity's), so it is computed
-        # without a graph, accumulated in place (a 1x1 convolution is 6x slower on CPU for one output channel).
+        # the luma without a graph, accumulated in place (a 1x1 convolution is 6x slower on CPU for one channel)
         with torch.no_grad():
             luma = (x[:, 0:1] * LUMA[0]).add_(x[:, 1:2], alpha=LUMA[1]).add_(x[:, 2:3], alpha=LUMA[2])  # (B, 1, H, W)
-        frac = ((luma - offset) / step).remainder(1)  # in [0, 1); its gradient that of the position
-        ramp = ((frac - 1) / softness + 1).clamp(0, 1)
-        return x + (strength * step) * (ramp * ramp * (3 - 2 * ramp) + 0.5 - frac)
+        return x + LevelQuantizer._shift(luma, step, offset, softness, strength)
+
+    @staticmethod
+    def _quantize_lab(x, chroma, step, offset, softness, strength) -> torch.Tensor:
+        lab = rgb_to_lab(x)
+        lightness = lab[:, :1] / 50 - 1  # in [-1, 1]
+        lightness = lightness + LevelQuantizer._shift(lightness, step, offset, softness, strength)
+        return lab_to_rgb(torch.cat([(lightness + 1) * 50, lab[:, 1:] * chroma], dim=1))
 
 
 def median9(values: list[torch.Tensor]) -> torch.Tensor:
@@ -497,16 +533,20 @@ class LumaDespeckle(nn.Module):
         num_styles (`int`): rows of the strength table.
         radius (`int`, *optional*, defaults to 1): window radius at full resolution (1: 3×3, a selection network that
             exports to ONNX; larger: `torch.median` of the window, not exportable).
+        space (`str`, *optional*, defaults to `"luma"`): the median of the BT.601 luma (a grey shift), or with
+            `"lab"` of CIE L* (a* and b* kept; torch only), as the toon teacher medians its L* levels.
     """
 
     # at inference, slices of about this many pixels (whole rows, `radius` rows of halo)
     inference_pixels: int | None = 65536
     STRENGTH_RATE = LevelQuantizer.STRENGTH_RATE  # as the posterizer's: 0 → 1 in ~100 steps at lr 1e-3
 
-    def __init__(self, num_styles: int, radius: int = 1):
+    def __init__(self, num_styles: int, radius: int = 1, space: str = "luma"):
         super().__init__()
         check_positive_int("radius", radius)
-        self.radius = radius
+        if space not in LEVEL_SPACES:
+            raise ValueError(f"`space` must be one of {LEVEL_SPACES}, got {space!r}.")
+        self.radius, self.space = radius, space
         self.raw_strength = nn.Embedding(num_styles, 1)
         nn.init.zeros_(self.raw_strength.weight)
 
@@ -519,7 +559,8 @@ class LumaDespeckle(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """``inplace``: the CPU kernel may write into ``x`` (a tensor the caller owns and no longer needs)."""
         strength = self.strength(style)
-        if self.radius == 1 and x.dtype == torch.float32 and cpu_kernels.usable(x, self.raw_strength.weight):
+        kernel = self.radius == 1 and self.space == "luma" and x.dtype == torch.float32
+        if kernel and cpu_kernels.usable(x, self.raw_strength.weight):
             return cpu_kernels.luma_median3(x, strength, LUMA, inplace=inplace)
         strength = strength.to(x.dtype)[:, None, None, None]
         rows = inference_slice_rows(self, *x.shape[-2:])
@@ -533,11 +574,14 @@ class LumaDespeckle(nn.Module):
 
     def _despeckle(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         radius, (height, width) = self.radius, x.shape[-2:]
-        y = luma(x)  # (B, 1, H, W)
+        lab = rgb_to_lab(x) if self.space == "lab" else None
+        y = luma(x) if lab is None else lab[:, :1]  # (B, 1, H, W)
         padded = F.pad(y, (radius,) * 4, mode="replicate")
         size = 2 * radius + 1
         window = [padded[..., dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)]
         median = median9(window) if radius == 1 else torch.stack(window).median(dim=0).values
+        if lab is not None:
+            return lab_to_rgb(torch.cat([y + strength * (median - y), lab[:, 1:]], dim=1))
         return (x + strength * (median - y)).clamp(-1, 1)
 
 
@@ -619,6 +663,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
+        level_space (`str`, *optional*, defaults to `"luma"`): what the posterizer cuts its levels in and the median
+            sorts: `"luma"` (BT.601) or `"lab"` (CIE L*, as the toon teachers; torch only, no fused CPU kernels).
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.
@@ -652,6 +698,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         photo_detail: bool = False,
         levels: int = 0,
         despeckle: int = 0,
+        level_space: str = "luma",
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -675,6 +722,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         if upsampler not in UPSAMPLERS:
             raise ValueError(f"`upsampler` must be one of {UPSAMPLERS}, got {upsampler!r}.")
+        if level_space not in LEVEL_SPACES:
+            raise ValueError(f"`level_space` must be one of {LEVEL_SPACES}, got {level_space!r}.")
         self.styles = list(styles)
         self.scale_factor = scale_factor
         widths = [channels * 2**level for level in range(num_levels + 1)]
@@ -707,8 +756,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         else:
             self.joint_bilateral = JointBilateralUpsampler(scale_factor, sigma=range_sigma)
         self.tone_head = StyleColorMap(3, tone_channels, len(self.styles)) if tone_channels else None
-        self.level_quantizer = LevelQuantizer(len(self.styles), levels) if levels else None
-        self.despeckle = LumaDespeckle(len(self.styles), despeckle) if despeckle else None
+        self.level_quantizer = LevelQuantizer(len(self.styles), levels, space=level_space) if levels else None
+        self.despeckle = LumaDespeckle(len(self.styles), despeckle, space=level_space) if despeckle else None
         self.ink_lines = InkLines(line_channels, len(self.styles)) if line_channels else None
         if not isinstance(photo_detail, bool):
             raise ValueError(f"`photo_detail` must be True or False, got {photo_detail!r}.")
@@ -849,6 +898,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             hasattr(self, "joint_bilateral")
             and self.guide_map is None
             and (self.tone_head is None or len(self.tone_head.hidden_layers) == 2)
+            and (self.level_quantizer is None or self.level_quantizer.space == "luma")
             and photo.dtype == torch.float32
             and cpu_kernels.usable(photo, *self.parameters())
         )
