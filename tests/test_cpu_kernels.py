@@ -12,6 +12,7 @@ import torch
 
 from ghibligan import Cartoonizer
 from ghibligan.models import cpu_kernels
+from ghibligan.models.color import lab_to_rgb, rgb_to_lab
 from ghibligan.models.guided import GuidedFilterGenerator, LumaDespeckle, RegionFlattener
 
 from .helpers import photo_like
@@ -80,6 +81,28 @@ def test_despeckle_kernel_equals_torch_path(size):
     torch.testing.assert_close(owned, reference, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("size", [(37, 81), (1, 1), (2, 9), (9, 1)])
+def test_lab_finish_kernel_equals_torch_conversion(size):
+    """The lab model's last step: 3x3 median of L* (per-image strength), then L*a*b* -> sRGB from tables."""
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, *size) * 2 - 1
+    rgb[:, :, :1, :1] = torch.tensor([-1.0, 1.0])[:, None, None, None]  # black and white: the ends of the tables
+    lab = rgb_to_lab(rgb)
+    strength = torch.tensor([1.0, 0.4])
+    despeckle = LumaDespeckle(num_styles=2, space="lab").eval()
+    with torch.no_grad():
+        despeckle.raw_strength.weight.copy_(torch.tensor([[0.1], [0.04]]))  # strengths 1 and 0.4
+        reference = lab_to_rgb(despeckle.despeckle_lab(lab, torch.tensor([0, 1])))
+        fused = cpu_kernels.lab_finish(lab.clone(memory_format=torch.channels_last), strength)
+    assert fused.shape == rgb.shape
+    torch.testing.assert_close(fused, reference, atol=3e-4, rtol=0)  # 0.02 of a grey level
+    with torch.no_grad():  # no median: the round trip, black and white (the tables' ends) included
+        back = cpu_kernels.lab_finish(lab.clone(memory_format=torch.channels_last), torch.zeros(2))
+    torch.testing.assert_close(back, rgb, atol=3e-4, rtol=0)
+    if rgb[0, 0].numel() > 2:
+        assert (reference - rgb).abs().max() > 0.05  # the median changed something worth comparing
+
+
 @pytest.mark.parametrize("size", [(7, 5), (301, 203), (1, 1), (2, 9), (64, 64)])
 @pytest.mark.parametrize("factor", [2, 3])
 def test_area_kernel_equals_interpolate(size, factor):
@@ -113,6 +136,8 @@ def test_a_bf16_model_takes_a_float32_photo(kernels):
         {**FUSED, "scale_factor": 3},  # an odd factor: one phase has a single tap
         {**FUSED, "scale_factor": 1, "tone_channels": 0},
         {"upsampler": "joint_bilateral", "tone_channels": 8},  # no flattener, detail or posterizer
+        {**FUSED, "level_space": "lab"},  # levels and median in CIE L*: the kernels' colour tables
+        {**FUSED, "level_space": "lab", "despeckle": 0},
     ],
 )
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])
@@ -127,12 +152,14 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
     sample = (torch.rand(2, 3, *size) * 2 - 1).contiguous(memory_format=torch.channels_last)
     style = torch.tensor([0, 1])
     assert model._runs_cpu_kernels(sample) is False  # autograd on, parameters that need grad: the torch path
+    # the L*a*b* conversions interpolate tables (4097 entries): 3e-4 is 0.02 of a grey level
+    atol = 3e-4 if model.level_space == "lab" else 1e-4
     fused, reference = both_paths(lambda: model(sample, style))
-    torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fused, reference, atol=atol, rtol=0)
     if model.level_quantizer is not None:  # the user's posterize strength reaches the kernel
         posterize = torch.tensor([1.0, 0.0])
         fused, reference = both_paths(lambda: model(sample, style, posterize=posterize))
-        torch.testing.assert_close(fused, reference, atol=1e-4, rtol=0)
+        torch.testing.assert_close(fused, reference, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "auto"])

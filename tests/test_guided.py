@@ -651,7 +651,7 @@ def test_lab_despeckle_takes_the_median_of_lightness():
     assert (out - image).abs().max() > 0.05  # the median changed something worth comparing
 
 
-def test_generator_in_lab_space_round_trips_and_skips_the_kernels(tmp_path):
+def test_generator_in_lab_space_round_trips(tmp_path):
     model = trained_like(GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", levels=5, despeckle=1))
     lab_model = trained_like(
         GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", levels=5, despeckle=1, level_space="lab")
@@ -659,7 +659,11 @@ def test_generator_in_lab_space_round_trips_and_skips_the_kernels(tmp_path):
     sample, style = torch.rand(2, 3, 20, 30) * 2 - 1, torch.tensor([0, 1])
     with torch.no_grad():
         assert model._runs_cpu_kernels(sample) == cpu_kernels.available()
-        assert not lab_model._runs_cpu_kernels(sample)
+        assert lab_model._runs_cpu_kernels(sample) == cpu_kernels.available()  # the kernels carry L*a*b* tables
+        wide = GuidedFilterGenerator(
+            styles=STYLES, upsampler="joint_bilateral", levels=5, despeckle=2, level_space="lab"
+        )
+        assert not wide.eval()._runs_cpu_kernels(sample)  # a 5x5 median of L*: the torch path
         lab_model.save_pretrained(tmp_path)
         assert json.loads((tmp_path / "config.json").read_text())["level_space"] == "lab"
         loaded = GuidedFilterGenerator.from_pretrained(tmp_path).eval()

@@ -45,6 +45,24 @@ _ZERO, _ONE, _TWO, _THREE = np.float32(0.0), np.float32(1.0), np.float32(2.0), n
 _HALF, _SLOPE, _FLOOR = np.float32(0.5), np.float32(0.2), np.float32(1e-6)  # LeakyReLU slope, JBU weight floor
 
 
+# CIE L*a*b* (`ghibligan.models.color`) as tables: the sRGB curves and the cube root are `pow` calls, which LLVM does
+# not vectorize; linear interpolation in these tables agrees with the torch conversion within 0.01 grey levels
+def _color_tables() -> tuple[np.ndarray, ...]:
+    from .color import _EPSILON, _KAPPA, _RGB_TO_XYZ, _WHITE
+
+    grid = np.linspace(0.0, 1.0, 4097)
+    decode = np.where(grid <= 0.04045, grid / 12.92, ((grid + 0.055) / 1.055) ** 2.4)
+    encode = np.where(grid <= 0.0031308, grid * 12.92, 1.055 * grid ** (1 / 2.4) - 0.055)
+    t = np.linspace(0.0, _CIE_F_RANGE, 4097)
+    cie_f = np.where(t > _EPSILON, np.cbrt(t), _KAPPA * t + 16 / 116)
+    to_xyz = np.array(_RGB_TO_XYZ) / np.array(_WHITE)[:, None]
+    to_rgb = np.linalg.inv(np.array(_RGB_TO_XYZ)) * np.array(_WHITE)[None, :]
+    return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in (decode, encode, cie_f, to_xyz, to_rgb))
+
+
+_CIE_F_RANGE = 1.1  # XYZ / white stays below ~1.09 for RGB in [0, 1]
+_SRGB_DECODE, _SRGB_ENCODE, _CIE_F, _RGB_TO_XYZ_W, _XYZ_W_TO_RGB = _color_tables()
+
 # GHIBLIGAN_CPU_KERNELS=0 runs the torch path everywhere (e.g. to rule these kernels out when something looks wrong)
 _enabled = os.environ.get("GHIBLIGAN_CPU_KERNELS", "1") != "0"
 
@@ -186,11 +204,65 @@ if numba is not None:
             current = out
         return current
 
+    @njit(fastmath=True, inline="always", cache=True)
+    def _table_row(table, scale, offset, row):
+        """``row[i] = table(row[i])`` in place, ``table`` sampled at ``(v + offset) · scale`` = 0, 1, ...,
+        linearly interpolated, clamped to its range."""
+        top = np.float32(table.shape[0] - 1.001)
+        for i in range(row.shape[0]):
+            p = min(max((row[i] + offset) * scale, _ZERO), top)
+            k = int(p)
+            w = p - np.float32(k)
+            row[i] = table[k] + w * (table[k + 1] - table[k])
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _rgb_to_lab_row(s, decode, cie_f, matrix):
+        """A planar row s (3, W) of RGB in [-1, 1] → L*, a*, b* in place (`ghibligan.models.color.rgb_to_lab`)."""
+        width = s.shape[1]
+        n = np.float32(decode.shape[0] - 1)
+        for c in range(3):
+            _table_row(decode, n * _HALF, _ONE, s[c])  # linear RGB
+        f = np.empty((3, width), np.float32)
+        nf = np.float32((cie_f.shape[0] - 1) / _CIE_F_RANGE)
+        for c in range(3):
+            fc = f[c]
+            for i in range(width):
+                fc[i] = matrix[c, 0] * s[0, i] + matrix[c, 1] * s[1, i] + matrix[c, 2] * s[2, i]
+            _table_row(cie_f, nf, _ZERO, fc)
+        for i in range(width):
+            fx, fy, fz = f[0, i], f[1, i], f[2, i]
+            s[0, i] = np.float32(116.0) * fy - np.float32(16.0)
+            s[1, i] = np.float32(500.0) * (fx - fy)
+            s[2, i] = np.float32(200.0) * (fy - fz)
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _cie_f_inverse(f):
+        return f * f * f if f > np.float32(0.2069) else (f - np.float32(16.0 / 116.0)) / np.float32(7.787)
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _lab_to_rgb_row(s, encode, matrix):
+        """A planar row s (3, W) of L*, a*, b* → RGB in [-1, 1] in place (`ghibligan.models.color.lab_to_rgb`)."""
+        width = s.shape[1]
+        for i in range(width):
+            fy = (s[0, i] + np.float32(16.0)) / np.float32(116.0)
+            x = _cie_f_inverse(fy + s[1, i] / np.float32(500.0))
+            y = _cie_f_inverse(fy)
+            z = _cie_f_inverse(fy - s[2, i] / np.float32(200.0))
+            s[0, i] = min(max(matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2] * z, _ZERO), _ONE)
+            s[1, i] = min(max(matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2] * z, _ZERO), _ONE)
+            s[2, i] = min(max(matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2] * z, _ZERO), _ONE)
+        n = np.float32(encode.shape[0] - 1)
+        for c in range(3):
+            row = s[c]
+            _table_row(encode, n, _ZERO, row)
+            for i in range(width):
+                row[i] = row[i] * _TWO - _ONE
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _output_stage_kernel(
         photo, photo_low, both_low, tap_offset, tap_weight, tap_count, jbu_scale,
         up_rows, up_row_weights, up_cols, up_col_weights, detail,
-        w1, b1, w2, b2, w3, b3, levels, luma,
+        w1, b1, w2, b2, w3, b3, levels, luma, lab_mode, chroma,
     ):  # fmt: skip
         """The full-resolution stage, per pixel: joint bilateral upsampling, the photo's detail, the tone head, the
         luma posterizer, each clamped to [-1, 1] as the torch path is.
@@ -201,8 +273,10 @@ if numba is not None:
         up_rows / up_cols (H, 2) | (W, 2) int and their weights: the bilinear ×(H/h, W/w) resize of photo_low
         (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight; w1 (B, K, 3), b1 (B, K),
         w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,): the tone head with its style biases folded in (K = 0: none);
-        levels (B, 4): step, offset, softness, strength (strength 0: none); luma (3,): the posterizer's luma weights.
-        → (B, H, W, 3) float32.
+        levels (B, 4): step, offset, softness, strength (strength 0: none); luma (3,): the posterizer's luma weights;
+        lab_mode: cut the levels in CIE L* instead (`LevelQuantizer(space="lab")`) and write L*a*b* pixels, a* and
+        b* times chroma (B,), for `_lab_finish_kernel` to median and convert.
+        → (B, H, W, 3) float32: RGB, or L*a*b* in lab_mode.
         """
         batch, height, width, _ = photo.shape
         low_width = photo_low.shape[3]
@@ -290,6 +364,19 @@ if numba is not None:
             # 4. the luma posterizer: a grey shift onto the staircase
             step, offset, softness, strength = levels[b, 0], levels[b, 1], levels[b, 2], levels[b, 3]
             out_row = out[b, y]
+            if lab_mode:  # or in CIE L*, the row converted to L*a*b* (planar, so the table loops vectorize)
+                _rgb_to_lab_row(s, _SRGB_DECODE, _CIE_F, _RGB_TO_XYZ_W)
+                gain = chroma[b]
+                for x in range(width):
+                    lightness = s[0, x]
+                    if strength != 0:
+                        t = (lightness * np.float32(0.02) - _ONE - offset) / step
+                        frac = t - math.floor(t)
+                        ramp = min(max((frac - _ONE) / softness + _ONE, _ZERO), _ONE)
+                        shift = (strength * step) * (ramp * ramp * (_THREE - _TWO * ramp) + _HALF - frac)
+                        lightness += np.float32(50.0) * shift
+                    out_row[x, 0], out_row[x, 1], out_row[x, 2] = lightness, s[1, x] * gain, s[2, x] * gain
+                continue
             for x in range(width):
                 v0, v1, v2 = s[0, x], s[1, x], s[2, x]
                 if strength != 0:
@@ -313,6 +400,36 @@ if numba is not None:
         for x in range(width):
             out[x + 1] = luma[0] * px[x, 0] + luma[1] * px[x, 1] + luma[2] * px[x, 2]
         out[0], out[width + 1] = out[1], out[width]
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _median_row(up, mid, down, strength, median):
+        """``median[x] = strength · (median₃ₓ₃ - centre)`` for a row, from three padded rows (W + 2) of the signal;
+        the median by `guided.median9`'s selection network (min and max only, so it vectorizes)."""
+        width = median.shape[0]
+        for x in range(width):
+            p0, p1, p2 = up[x], up[x + 1], up[x + 2]
+            p3, p4, p5 = mid[x], mid[x + 1], mid[x + 2]
+            p6, p7, p8 = down[x], down[x + 1], down[x + 2]
+            p1, p2 = _sort2(p1, p2)
+            p4, p5 = _sort2(p4, p5)
+            p7, p8 = _sort2(p7, p8)
+            p0, p1 = _sort2(p0, p1)
+            p3, p4 = _sort2(p3, p4)
+            p6, p7 = _sort2(p6, p7)
+            p1, p2 = _sort2(p1, p2)
+            p4, p5 = _sort2(p4, p5)
+            p7, p8 = _sort2(p7, p8)
+            p0, p3 = _sort2(p0, p3)
+            p5, p8 = _sort2(p5, p8)
+            p4, p7 = _sort2(p4, p7)
+            p3, p6 = _sort2(p3, p6)
+            p1, p4 = _sort2(p1, p4)
+            p2, p5 = _sort2(p2, p5)
+            p4, p7 = _sort2(p4, p7)
+            p4, p2 = _sort2(p4, p2)
+            p6, p4 = _sort2(p6, p4)
+            p4, p2 = _sort2(p4, p2)
+            median[x] = strength * (p4 - mid[x + 1])
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _median3_kernel(pixels, strength, luma, rows):
@@ -348,36 +465,62 @@ if numba is not None:
                     down[:] = halo[block, 1]
                 else:
                     down[:] = mid  # the last row, replicated
-                for x in range(width):
-                    p0, p1, p2 = up[x], up[x + 1], up[x + 2]
-                    p3, p4, p5 = mid[x], mid[x + 1], mid[x + 2]
-                    p6, p7, p8 = down[x], down[x + 1], down[x + 2]
-                    p1, p2 = _sort2(p1, p2)
-                    p4, p5 = _sort2(p4, p5)
-                    p7, p8 = _sort2(p7, p8)
-                    p0, p1 = _sort2(p0, p1)
-                    p3, p4 = _sort2(p3, p4)
-                    p6, p7 = _sort2(p6, p7)
-                    p1, p2 = _sort2(p1, p2)
-                    p4, p5 = _sort2(p4, p5)
-                    p7, p8 = _sort2(p7, p8)
-                    p0, p3 = _sort2(p0, p3)
-                    p5, p8 = _sort2(p5, p8)
-                    p4, p7 = _sort2(p4, p7)
-                    p3, p6 = _sort2(p3, p6)
-                    p1, p4 = _sort2(p1, p4)
-                    p2, p5 = _sort2(p2, p5)
-                    p4, p7 = _sort2(p4, p7)
-                    p4, p2 = _sort2(p4, p2)
-                    p6, p4 = _sort2(p6, p4)
-                    p4, p2 = _sort2(p4, p2)
-                    median[x] = strength[b] * (p4 - mid[x + 1])
+                _median_row(up, mid, down, strength[b], median)
                 px = pixels[b, y]
                 for x in range(width):
                     shift = median[x]
                     px[x, 0] = _clamp(px[x, 0] + shift)
                     px[x, 1] = _clamp(px[x, 1] + shift)
                     px[x, 2] = _clamp(px[x, 2] + shift)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _lab_finish_kernel(pixels, strength, rows):
+        """The lab space's end, in place: the 3×3 median of L* blended at ``strength`` (B,) (a* and b* kept, as
+        `LumaDespeckle.despeckle_lab`), then L*a*b* → RGB in [-1, 1]. pixels (B, H, W, 3) L*a*b* float32; the
+        median's blocks and ring as `_median3_kernel`'s."""
+        batch, height, width, _ = pixels.shape
+        blocks = (height + rows - 1) // rows
+        halo = np.empty((batch * blocks, 2, width + 2), np.float32)
+        for block in prange(batch * blocks):
+            b, top = block // blocks, (block % blocks) * rows
+            bottom = min(top + rows, height)
+            _lightness_row(pixels[b, max(top - 1, 0)], halo[block, 0])
+            _lightness_row(pixels[b, min(bottom, height - 1)], halo[block, 1])
+        for block in prange(batch * blocks):
+            b, top = block // blocks, (block % blocks) * rows
+            bottom = min(top + rows, height)
+            ring = np.empty((3, width + 2), np.float32)
+            ring[0] = halo[block, 0]
+            _lightness_row(pixels[b, top], ring[1])
+            median = np.empty(width, np.float32)
+            planar = np.empty((3, width), np.float32)
+            for y in range(top, bottom):
+                up, mid, down = ring[(y - top) % 3], ring[(y - top + 1) % 3], ring[(y - top + 2) % 3]
+                if y + 1 < bottom:
+                    _lightness_row(pixels[b, y + 1], down)  # before row y + 1 changes
+                elif bottom < height:
+                    down[:] = halo[block, 1]
+                else:
+                    down[:] = mid
+                px = pixels[b, y]
+                for x in range(width):
+                    planar[0, x], planar[1, x], planar[2, x] = px[x, 0], px[x, 1], px[x, 2]
+                if strength[b] != 0:
+                    _median_row(up, mid, down, strength[b], median)
+                    p0 = planar[0]
+                    for x in range(width):
+                        p0[x] += median[x]
+                _lab_to_rgb_row(planar, _SRGB_ENCODE, _XYZ_W_TO_RGB)
+                for x in range(width):
+                    px[x, 0], px[x, 1], px[x, 2] = planar[0, x], planar[1, x], planar[2, x]
+
+    @njit(fastmath=True, inline="always", cache=True)
+    def _lightness_row(px, out):
+        """``out[1:W+1]`` = channel 0 of a row of pixels (W, 3), edges replicated."""
+        width = px.shape[0]
+        for x in range(width):
+            out[x + 1] = px[x, 0]
+        out[0], out[width + 1] = out[1], out[width]
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -425,6 +568,7 @@ def output_stage(
     tone: tuple[torch.Tensor, ...] | None,
     levels: tuple[torch.Tensor, ...] | None,
     luma: tuple[float, float, float],
+    lab_chroma: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The guided generator's full-resolution stage in one pass over the image (see `_output_stage_kernel`).
 
@@ -439,9 +583,10 @@ def output_stage(
             folded into b1 and b2, or None.
         levels: the posterizer's (step, offset, softness, strength), each (B,), or None.
         luma: the posterizer's luma weights.
+        lab_chroma: (B,) chroma gains: the posterizer in CIE L* (its output L*a*b*, for `lab_finish`); None: luma.
 
     Returns:
-        (B, 3, H, W) float32, channels-last.
+        (B, 3, H, W) float32, channels-last: RGB, or L*a*b* with ``lab_chroma``.
     """
     batch, _, height, width = photo.shape
     low_height, low_width = photo_low.shape[-2:]
@@ -472,7 +617,8 @@ def output_stage(
         _numpy(pixels), _numpy(photo_low.contiguous()), _numpy(both_low.contiguous()),
         tap_offset, tap_weight, tap_count, jbu_scale,
         up_rows, up_row_weights, up_cols, up_col_weights, detail_array,
-        *tone_arrays, level_array, np.array(luma, np.float32),
+        *tone_arrays, level_array, np.array(luma, np.float32), lab_chroma is not None,
+        np.ones(batch, np.float32) if lab_chroma is None else _numpy(lab_chroma.reshape(batch)),
     )  # fmt: skip
     return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last
 
@@ -487,4 +633,15 @@ def luma_median3(
     if not (inplace and pixels.is_contiguous()):
         pixels = pixels.clone(memory_format=torch.contiguous_format)
     _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), np.array(luma, np.float32), 32)
+    return pixels.permute(0, 3, 1, 2)
+
+
+def lab_finish(lab: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """The end of a lab-space model, in place on `output_stage`'s L*a*b* output (B, 3, H, W) channels-last: the 3×3
+    median of L* at ``strength`` (B,) (zeros: none), then RGB in [-1, 1] (see `_lab_finish_kernel`). Overwrites
+    ``lab`` where it is stored channels-last (as `output_stage` returns it)."""
+    pixels = lab.permute(0, 2, 3, 1)
+    if not pixels.is_contiguous():
+        pixels = pixels.contiguous()
+    _run(_lab_finish_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), 32)
     return pixels.permute(0, 3, 1, 2)

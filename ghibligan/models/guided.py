@@ -475,11 +475,23 @@ class LevelQuantizer(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
         """``strength`` (B,) in [0, 1] replaces the learned strengths (0: off, 1: hard levels), e.g. for a user who
         wants flatter levels than the learned compromise between fidelity and flatness."""
-        params = self.parameters_for(style, x.dtype, strength)
         if self.space == "lab":
-            chroma = self.log_chroma(style).to(x.dtype).exp()[:, :, None, None]  # (B, 1, 1, 1)
-            return map_row_slices(self, x, lambda part: self._quantize_lab(part, chroma, *params))
+            return map_row_slices(
+                self, x, lambda part: lab_to_rgb(self.quantize_lab(rgb_to_lab(part), style, strength))
+            )
+        params = self.parameters_for(style, x.dtype, strength)
         return map_row_slices(self, x, lambda part: self._quantize(part, *params))
+
+    def quantize_lab(
+        self, lab: torch.Tensor, style: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The lab space's staircase on an L*a*b* image (B, 3, H, W) → L*a*b*: L* cut into levels, a* and b* times
+        the style's chroma gain (the generator converts once around this and the median)."""
+        step, offset, softness, strength = self.parameters_for(style, lab.dtype, strength)
+        chroma = self.log_chroma(style).to(lab.dtype).exp()[:, :, None, None]  # (B, 1, 1, 1)
+        lightness = lab[:, :1] / 50 - 1  # in [-1, 1]
+        lightness = lightness + self._shift(lightness, step, offset, softness, strength)
+        return torch.cat([(lightness + 1) * 50, lab[:, 1:] * chroma], dim=1)
 
     @staticmethod
     def _shift(signal, step, offset, softness, strength) -> torch.Tensor:
@@ -496,13 +508,6 @@ class LevelQuantizer(nn.Module):
         with torch.no_grad():
             luma = (x[:, 0:1] * LUMA[0]).add_(x[:, 1:2], alpha=LUMA[1]).add_(x[:, 2:3], alpha=LUMA[2])  # (B, 1, H, W)
         return x + LevelQuantizer._shift(luma, step, offset, softness, strength)
-
-    @staticmethod
-    def _quantize_lab(x, chroma, step, offset, softness, strength) -> torch.Tensor:
-        lab = rgb_to_lab(x)
-        lightness = lab[:, :1] / 50 - 1  # in [-1, 1]
-        lightness = lightness + LevelQuantizer._shift(lightness, step, offset, softness, strength)
-        return lab_to_rgb(torch.cat([(lightness + 1) * 50, lab[:, 1:] * chroma], dim=1))
 
 
 def median9(values: list[torch.Tensor]) -> torch.Tensor:
@@ -572,17 +577,27 @@ class LumaDespeckle(nn.Module):
         ]
         return torch.cat(parts, dim=-2)
 
-    def _despeckle(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        radius, (height, width) = self.radius, x.shape[-2:]
-        lab = rgb_to_lab(x) if self.space == "lab" else None
-        y = luma(x) if lab is None else lab[:, :1]  # (B, 1, H, W)
+    def _median(self, y: torch.Tensor) -> torch.Tensor:
+        """The (2r+1)² median of (B, 1, H, W), edges replicated."""
+        radius, (height, width) = self.radius, y.shape[-2:]
         padded = F.pad(y, (radius,) * 4, mode="replicate")
         size = 2 * radius + 1
         window = [padded[..., dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)]
-        median = median9(window) if radius == 1 else torch.stack(window).median(dim=0).values
-        if lab is not None:
-            return lab_to_rgb(torch.cat([y + strength * (median - y), lab[:, 1:]], dim=1))
-        return (x + strength * (median - y)).clamp(-1, 1)
+        return median9(window) if radius == 1 else torch.stack(window).median(dim=0).values
+
+    def despeckle_lab(self, lab: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The lab space's median on an L*a*b* image (B, 3, H, W) → L*a*b* (a* and b* kept)."""
+        return self._despeckle_lab(lab, self.strength(style).to(lab.dtype)[:, None, None, None])
+
+    def _despeckle_lab(self, lab: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        lightness = lab[:, :1]
+        return torch.cat([lightness + strength * (self._median(lightness) - lightness), lab[:, 1:]], dim=1)
+
+    def _despeckle(self, x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        if self.space == "lab":
+            return lab_to_rgb(self._despeckle_lab(rgb_to_lab(x), strength))
+        y = luma(x)  # (B, 1, H, W)
+        return (x + strength * (self._median(y) - y)).clamp(-1, 1)
 
 
 class InkLines(nn.Module):
@@ -756,6 +771,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         else:
             self.joint_bilateral = JointBilateralUpsampler(scale_factor, sigma=range_sigma)
         self.tone_head = StyleColorMap(3, tone_channels, len(self.styles)) if tone_channels else None
+        self.level_space = level_space
         self.level_quantizer = LevelQuantizer(len(self.styles), levels, space=level_space) if levels else None
         self.despeckle = LumaDespeckle(len(self.styles), despeckle, space=level_space) if despeckle else None
         self.ink_lines = InkLines(line_channels, len(self.styles)) if line_channels else None
@@ -855,7 +871,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             surface_low = self.flattener(surface_low.to(compute), style)
         if fused:  # steps 3-5 below in one pass over the image
             surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
-            if self.despeckle is not None:
+            if self.level_space == "lab":  # L*a*b* out of the kernel: the median of L*, then RGB, in place
+                despeckle = torch.zeros(batch) if self.despeckle is None else self.despeckle.strength(style)
+                surface = cpu_kernels.lab_finish(surface, despeckle)
+            elif self.despeckle is not None:
                 surface = self.despeckle(surface, style, inplace=True)  # the kernel's output, ours to overwrite
             return self._ink(surface.to(sample.dtype), sample, line_gate, style)
 
@@ -877,10 +896,19 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # 5. per-pixel colour map at full resolution (levels, grading)
         if self.tone_head is not None:
             surface = self.tone_head(surface, style).clamp(-1, 1)
-        if self.level_quantizer is not None:  # flat luma levels with sharp borders, as much as the style has
-            surface = self.level_quantizer(surface, style, posterize).clamp(-1, 1)
-        if self.despeckle is not None:  # no one-level islands a few pixels wide
-            surface = self.despeckle(surface, style)
+        if self.level_space == "lab" and (self.level_quantizer is not None or self.despeckle is not None):
+            # the same two stages in CIE L*a*b*, converted once around both
+            lab = rgb_to_lab(surface)
+            if self.level_quantizer is not None:
+                lab = self.level_quantizer.quantize_lab(lab, style, posterize)
+            if self.despeckle is not None:
+                lab = self.despeckle.despeckle_lab(lab, style)
+            surface = lab_to_rgb(lab)
+        else:
+            if self.level_quantizer is not None:  # flat luma levels with sharp borders, as much as the style has
+                surface = self.level_quantizer(surface, style, posterize).clamp(-1, 1)
+            if self.despeckle is not None:  # no one-level islands a few pixels wide
+                surface = self.despeckle(surface, style)
 
         return self._ink(surface.to(sample.dtype), sample, line_gate, style)
 
@@ -898,7 +926,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             hasattr(self, "joint_bilateral")
             and self.guide_map is None
             and (self.tone_head is None or len(self.tone_head.hidden_layers) == 2)
-            and (self.level_quantizer is None or self.level_quantizer.space == "luma")
+            and (self.level_space == "luma" or self.despeckle is None or self.despeckle.radius == 1)
             and photo.dtype == torch.float32
             and cpu_kernels.usable(photo, *self.parameters())
         )
@@ -914,9 +942,14 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel."""
         detail = None if self.style_detail is None else self.style_detail(style).float()[:, 0]  # (B,)
         tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
-        levels = None
+        levels = chroma = None
         if self.level_quantizer is not None:
             levels = tuple(v.flatten() for v in self.level_quantizer.parameters_for(style, torch.float32, posterize))
+        if self.level_space == "lab":  # (a lab model without a posterizer: levels of strength 0, gain 1)
+            quantizer = self.level_quantizer
+            chroma = torch.ones(len(style)) if quantizer is None else quantizer.log_chroma(style).float().exp()
         taps = [_bilinear_taps(phase, self.scale_factor) for phase in range(self.scale_factor)]
         sigma = self.joint_bilateral.sigma
-        return cpu_kernels.output_stage(photo, photo_low, surface_low.float(), taps, sigma, detail, tone, levels, LUMA)
+        return cpu_kernels.output_stage(
+            photo, photo_low, surface_low.float(), taps, sigma, detail, tone, levels, LUMA, lab_chroma=chroma
+        )
