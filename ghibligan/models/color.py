@@ -17,6 +17,8 @@ _RGB_TO_XYZ = (
     (0.019334, 0.119193, 0.950227),
 )
 _WHITE = (0.950456, 1.0, 1.088754)
+# its inverse, computed once here (an inverse in the graph would not export to ONNX: no `linalg_inv` there)
+_XYZ_TO_RGB = tuple(tuple(row) for row in torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).tolist())
 _EPSILON, _KAPPA = 0.008856, 7.787  # CIE's linear segment near black (OpenCV's values)
 
 
@@ -41,7 +43,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fy = (lightness + 16) / 116
     f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
     xyz = torch.where(f > 0.2069, f**3, (f - 16 / 116) / _KAPPA) * _matrix(_WHITE, lab)[None, :, None, None]
-    linear = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_matrix(_RGB_TO_XYZ, lab).double()).to(lab.dtype), xyz)
+    linear = torch.einsum("ij,bjhw->bihw", _matrix(_XYZ_TO_RGB, lab), xyz)
     linear = linear.clamp(0, 1)
     srgb = torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp_min(1e-8) ** (1 / 2.4) - 0.055)
     return srgb * 2 - 1
