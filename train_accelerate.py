@@ -276,10 +276,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--levels",
         type=int,
         default=None,
-        help="guided: a full-resolution luma posterizer, for sharp level borders where a teacher quantizes luminance "
-        "(toon, painterly). Each style starts at the levels of its own training targets, estimated before the first "
-        "step (this value is only the start of a style without targets), then learns its step, offset, edge "
-        "softness and strength. 0 = none.",
+        help="guided: a full-resolution posterizer (of luma or L*, --level_space), for sharp level borders where a "
+        "teacher quantizes luminance (toon, painterly). Each style starts at the levels of its own training targets, "
+        "estimated before the first step (this value is only the start of a style without targets), then learns its "
+        "step, offset, edge softness and strength. 0 = none.",
     )
     model.add_argument(
         "--despeckle",
@@ -292,8 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--level_space",
         default=None,
         choices=LEVEL_SPACES,
-        help="guided: what the posterizer cuts its levels in and the median sorts: BT.601 luma (the CPU kernels run "
-        "it) or CIE L* (as the toon teachers quantize; torch only).",
+        help="guided: what the posterizer cuts its levels in and the median sorts: BT.601 luma, or CIE L* (as the toon "
+        "teachers quantize; the bundled model's, ~1.1x luma's CPU time).",
     )
     model.add_argument(
         "--photo_detail",

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="STRENGTH",
-        help="for a model with a luma posterizer (the bundled one): how hard its flat luminance levels are, 0 (none) "
+        help="for a model with a posterizer (the bundled one): how hard its flat luminance levels are, 0 (none) "
         "to 1 (flat levels, sharp borders: a crisper cartoon, less faithful to the teacher); default: the strength the "
         "model learned for the style (toon 0.65, painterly 0.48, ghibli 0)",
     )

@@ -336,7 +336,7 @@ class Cartoonizer:
 
     @property
     def can_posterize(self) -> bool:
-        """Whether the model has a luma posterizer whose strength ``posterize`` can set."""
+        """Whether the model has a posterizer whose strength ``posterize`` can set."""
         return getattr(self.generator, "level_quantizer", None) is not None
 
     def check_posterize(self, posterize: float | None) -> None:
@@ -347,7 +347,7 @@ class Cartoonizer:
             raise ValueError(f"`posterize` must be a number in [0, 1] or None, got {posterize!r}.")
         if not self.can_posterize:
             raise ValueError(
-                "`posterize` needs a model with a luma posterizer (a GuidedFilterGenerator built with `levels`, such "
+                "`posterize` needs a model with a posterizer (a GuidedFilterGenerator built with `levels`, such "
                 f"as the bundled model); {type(self.generator).__name__} has none."
             )
 
@@ -531,7 +531,7 @@ class Cartoonizer:
                 ``None``: no limit.
             tile_batch_size (`int`, *optional*): tiles of one large image run together, at most this many per pass
                 (and no more than ``max_activation_bytes`` allows); defaults to 1 on CPU and 8 on accelerators.
-            posterize (`float`, *optional*): for a model with a luma posterizer (`can_posterize`, e.g. the bundled
+            posterize (`float`, *optional*): for a model with a posterizer (`can_posterize`, e.g. the bundled
                 one), how hard its luminance levels are, in [0, 1]: 0 none, 1 flat levels with sharp borders (flatter
                 than the teacher, further from it); ``None`` keeps the strength the model learned for the style (the
                 bundled model's `toon` 0.65, `painterly` 0.48, `ghibli` 0).

@@ -276,7 +276,8 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         for style, teacher in zip(styles, teachers, strict=True)
     )
     notes = f"\n{args.notes}\n" if args.notes else ""
-    levels_note = "; luma posterizer started at the levels of each style's targets" if config.get("levels") else ""
+    space = "CIE L*" if config.get("level_space") == "lab" else "luma"
+    levels_note = f"; {space} posterizer started at the levels of each style's targets" if config.get("levels") else ""
     distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
     distribution_note = (
         f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""

@@ -1,10 +1,10 @@
 # The multi-style guided-filter model's training recipe (ghibli-styles), sourced by train_bundled_model.sh: change the
 # recipe here. One style-conditioned GuidedFilterGenerator (--preset guided: joint bilateral upsampling, 3 flattening
-# passes, per-style photo detail, a luma posterizer and a 3x3 luma median) learns three teachers at once; each
+# passes, per-style photo detail, a posterizer and a 3x3 median in CIE L*) learns three teachers at once; each
 # training sample draws one style (target column);
 # L1 + L1 on image gradients + 0.3 × the gradient-distribution loss (the targets' edge strengths wherever they are:
 # sharper borders, toon's ink lines), no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the
-# discriminator stayed at chance, docs/experiments.md). The preset's luma posterizer (levels=6) starts each style at
+# discriminator stayed at chance, docs/experiments.md). The preset's posterizer (levels=6, in L*) starts each style at
 # its targets' own levels, estimated before training (toon 5.25, painterly 7.25, ghibli none).
 STYLES_TEACHERS=(toon:ghibli toon:toon toon:painterly)
 STYLES_COLUMNS=(ghibli toon painterly)

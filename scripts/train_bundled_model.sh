@@ -14,7 +14,7 @@
 # ghibli-styles, the default model (about 25 minutes on 2 cores; STEPS=1000 by default):
 #   1. pairs: photos → three targets per photo (toon:ghibli, toon:toon, toon:painterly), one column per style
 #   2. one style-conditioned GuidedFilterGenerator (--preset guided: joint bilateral upsampling, flattening passes,
-#      per-style photo detail, a luma posterizer, a 3x3 luma median), each sample trained on one style drawn from
+#      per-style photo detail, a posterizer and a 3x3 median in CIE L*), each sample trained on one style drawn from
 #      (seed, epoch, row); L1 + L1 on image gradients + a loss on the distribution of edge strengths, no GAN;
 #      per-style tone head fitted pixel by pixel and posterizer levels estimated from the targets first
 #   3. held-out fidelity to each teacher, then export (fp16 safetensors + model card with per-style metrics)
@@ -33,16 +33,16 @@ if [ "$MODEL" = ghibli-styles ]; then
         --max_train_steps "$STEPS" --checkpointing_steps 250 --checkpoints_total_limit 2 --validation_steps 500 \
         --resume_from_checkpoint latest
     read -r -d '' STYLES_NOTES <<'NOTES_END' || true
-**What it does not do yet.** It does not reach its targets (85 % of the error removed, 0.9x the teacher's flat
+**What it does not do yet.** It does not reach all its targets (85 % of the error removed, 0.9x the teacher's flat
 share, per style). For `ghibli` no student can: its teacher's graph segmentation moves with noise below one grey
 level, and the teacher reproduces only ~80 % of its own output from a copy of the photo with such noise, so the model
-draws averaged region shapes and colours. `toon`'s and `painterly`'s luminance levels are cut at full resolution by a
-learned posterizer, but at part strength: their borders are softer than the teacher's where the model cannot tell on
-which side of a level a pixel lies. A full-resolution median of the luma takes out the one-level specks the toon
-teacher's own median removes (4.7 points of `toon`'s error), but cannot place a border the network put on the wrong
-side. A loss on the distribution of edge strengths gives every style its teacher's gradient energy and `toon` some of
-its teacher's contour lines (ink F-score 0.68), but no style's regions are as flat as its teacher's. `painterly` is
-less faithful to its teacher (72.0 % of the error removed) than the painterly-only U-Net bundled before it
+draws averaged region shapes and colours. `toon`'s and `painterly`'s lightness levels are cut at full resolution in
+CIE L*, where their teachers cut theirs, by a learned posterizer, but at part strength: their borders are softer than
+the teacher's where the network, at half resolution, cannot tell on which side of a level a pixel lies. `toon` has its
+teacher's flat share (0.92x) but not its fidelity target; `painterly` neither. A full-resolution median of L* takes
+out the one-level specks the toon teacher's own median removes. A loss on the distribution of edge strengths gives
+every style its teacher's gradient energy and `toon` its teacher's contour lines (ink F-score 0.79). `painterly` is
+less faithful to its teacher (77.4 % of the error removed) than the painterly-only U-Net bundled before it
 (`toon-painterly-unet`, 80.6 %, still shipped). It is one seed of one recipe.
 NOTES_END
     NOTES=${NOTES:-$STYLES_NOTES}

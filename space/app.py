@@ -19,7 +19,7 @@ API (named endpoint ``/cartoonize``)::
 
 The fifth argument, the style, is one of the chosen model's styles, or "" (or left out) for its default: ``ghibli``
 when it has it, else its first; a model without styles takes only "". The last, "Crisp levels" (or left out: False),
-sets the bundled model's luma posterizer to full strength: flat levels with sharp borders; a model without a
+sets the bundled model's posterizer to full strength: flat levels with sharp borders; a model without a
 posterizer takes only False. gradio_client fills in left-out arguments; a plain HTTP call (``POST
 /gradio_api/call/cartoonize``) sends all six.
 """
@@ -130,7 +130,7 @@ class ModelRegistry:
         return model.styles if model is not None else []
 
     def can_posterize(self, name: object) -> bool:
-        """Whether ``name`` is loaded and has a luma posterizer (the bundled model has)."""
+        """Whether ``name`` is loaded and has a posterizer (the bundled model has)."""
         model = self._models.get(name) if isinstance(name, str) else None
         return model is not None and model.can_posterize
 

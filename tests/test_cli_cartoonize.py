@@ -200,7 +200,7 @@ def test_a_style_the_model_lacks_is_one_line_before_any_work(tmp_path, model, ca
     ("value", "message"),
     [
         ("1.5", "`posterize` must be a number in [0, 1] or None, got 1.5."),
-        ("1", "`posterize` needs a model with a luma posterizer (a GuidedFilterGenerator built with `levels`"),
+        ("1", "`posterize` needs a model with a posterizer (a GuidedFilterGenerator built with `levels`"),
     ],
 )
 def test_a_posterize_the_model_cannot_take_is_one_line_before_any_work(tmp_path, model, capsys, value, message):

@@ -281,7 +281,7 @@ if numba is not None:
         w1, b1, w2, b2, w3, b3, levels, luma, lab_mode, chroma,
     ):  # fmt: skip
         """The full-resolution stage, per pixel: joint bilateral upsampling, the photo's detail, the tone head, the
-        luma posterizer, each clamped to [-1, 1] as the torch path is.
+        posterizer, each clamped to [-1, 1] as the torch path is.
 
         photo (B, H, W, 3) float32 pixel-interleaved (channels-last), photo_low (B, 3, h, w), both_low (B, 6, h + 2,
         w + 2) the surface and the guide at low resolution, padded by one replicated pixel; tap_offset / tap_weight
@@ -377,7 +377,7 @@ if numba is not None:
                                 xc[j] += weight * source[j]
                         for j in range(n):
                             xc[j] = _clamp(xc[j])
-            # 4. the luma posterizer: a grey shift onto the staircase
+            # 4. the posterizer in luma: a grey shift onto the staircase
             step, offset, softness, strength = levels[b, 0], levels[b, 1], levels[b, 2], levels[b, 3]
             out_row = out[b, y]
             if lab_mode:  # or in CIE L*, the row converted to L*a*b* (planar, so the table loops vectorize)

@@ -76,11 +76,12 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "photo_detail": True,
             "levels": 6,
             "despeckle": 1,
+            "level_space": "lab",
         },
         "the bundled three-style model's architecture: a FiLM U-Net at 1/2 resolution, 3 passes of iterated bilateral "
         "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style photo detail and tone head, "
-        "a full-resolution luma posterizer (levels estimated per style from the targets) and 3x3 luma median; styles "
-        "ghibli, toon, painterly (the --target_column names replace them)",
+        "a full-resolution posterizer in CIE L* (levels estimated per style from the targets) and 3x3 median of L*; "
+        "styles ghibli, toon, painterly (the --target_column names replace them)",
     ),
     "cartoongan_resnet": GeneratorPreset(
         "ResNetGenerator",
