@@ -91,7 +91,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels", "despeckle", "level_space",
+    "levels", "despeckle", "level_space", "detail_coring",
 )  # fmt: skip
 
 
@@ -300,6 +300,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="guided: add back the photo's fine detail with a learned per-style weight (for styles that keep texture).",
+    )
+    model.add_argument(
+        "--detail_coring",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="guided, with --photo_detail: keep only the photo's strong detail (edges), its texture and noise cored "
+        "away below a threshold learned per style.",
     )
     model.add_argument(
         "--line_channels",

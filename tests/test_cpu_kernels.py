@@ -154,6 +154,7 @@ def test_a_bf16_model_takes_a_float32_photo(kernels):
         {"upsampler": "joint_bilateral", "tone_channels": 8},  # no flattener, detail or posterizer
         {**FUSED, "level_space": "lab"},  # levels and median in CIE L*: the kernels' colour tables
         {**FUSED, "level_space": "lab", "despeckle": 0},
+        {**FUSED, "level_space": "lab", "detail_coring": True},  # the photo's detail cored per style
     ],
 )
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])
@@ -162,6 +163,8 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
     model = trained_like(GuidedFilterGenerator(styles=STYLES, **kwargs))
     with torch.no_grad():  # a visible range σ and levels, so every weight matters
         model.joint_bilateral.raw_sigma.fill_(-2.0)
+        if model.detail_coring is not None:  # a threshold where the random photo's detail lies, one per style
+            model.detail_coring.weight.copy_(torch.tensor([[-2.0], [-3.0]]))
         if model.tone_head is not None:
             for layer in model.tone_head.hidden_layers:
                 layer.weight.normal_(0, 0.5)

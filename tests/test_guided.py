@@ -20,6 +20,7 @@ from ghibligan.models.guided import (
     RegionFlattener,
     StyleColorMap,
     box_filter,
+    core,
     median9,
     row_slices,
 )
@@ -670,3 +671,38 @@ def test_generator_in_lab_space_round_trips(tmp_path):
         torch.testing.assert_close(loaded(sample, style), lab_model(sample, style))
     with pytest.raises(ValueError, match="level_space"):
         GuidedFilterGenerator(styles=STYLES, levels=5, level_space="LAB")
+
+
+def test_detail_coring_keeps_edges_and_drops_texture():
+    detail = torch.zeros(1, 3, 1, 4)
+    detail[..., 0], detail[..., 1], detail[..., 2] = 0.005, 0.02, 0.3  # grey noise, texture, an edge
+    cored = core(detail, torch.tensor([0.5 / 0.02**2]))  # τ = 0.02
+    ratio = cored / detail.clamp_min(1e-9)
+    assert ratio[0, 0, 0, 0] < 0.04  # 1 - exp(-1/32)
+    assert 0.35 < ratio[0, 0, 0, 1] < 0.45  # at τ: 1 - exp(-1/2)
+    assert ratio[0, 0, 0, 2] == pytest.approx(1.0)
+    assert (cored[..., 3] == 0).all()
+
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, photo_detail=True, detail_coring=True))
+    assert model.coring_scale(torch.tensor([0])).item() == pytest.approx(0.5 / 0.02**2, rel=1e-4)
+    sample = torch.rand(2, 3, 16, 20) * 2 - 1
+    model.train()(sample, torch.tensor([0, 1])).square().mean().backward()
+    assert model.detail_coring.weight.grad.abs().sum() > 0  # the threshold learns
+    with pytest.raises(ValueError, match="detail_coring"):
+        GuidedFilterGenerator(styles=STYLES, detail_coring=True)  # nothing to core without photo_detail
+
+
+def test_lab_stages_in_row_slices_equal_one_pass():
+    """At inference the torch path runs the L*a*b* posterizer and median in slices of rows (a halo of the median's
+    reach), so a 4K image's peak memory stays small; the slices join into the one-pass result."""
+    model = trained_like(
+        GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", levels=5, despeckle=1, level_space="lab")
+    )
+    sample, style = torch.rand(2, 3, 37, 29) * 2 - 1, torch.tensor([0, 1])
+    with torch.no_grad(), cpu_kernels.disabled():
+        model.despeckle.inference_pixels = None
+        whole = model(sample, style)
+        model.despeckle.inference_pixels = 29 * 4  # slices of 4 rows
+        sliced = model(sample, style)
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)
+

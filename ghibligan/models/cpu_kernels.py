@@ -278,7 +278,7 @@ if numba is not None:
     def _output_stage_kernel(
         photo, photo_low, both_low, tap_offset, tap_weight, tap_count, jbu_scale,
         up_rows, up_row_weights, up_cols, up_col_weights, detail,
-        w1, b1, w2, b2, w3, b3, levels, luma, lab_mode, chroma,
+        w1, b1, w2, b2, w3, b3, levels, luma, lab_mode, chroma, coring,
     ):  # fmt: skip
         """The full-resolution stage, per pixel: joint bilateral upsampling, the photo's detail, the tone head, the
         posterizer, each clamped to [-1, 1] as the torch path is.
@@ -287,7 +287,8 @@ if numba is not None:
         w + 2) the surface and the guide at low resolution, padded by one replicated pixel; tap_offset / tap_weight
         (s, 2) and tap_count (s,): the bilinear taps of each phase (`_bilinear_taps`); jbu_scale: 1 / 2σ²;
         up_rows / up_cols (H, 2) | (W, 2) int and their weights: the bilinear ×(H/h, W/w) resize of photo_low
-        (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight; w1 (B, K, 3), b1 (B, K),
+        (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight, coring (B,): its ``1 / 2τ²``
+        (0: none, `guided.core`); w1 (B, K, 3), b1 (B, K),
         w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,): the tone head with its style biases folded in (K = 0: none);
         levels (B, 4): step, offset, softness, strength (strength 0: none); luma (3,): the posterizer's luma weights;
         lab_mode: cut the levels in CIE L* instead (`LevelQuantizer(space="lab")`) and write L*a*b* pixels, a* and
@@ -345,8 +346,16 @@ if numba is not None:
                 for x in range(width):
                     c0, c1 = up_cols[x, 0], up_cols[x, 1]
                     u0, u1 = up_col_weights[x, 0], up_col_weights[x, 1]
-                    for c in range(3):
-                        s[c, x] += detail[b] * (px[x, c] - (u0 * mixed[c, c0] + u1 * mixed[c, c1]))
+                    d0 = px[x, 0] - (u0 * mixed[0, c0] + u1 * mixed[0, c1])
+                    d1 = px[x, 1] - (u0 * mixed[1, c0] + u1 * mixed[1, c1])
+                    d2 = px[x, 2] - (u0 * mixed[2, c0] + u1 * mixed[2, c1])
+                    weight = detail[b]
+                    if coring[b] != 0:  # texture and noise out, edges kept
+                        d = luma[0] * d0 + luma[1] * d1 + luma[2] * d2
+                        weight *= _ONE - _exp_neg(d * d * coring[b])
+                    s[0, x] += weight * d0
+                    s[1, x] += weight * d1
+                    s[2, x] += weight * d2
             # 3. the tone head x + MLP(x), in chunks of pixels so its hidden rows stay in L1
             if hidden:
                 h1, h2 = np.empty((hidden, _CHUNK), np.float32), np.empty((hidden, _CHUNK), np.float32)
@@ -585,6 +594,7 @@ def output_stage(
     levels: tuple[torch.Tensor, ...] | None,
     luma: tuple[float, float, float],
     lab_chroma: torch.Tensor | None = None,
+    coring: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The guided generator's full-resolution stage in one pass over the image (see `_output_stage_kernel`).
 
@@ -600,6 +610,7 @@ def output_stage(
         levels: the posterizer's (step, offset, softness, strength), each (B,), or None.
         luma: the posterizer's luma weights.
         lab_chroma: (B,) chroma gains: the posterizer in CIE L* (its output L*a*b*, for `lab_finish`); None: luma.
+        coring: (B,) ``1 / 2τ²`` of the detail's coring (`guided.core`; ``luma`` its weights), or None.
 
     Returns:
         (B, 3, H, W) float32, channels-last: RGB, or L*a*b* with ``lab_chroma``.
@@ -635,6 +646,7 @@ def output_stage(
         up_rows, up_row_weights, up_cols, up_col_weights, detail_array,
         *tone_arrays, level_array, np.array(luma, np.float32), lab_chroma is not None,
         np.ones(batch, np.float32) if lab_chroma is None else _numpy(lab_chroma.reshape(batch)),
+        np.zeros(batch, np.float32) if coring is None else _numpy(coring.reshape(batch)),
     )  # fmt: skip
     return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last
 

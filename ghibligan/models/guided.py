@@ -510,6 +510,13 @@ class LevelQuantizer(nn.Module):
         return x + LevelQuantizer._shift(luma, step, offset, softness, strength)
 
 
+def core(detail: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Coring of (B, 3, H, W) detail: ``detail · (1 - exp(-d² · scale))``, ``d`` its BT.601 luma, ``scale`` (B,)
+    ``1 / 2τ²``: detail well below τ goes (texture, noise), detail well above it stays (edges)."""
+    d = luma(detail)  # (B, 1, H, W)
+    return detail * (1 - torch.exp(-d * d * scale[:, None, None, None]))
+
+
 def median9(values: list[torch.Tensor]) -> torch.Tensor:
     """Elementwise median of 9 tensors by Paeth's selection network (19 compare-exchanges, each a min and a max):
     no sort, exportable, and autograd passes each output element's gradient to the input it came from."""
@@ -676,6 +683,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         photo_detail (`bool`, *optional*, defaults to False): add back, with a learned per-style weight (0 at
             initialisation), the photo's detail the downsampling removed (``photo - bilinear(low)``), for styles that
             keep some texture (painterly) while others stay flat.
+        detail_coring (`bool`, *optional*, defaults to False): with `photo_detail`, keep only the photo's *strong*
+            detail: each pixel's detail times ``1 - exp(-d² / 2τ²)``, ``d`` its luma, ``τ`` learned per style (0.02
+            at initialisation). Texture and noise (small ``d``) go, edges (large ``d``) stay: a classic coring.
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
@@ -713,6 +723,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         flatten_iterations: int = 0,
         flatten_radius: int = 2,
         photo_detail: bool = False,
+        detail_coring: bool = False,
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
@@ -782,6 +793,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         self.style_detail = nn.Embedding(len(self.styles), 1) if photo_detail else None
         if self.style_detail is not None:
             nn.init.zeros_(self.style_detail.weight)
+        if not isinstance(detail_coring, bool) or (detail_coring and not photo_detail):
+            raise ValueError(f"`detail_coring` must be True (with `photo_detail`) or False, got {detail_coring!r}.")
+        self.detail_coring = nn.Embedding(len(self.styles), 1) if detail_coring else None  # log τ per style
+        if self.detail_coring is not None:
+            nn.init.constant_(self.detail_coring.weight, math.log(0.02))
 
     @property
     def size_multiple(self) -> int:
@@ -893,19 +909,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # the photo's own fine detail, as much as the style keeps
         if self.style_detail is not None:
             detail = photo - F.interpolate(photo_low, size=(height, width), mode="bilinear", align_corners=False)
+            if self.detail_coring is not None:  # texture and noise out, edges kept
+                detail = core(detail, self.coring_scale(style).to(detail.dtype))
             surface = torch.addcmul(surface, self.style_detail(style).to(detail.dtype)[:, :, None, None], detail)
 
         # 5. per-pixel colour map at full resolution (levels, grading)
         if self.tone_head is not None:
             surface = self.tone_head(surface, style).clamp(-1, 1)
         if self.level_space == "lab" and (self.level_quantizer is not None or self.despeckle is not None):
-            # the same two stages in CIE L*a*b*, converted once around both
-            lab = rgb_to_lab(surface)
-            if self.level_quantizer is not None:
-                lab = self.level_quantizer.quantize_lab(lab, style, posterize)
-            if self.despeckle is not None:
-                lab = self.despeckle.despeckle_lab(lab, style)
-            surface = lab_to_rgb(lab)
+            surface = self._lab_stages(surface, style, posterize)
         else:
             if self.level_quantizer is not None:  # flat levels of luma with sharp borders, as much as the style has
                 surface = self.level_quantizer(surface, style, posterize).clamp(-1, 1)
@@ -919,6 +931,32 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if self.ink_lines is None:
             return surface
         return self.ink_lines(surface, sample.to(self.conv_in.weight.dtype), line_gate, style)
+
+    def _lab_stages(self, surface: torch.Tensor, style: torch.Tensor, posterize: torch.Tensor | None) -> torch.Tensor:
+        """The posterizer and the median in CIE L*a*b*, converted once around both; at inference in slices of rows
+        (a halo of the median's reach) as each stage runs alone, so a large image's peak memory stays small."""
+
+        def stages(part: torch.Tensor) -> torch.Tensor:
+            lab = rgb_to_lab(part)
+            if self.level_quantizer is not None:
+                lab = self.level_quantizer.quantize_lab(lab, style, posterize)
+            if self.despeckle is not None:
+                lab = self.despeckle.despeckle_lab(lab, style)
+            return lab_to_rgb(lab)
+
+        rows = inference_slice_rows(self.despeckle or self.level_quantizer, *surface.shape[-2:])
+        if rows is None:
+            return stages(surface)
+        halo = 0 if self.despeckle is None else self.despeckle.radius
+        parts = [
+            stages(surface[..., top:bottom, :])[..., start - top : stop - top, :]
+            for top, bottom, start, stop in row_slices(surface.shape[-2], rows, halo=halo)
+        ]
+        return torch.cat(parts, dim=-2)
+
+    def coring_scale(self, style: torch.Tensor) -> torch.Tensor:
+        """``1 / 2τ²`` (B,) of `detail_coring` for each image's style, float32."""
+        return 0.5 * torch.exp(-2 * self.detail_coring(style).float()[:, 0])
 
     def _runs_cpu_kernels(self, photo: torch.Tensor) -> bool:
         """Whether the downsampling and steps 3-5 can run as `cpu_kernels`' kernels: the joint bilateral upsampler
@@ -943,6 +981,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
     ) -> torch.Tensor:
         """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel."""
         detail = None if self.style_detail is None else self.style_detail(style).float()[:, 0]  # (B,)
+        coring = None if self.detail_coring is None else self.coring_scale(style)
         tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
         levels = chroma = None
         if self.level_quantizer is not None:
@@ -953,5 +992,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         taps = [_bilinear_taps(phase, self.scale_factor) for phase in range(self.scale_factor)]
         sigma = self.joint_bilateral.sigma
         return cpu_kernels.output_stage(
-            photo, photo_low, surface_low.float(), taps, sigma, detail, tone, levels, LUMA, lab_chroma=chroma
+            photo,
+            photo_low,
+            surface_low.float(),
+            taps,
+            sigma,
+            detail,
+            tone,
+            levels,
+            LUMA,
+            lab_chroma=chroma,
+            coring=coring,
         )
