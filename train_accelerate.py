@@ -303,10 +303,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--detail_coring",
-        action=argparse.BooleanOptionalAction,
+        type=float,
         default=None,
         help="guided, with --photo_detail: keep only the photo's strong detail (edges), its texture and noise cored "
-        "away below a threshold learned per style.",
+        "away below a threshold τ learned per style, starting here (in [-1, 1] units, e.g. 0.05; 0 = none).",
     )
     model.add_argument(
         "--line_channels",

@@ -154,7 +154,7 @@ def test_a_bf16_model_takes_a_float32_photo(kernels):
         {"upsampler": "joint_bilateral", "tone_channels": 8},  # no flattener, detail or posterizer
         {**FUSED, "level_space": "lab"},  # levels and median in CIE L*: the kernels' colour tables
         {**FUSED, "level_space": "lab", "despeckle": 0},
-        {**FUSED, "level_space": "lab", "detail_coring": True},  # the photo's detail cored per style
+        {**FUSED, "level_space": "lab", "detail_coring": 0.05},  # the photo's detail cored per style
     ],
 )
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])

@@ -683,13 +683,14 @@ def test_detail_coring_keeps_edges_and_drops_texture():
     assert ratio[0, 0, 0, 2] == pytest.approx(1.0)
     assert (cored[..., 3] == 0).all()
 
-    model = trained_like(GuidedFilterGenerator(styles=STYLES, photo_detail=True, detail_coring=True))
+    model = trained_like(GuidedFilterGenerator(styles=STYLES, photo_detail=True, detail_coring=0.02))
     assert model.coring_scale(torch.tensor([0])).item() == pytest.approx(0.5 / 0.02**2, rel=1e-4)
     sample = torch.rand(2, 3, 16, 20) * 2 - 1
     model.train()(sample, torch.tensor([0, 1])).square().mean().backward()
     assert model.detail_coring.weight.grad.abs().sum() > 0  # the threshold learns
-    with pytest.raises(ValueError, match="detail_coring"):
-        GuidedFilterGenerator(styles=STYLES, detail_coring=True)  # nothing to core without photo_detail
+    for bad in (0.05, True, -0.1, 1.5):  # nothing to core without photo_detail; a bool; out of range
+        with pytest.raises(ValueError, match="detail_coring"):
+            GuidedFilterGenerator(styles=STYLES, photo_detail=bad != 0.05, detail_coring=bad)
 
 
 def test_lab_stages_in_row_slices_equal_one_pass():
@@ -705,4 +706,3 @@ def test_lab_stages_in_row_slices_equal_one_pass():
         model.despeckle.inference_pixels = 29 * 4  # slices of 4 rows
         sliced = model(sample, style)
     torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)
-

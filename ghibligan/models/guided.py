@@ -683,9 +683,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         photo_detail (`bool`, *optional*, defaults to False): add back, with a learned per-style weight (0 at
             initialisation), the photo's detail the downsampling removed (``photo - bilinear(low)``), for styles that
             keep some texture (painterly) while others stay flat.
-        detail_coring (`bool`, *optional*, defaults to False): with `photo_detail`, keep only the photo's *strong*
-            detail: each pixel's detail times ``1 - exp(-d² / 2τ²)``, ``d`` its luma, ``τ`` learned per style (0.02
-            at initialisation). Texture and noise (small ``d``) go, edges (large ``d``) stay: a classic coring.
+        detail_coring (`float`, *optional*, defaults to 0): with `photo_detail`, keep only the photo's *strong*
+            detail: each pixel's detail times ``1 - exp(-d² / 2τ²)``, ``d`` its luma, ``τ`` learned per style from
+            this initial threshold (in [-1, 1] units; 0.05 is about 6 grey levels). Texture and noise (small ``d``)
+            go, edges (large ``d``) stay: a classic coring. 0 disables it.
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
@@ -723,7 +724,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         flatten_iterations: int = 0,
         flatten_radius: int = 2,
         photo_detail: bool = False,
-        detail_coring: bool = False,
+        detail_coring: float = 0.0,
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
@@ -793,11 +794,14 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         self.style_detail = nn.Embedding(len(self.styles), 1) if photo_detail else None
         if self.style_detail is not None:
             nn.init.zeros_(self.style_detail.weight)
-        if not isinstance(detail_coring, bool) or (detail_coring and not photo_detail):
-            raise ValueError(f"`detail_coring` must be True (with `photo_detail`) or False, got {detail_coring!r}.")
+        coring_ok = isinstance(detail_coring, (int, float)) and not isinstance(detail_coring, bool)
+        if not (coring_ok and 0 <= detail_coring < 1) or (detail_coring and not photo_detail):
+            raise ValueError(
+                f"`detail_coring` must be a threshold in [0, 1) (> 0 only with `photo_detail`), got {detail_coring!r}."
+            )
         self.detail_coring = nn.Embedding(len(self.styles), 1) if detail_coring else None  # log τ per style
         if self.detail_coring is not None:
-            nn.init.constant_(self.detail_coring.weight, math.log(0.02))
+            nn.init.constant_(self.detail_coring.weight, math.log(detail_coring))
 
     @property
     def size_multiple(self) -> int:
