@@ -34,7 +34,7 @@ from torch import nn
 from . import cpu_kernels
 from .color import lab_to_rgb, rgb_to_lab
 from .hub import GhibliganHubMixin
-from .layers import check_positive_int, inference_slice_rows, map_row_slices
+from .layers import check_positive_int, inference_slice_rows, map_row_slices, row_slices
 
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
 LEVEL_SPACES = ("luma", "lab")  # what `LevelQuantizer` cuts its levels in and `LumaDespeckle` takes the median of
@@ -84,16 +84,6 @@ def area_downsample_indexed(x: torch.Tensor, size: tuple[int, int], span: int) -
         else:  # (B, C, H, out * span) → (B, C, H, out)
             x = (gathered.unflatten(-1, (out_size, span)) * weight).sum(-1)
     return x
-
-
-def row_slices(height: int, rows: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """Slices of ``rows`` rows covering ``height``, each read with ``halo`` more rows on both sides (fewer at the
-    image's edges): ``(top, bottom, start, stop)``, the rows read and the rows kept. For sliced inference of a local
-    operation: with a halo at least its reach, the kept rows equal those of one pass over the whole image."""
-    return [
-        (max(0, start - halo), min(height, start + rows + halo), start, min(height, start + rows))
-        for start in range(0, height, rows)
-    ]
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -261,15 +251,9 @@ class RegionFlattener(nn.Module):
         minus_inv_two_var = (-0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]
         if x.dtype == torch.float32 and cpu_kernels.usable(x, self.log_sigma.weight):  # one loop nest, ~5x faster
             return cpu_kernels.flatten(x, minus_inv_two_var.flatten(), self.iterations, self.radius)
-        rows = inference_slice_rows(self, *x.shape[-2:])
-        if rows is None:
-            return self._flatten(x, minus_inv_two_var)
         # a pixel after all passes depends on the rows within iterations × radius: that halo keeps the slices exact
-        parts = [
-            self._flatten(x[..., top:bottom, :], minus_inv_two_var)[..., start - top : stop - top, :]
-            for top, bottom, start, stop in row_slices(x.shape[-2], rows, halo=self.iterations * self.radius)
-        ]
-        return torch.cat(parts, dim=-2)
+        halo = self.iterations * self.radius
+        return map_row_slices(self, x, lambda part: self._flatten(part, minus_inv_two_var), halo=halo)
 
     def _flatten(self, x: torch.Tensor, minus_inv_two_var: torch.Tensor) -> torch.Tensor:
         radius, (height, width) = self.radius, x.shape[-2:]
@@ -576,14 +560,7 @@ class LumaDespeckle(nn.Module):
         if kernel and cpu_kernels.usable(x, self.raw_strength.weight):
             return cpu_kernels.luma_median3(x, strength, LUMA, inplace=inplace)
         strength = strength.to(x.dtype)[:, None, None, None]
-        rows = inference_slice_rows(self, *x.shape[-2:])
-        if rows is None:
-            return self._despeckle(x, strength)
-        parts = [
-            self._despeckle(x[..., top:bottom, :], strength)[..., start - top : stop - top, :]
-            for top, bottom, start, stop in row_slices(x.shape[-2], rows, halo=self.radius)
-        ]
-        return torch.cat(parts, dim=-2)
+        return map_row_slices(self, x, lambda part: self._despeckle(part, strength), halo=self.radius)
 
     def _median(self, y: torch.Tensor) -> torch.Tensor:
         """The (2r+1)² median of (B, 1, H, W), edges replicated."""
@@ -948,15 +925,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
                 lab = self.despeckle.despeckle_lab(lab, style)
             return lab_to_rgb(lab)
 
-        rows = inference_slice_rows(self.despeckle or self.level_quantizer, *surface.shape[-2:])
-        if rows is None:
-            return stages(surface)
         halo = 0 if self.despeckle is None else self.despeckle.radius
-        parts = [
-            stages(surface[..., top:bottom, :])[..., start - top : stop - top, :]
-            for top, bottom, start, stop in row_slices(surface.shape[-2], rows, halo=halo)
-        ]
-        return torch.cat(parts, dim=-2)
+        return map_row_slices(self.despeckle or self.level_quantizer, surface, stages, halo=halo)
 
     def coring_scale(self, style: torch.Tensor) -> torch.Tensor:
         """``1 / 2τ²`` (B,) of `detail_coring` for each image's style, float32."""

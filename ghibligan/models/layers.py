@@ -39,13 +39,32 @@ def inference_slice_rows(module: nn.Module, height: int, width: int) -> int | No
     return max(1, pixels // width)
 
 
-def map_row_slices(module: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``fn(x)`` for a per-pixel map (no reach across rows), at inference in slices of `inference_slice_rows` rows
-    joined back together; in one pass where that is None."""
+def row_slices(height: int, rows: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """Slices of ``rows`` rows covering ``height``, each read with ``halo`` more rows on both sides (fewer at the
+    image's edges): ``(top, bottom, start, stop)``, the rows read and the rows kept. For sliced inference of a local
+    operation: with a halo at least its reach, the kept rows equal those of one pass over the whole image."""
+    return [
+        (max(0, start - halo), min(height, start + rows + halo), start, min(height, start + rows))
+        for start in range(0, height, rows)
+    ]
+
+
+def map_row_slices(
+    module: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], halo: int = 0
+) -> torch.Tensor:
+    """``fn(x)`` for a map that reaches at most ``halo`` rows (0: per pixel), at inference in slices of
+    `inference_slice_rows` rows, each read with its halo (`row_slices`) and joined back together; in one pass where
+    that is None."""
     rows = inference_slice_rows(module, *x.shape[-2:])
     if rows is None:
         return fn(x)
-    return torch.cat([fn(part) for part in x.split(rows, dim=-2)], dim=-2)
+    if halo == 0:
+        return torch.cat([fn(part) for part in x.split(rows, dim=-2)], dim=-2)
+    parts = [
+        fn(x[..., top:bottom, :])[..., start - top : stop - top, :]
+        for top, bottom, start, stop in row_slices(x.shape[-2], rows, halo)
+    ]
+    return torch.cat(parts, dim=-2)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
