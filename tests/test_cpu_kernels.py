@@ -98,7 +98,7 @@ def test_colour_polynomials_follow_the_curves():
 
 
 @pytest.mark.parametrize("size", [(37, 81), (1, 1), (2, 9), (9, 1)])
-def test_lab_finish_kernel_equals_torch_conversion(size):
+def test_lab_finish_equals_torch_conversion(size):
     """The lab model's last step: 3x3 median of L* (per-image strength), then L*a*b* -> sRGB from tables."""
     torch.manual_seed(0)
     rgb = torch.rand(2, 3, *size) * 2 - 1

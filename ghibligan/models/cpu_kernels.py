@@ -292,7 +292,7 @@ if numba is not None:
         w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,): the tone head with its style biases folded in (K = 0: none);
         levels (B, 4): step, offset, softness, strength (strength 0: none); luma (3,): the posterizer's luma weights;
         lab_mode: cut the levels in CIE L* instead (`LevelQuantizer(space="lab")`) and write L*a*b* pixels, a* and
-        b* times chroma (B,), for `_lab_finish_kernel` to median and convert.
+        b* times chroma (B,), for `_median3_kernel` (lab mode) to median and convert.
         → (B, H, W, 3) float32: RGB, or L*a*b* in lab_mode.
         """
         batch, height, width, _ = photo.shape
@@ -457,10 +457,14 @@ if numba is not None:
             median[x] = strength * (p4 - mid[x + 1])
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _median3_kernel(pixels, strength, luma, rows):
+    def _median3_kernel(pixels, strength, luma, lab_mode, rows):
         """`LumaDespeckle` of radius 1, in place: ``x + strength · (median₃ₓ₃(y) - y)`` on every channel, clamped to
         [-1, 1], ``y`` the luma, edges replicated; the median by `guided.median9`'s selection network (min and max
         only, so it vectorizes). pixels (B, H, W, 3) float32 pixel-interleaved, strength (B,).
+
+        ``lab_mode``, the lab space's end: pixels are L*a*b* (``luma`` (1, 0, 0) picks L*), the median is blended
+        into L* alone (a* and b* kept, as `LumaDespeckle.despeckle_lab`), then every row, at any strength, is
+        converted to RGB in [-1, 1].
 
         In place and without a luma image: each block of ``rows`` rows keeps the luma of three rows in a ring and
         computes a row's luma before it changes that row; the rows just outside each block are read first, in a pass
@@ -476,12 +480,13 @@ if numba is not None:
         for block in prange(batch * blocks):
             b, top = block // blocks, (block % blocks) * rows
             bottom = min(top + rows, height)
-            if strength[b] == 0:
+            if strength[b] == 0 and not lab_mode:
                 continue
             ring = np.empty((3, width + 2), np.float32)
             ring[0] = halo[block, 0]
             _luma_row(pixels[b, top], luma, ring[1])
             median = np.empty(width, np.float32)
+            planar = np.empty((3, width), np.float32)
             for y in range(top, bottom):
                 up, mid, down = ring[(y - top) % 3], ring[(y - top + 1) % 3], ring[(y - top + 2) % 3]
                 if y + 1 < bottom:
@@ -490,45 +495,16 @@ if numba is not None:
                     down[:] = halo[block, 1]
                 else:
                     down[:] = mid  # the last row, replicated
-                _median_row(up, mid, down, strength[b], median)
                 px = pixels[b, y]
-                for x in range(width):
-                    shift = median[x]
-                    px[x, 0] = _clamp(px[x, 0] + shift)
-                    px[x, 1] = _clamp(px[x, 1] + shift)
-                    px[x, 2] = _clamp(px[x, 2] + shift)
-
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _lab_finish_kernel(pixels, strength, rows):
-        """The lab space's end, in place: the 3×3 median of L* blended at ``strength`` (B,) (a* and b* kept, as
-        `LumaDespeckle.despeckle_lab`), then L*a*b* → RGB in [-1, 1]. pixels (B, H, W, 3) L*a*b* float32; the
-        median's blocks and ring as `_median3_kernel`'s."""
-        batch, height, width, _ = pixels.shape
-        blocks = (height + rows - 1) // rows
-        halo = np.empty((batch * blocks, 2, width + 2), np.float32)
-        for block in prange(batch * blocks):
-            b, top = block // blocks, (block % blocks) * rows
-            bottom = min(top + rows, height)
-            _lightness_row(pixels[b, max(top - 1, 0)], halo[block, 0])
-            _lightness_row(pixels[b, min(bottom, height - 1)], halo[block, 1])
-        for block in prange(batch * blocks):
-            b, top = block // blocks, (block % blocks) * rows
-            bottom = min(top + rows, height)
-            ring = np.empty((3, width + 2), np.float32)
-            ring[0] = halo[block, 0]
-            _lightness_row(pixels[b, top], ring[1])
-            median = np.empty(width, np.float32)
-            planar = np.empty((3, width), np.float32)
-            for y in range(top, bottom):
-                up, mid, down = ring[(y - top) % 3], ring[(y - top + 1) % 3], ring[(y - top + 2) % 3]
-                if y + 1 < bottom:
-                    _lightness_row(pixels[b, y + 1], down)  # before row y + 1 changes
-                elif bottom < height:
-                    down[:] = halo[block, 1]
-                else:
-                    down[:] = mid
-                px = pixels[b, y]
-                for x in range(width):
+                if not lab_mode:
+                    _median_row(up, mid, down, strength[b], median)
+                    for x in range(width):
+                        shift = median[x]
+                        px[x, 0] = _clamp(px[x, 0] + shift)
+                        px[x, 1] = _clamp(px[x, 1] + shift)
+                        px[x, 2] = _clamp(px[x, 2] + shift)
+                    continue
+                for x in range(width):  # planar, so the conversion's loops vectorize
                     planar[0, x], planar[1, x], planar[2, x] = px[x, 0], px[x, 1], px[x, 2]
                 if strength[b] != 0:
                     _median_row(up, mid, down, strength[b], median)
@@ -538,14 +514,6 @@ if numba is not None:
                 _lab_to_rgb_row(planar, _XYZ_W_TO_RGB)
                 for x in range(width):
                     px[x, 0], px[x, 1], px[x, 2] = planar[0, x], planar[1, x], planar[2, x]
-
-    @njit(fastmath=True, inline="always", cache=True)
-    def _lightness_row(px, out):
-        """``out[1:W+1]`` = channel 0 of a row of pixels (W, 3), edges replicated."""
-        width = px.shape[0]
-        for x in range(width):
-            out[x + 1] = px[x, 0]
-        out[0], out[width + 1] = out[1], out[width]
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -660,16 +628,17 @@ def luma_median3(
     pixels = x.permute(0, 2, 3, 1)  # (B, H, W, 3): a view of a channels-last tensor
     if not (inplace and pixels.is_contiguous()):
         pixels = pixels.clone(memory_format=torch.contiguous_format)
-    _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), np.array(luma, np.float32), 32)
+    _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), np.array(luma, np.float32), False, 32)
     return pixels.permute(0, 3, 1, 2)
 
 
 def lab_finish(lab: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """The end of a lab-space model, in place on `output_stage`'s L*a*b* output (B, 3, H, W) channels-last: the 3×3
-    median of L* at ``strength`` (B,) (zeros: none), then RGB in [-1, 1] (see `_lab_finish_kernel`). Overwrites
+    median of L* at ``strength`` (B,) (zeros: none), then RGB in [-1, 1] (`_median3_kernel` in lab mode). Overwrites
     ``lab`` where it is stored channels-last (as `output_stage` returns it)."""
     pixels = lab.permute(0, 2, 3, 1)
     if not pixels.is_contiguous():
         pixels = pixels.contiguous()
-    _run(_lab_finish_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), 32)
+    lightness = np.array([1.0, 0.0, 0.0], np.float32)  # the median's signal: L* itself
+    _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), lightness, True, 32)
     return pixels.permute(0, 3, 1, 2)
