@@ -61,13 +61,13 @@ def _chebyshev_horner(g, low: float, high: float, degree: int = 7) -> np.ndarray
 
 
 def _color_constants() -> tuple[np.ndarray, ...]:
-    from .color import _EPSILON, _RGB_TO_XYZ, _WHITE
+    from .color import _EPSILON, _RGB_TO_XYZ, _WHITE, _XYZ_TO_RGB
 
     decode = _chebyshev_horner(lambda s: ((s + 0.055) / 1.055) ** 2.4, 0.04045, 1.0)  # sRGB → linear, in s
     encode = _chebyshev_horner(lambda q: 1.055 * q ** (4 / 2.4) - 0.055, 0.0031308**0.25, 1.0)  # in q = linear^¼
     cube_root = _chebyshev_horner(lambda q: q ** (4 / 3), _EPSILON**0.25, _CIE_F_TOP**0.25)  # in q = t^¼
     to_xyz = np.array(_RGB_TO_XYZ) / np.array(_WHITE)[:, None]
-    to_rgb = np.linalg.inv(np.array(_RGB_TO_XYZ)) * np.array(_WHITE)[None, :]
+    to_rgb = np.array(_XYZ_TO_RGB) * np.array(_WHITE)[None, :]
     return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in (decode, encode, cube_root, to_xyz, to_rgb))
 
 
@@ -248,6 +248,14 @@ if numba is not None:
             s[2, i] = np.float32(200.0) * (fy - fz)
 
     @njit(fastmath=True, inline="always", cache=True)
+    def _staircase_shift(signal, step, offset, softness, strength):
+        """`LevelQuantizer._shift` of one value: the staircase's value minus ``signal``."""
+        t = (signal - offset) / step
+        frac = t - math.floor(t)
+        ramp = min(max((frac - _ONE) / softness + _ONE, _ZERO), _ONE)
+        return (strength * step) * (ramp * ramp * (_THREE - _TWO * ramp) + _HALF - frac)
+
+    @njit(fastmath=True, inline="always", cache=True)
     def _cie_f_inverse(f):
         return f * f * f if f > np.float32(0.2069) else (f - np.float32(16.0 / 116.0)) / np.float32(7.787)
 
@@ -394,11 +402,8 @@ if numba is not None:
                 gain = chroma[b]
                 for x in range(width):
                     lightness = s[0, x]
-                    if strength != 0:
-                        t = (lightness * np.float32(0.02) - _ONE - offset) / step
-                        frac = t - math.floor(t)
-                        ramp = min(max((frac - _ONE) / softness + _ONE, _ZERO), _ONE)
-                        shift = (strength * step) * (ramp * ramp * (_THREE - _TWO * ramp) + _HALF - frac)
+                    if strength != 0:  # the staircase of L* / 50 - 1, in [-1, 1]
+                        shift = _staircase_shift(lightness * np.float32(0.02) - _ONE, step, offset, softness, strength)
                         lightness += np.float32(50.0) * shift
                     out_row[x, 0], out_row[x, 1], out_row[x, 2] = lightness, s[1, x] * gain, s[2, x] * gain
                 continue
@@ -406,10 +411,7 @@ if numba is not None:
                 v0, v1, v2 = s[0, x], s[1, x], s[2, x]
                 if strength != 0:
                     lum = luma[0] * v0 + luma[1] * v1 + luma[2] * v2
-                    t = (lum - offset) / step
-                    frac = t - math.floor(t)
-                    ramp = min(max((frac - _ONE) / softness + _ONE, _ZERO), _ONE)
-                    shift = (strength * step) * (ramp * ramp * (_THREE - _TWO * ramp) + _HALF - frac)
+                    shift = _staircase_shift(lum, step, offset, softness, strength)
                     v0, v1, v2 = v0 + shift, v1 + shift, v2 + shift
                 out_row[x, 0], out_row[x, 1], out_row[x, 2] = _clamp(v0), _clamp(v1), _clamp(v2)
         return out
