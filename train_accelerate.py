@@ -91,7 +91,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels", "despeckle", "level_space", "detail_coring",
+    "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing",
 )  # fmt: skip
 
 
@@ -307,6 +307,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided, with --photo_detail: keep only the photo's strong detail (edges), its texture and noise cored "
         "away below a threshold τ learned per style, starting here (in [-1, 1] units, e.g. 0.05; 0 = none).",
+    )
+    model.add_argument(
+        "--photo_smoothing",
+        type=int,
+        default=None,
+        help="guided, with --photo_detail: radius (at low resolution) of an edge-aware fast guided filter of the photo "
+        "whose full-resolution result the network draws on, instead of the photo's raw detail (0 = off).",
     )
     model.add_argument(
         "--line_channels",

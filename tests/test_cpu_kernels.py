@@ -13,7 +13,7 @@ import torch
 from ghibligan import Cartoonizer
 from ghibligan.models import cpu_kernels
 from ghibligan.models.color import lab_to_rgb, rgb_to_lab
-from ghibligan.models.guided import GuidedFilterGenerator, LumaDespeckle, RegionFlattener
+from ghibligan.models.guided import GuidedFilterGenerator, LumaDespeckle, RegionFlattener, guided_filter_coefficients
 
 from .helpers import photo_like
 from .test_guided import trained_like
@@ -155,6 +155,8 @@ def test_a_bf16_model_takes_a_float32_photo(kernels):
         {**FUSED, "level_space": "lab"},  # levels and median in CIE L*: the kernels' colour tables
         {**FUSED, "level_space": "lab", "despeckle": 0},
         {**FUSED, "level_space": "lab", "detail_coring": 0.05},  # the photo's detail cored per style
+        {**FUSED, "level_space": "lab", "photo_smoothing": 1},  # the detail from the smoothed photo
+        {**FUSED, "photo_smoothing": 2, "scale_factor": 3},
     ],
 )
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])
@@ -165,6 +167,8 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
         model.joint_bilateral.raw_sigma.fill_(-2.0)
         if model.detail_coring is not None:  # a threshold where the random photo's detail lies, one per style
             model.detail_coring.weight.copy_(torch.tensor([[-2.0], [-3.0]]))
+        if model.photo_smoother is not None:  # ε where the random photo's variances lie, per style and channel
+            model.photo_smoother.log_eps.weight.uniform_(-4.0, -1.0)
         if model.tone_head is not None:
             for layer in model.tone_head.hidden_layers:
                 layer.weight.normal_(0, 0.5)
@@ -180,6 +184,17 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
         posterize = torch.tensor([1.0, 0.0])
         fused, reference = both_paths(lambda: model(sample, style, posterize=posterize))
         torch.testing.assert_close(fused, reference, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])
+@pytest.mark.parametrize("radius", [1, 2])
+def test_self_guided_kernel_equals_torch_path(size, radius):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, *size) * 2 - 1
+    eps = torch.exp(torch.empty(2, 3).uniform_(-6, 0))  # from edge-keeping to flattening everything
+    a, b = guided_filter_coefficients(x, None, radius, eps[:, :, None, None])
+    fused = cpu_kernels.self_guided_coefficients(x, eps, radius)
+    torch.testing.assert_close(fused, torch.cat([a, b], 1), atol=2e-6, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "auto"])

@@ -17,10 +17,12 @@ from ghibligan.models.guided import (
     JointBilateralUpsampler,
     LevelQuantizer,
     LumaDespeckle,
+    PhotoSmoother,
     RegionFlattener,
     StyleColorMap,
     box_filter,
     core,
+    guided_filter_coefficients,
     median9,
     row_slices,
 )
@@ -691,6 +693,48 @@ def test_detail_coring_keeps_edges_and_drops_texture():
     for bad in (0.05, True, -0.1, 1.5):  # nothing to core without photo_detail; a bool; out of range
         with pytest.raises(ValueError, match="detail_coring"):
             GuidedFilterGenerator(styles=STYLES, photo_detail=bad != 0.05, detail_coring=bad)
+
+
+def test_photo_smoother_flattens_texture_and_keeps_edges_sharp():
+    """The fast guided filter of the photo by itself: texture below ε goes, a step edge stays as sharp as the photo's
+    at full resolution (a half-resolution surface would blur it over two pixels); ε is learned per style."""
+    torch.manual_seed(0)
+    step = torch.where(torch.arange(64) < 31, -0.5, 0.5).expand(1, 3, 64, 64)  # an edge between columns 30 and 31
+    texture = 0.03 * torch.randn(1, 3, 64, 64)  # variance 9e-4
+    photo = step + texture
+    smoother = PhotoSmoother(num_styles=2, radius=1, eps=1e-2)
+    with torch.no_grad():
+        smoother.log_eps.weight[0] = math.log(1e-4)  # style 0 keeps its texture, style 1 flattens it
+    low = F.interpolate(photo, scale_factor=0.5, mode="area")
+    with torch.no_grad():
+        keep, smooth = smoother(low.expand(2, -1, -1, -1), photo.expand(2, -1, -1, -1), torch.tensor([0, 1]))
+    away = list(range(4, 20)) + list(range(42, 60))  # columns away from the edge
+    residual = texture[0, :, 8:56, away]
+    assert (keep - step[0])[:, 8:56, away].std() > 0.5 * residual.std()
+    assert (smooth - step[0])[:, 8:56, away].std() < 0.35 * residual.std()
+    assert (smooth[..., 31] - smooth[..., 30]).mean() > 0.9  # the full step in one pixel
+    # the fitted models are the guided filter's (self-guided: half the box filters)
+    a, b = smoother.coefficients(low, torch.tensor([1]))
+    a_ref, b_ref = guided_filter_coefficients(low, low, 1, torch.full((1, 3, 1, 1), 1e-2))
+    torch.testing.assert_close((a, b), (a_ref, b_ref), atol=1e-6, rtol=0)
+
+
+def test_photo_smoothing_starts_as_the_smoothed_photo_and_learns():
+    model = GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", photo_detail=True, photo_smoothing=1)
+    sample = torch.rand(2, 3, 30, 41) * 2 - 1
+    style = torch.tensor([0, 1])
+    with torch.no_grad():  # network and tone head the identity, detail weight 1: the smoothed photo itself
+        low = F.interpolate(sample, size=(15, 21), mode="area")
+        expected = model.photo_smoother(low, sample, style).clamp(-1, 1)
+        torch.testing.assert_close(model.eval()(sample, style), expected, atol=1e-5, rtol=0)
+    trained_like(model).train()(sample, style).square().mean().backward()
+    assert model.photo_smoother.log_eps.weight.grad.abs().sum() > 0  # ε learns per style
+    assert model.style_detail.weight.grad.abs().sum() > 0
+    for kwargs in ({"photo_smoothing": 1}, {"photo_detail": True, "detail_coring": 0.05, "photo_smoothing": 1}):
+        with pytest.raises(ValueError, match="photo_smoothing"):
+            GuidedFilterGenerator(styles=STYLES, **kwargs)
+    with pytest.raises(ValueError, match="photo_smoothing"):
+        GuidedFilterGenerator(styles=STYLES, photo_detail=True, photo_smoothing=-1)
 
 
 def test_lab_stages_in_row_slices_equal_one_pass():

@@ -171,6 +171,65 @@ if numba is not None:
                 out[b, 0, i, j], out[b, 1, i, j], out[b, 2, i, j] = total0 * inv, total1 * inv, total2 * inv
         return out
 
+    @njit(fastmath=True, inline="always", cache=True)
+    def _window_sums(planes, p, y, radius, padded, count):
+        """Sums over the (2r+1)² window of row ``y`` of plane ``p``, clipped at the borders (``box_filter``'s
+        windows): the window's rows summed into ``padded`` (w + 2r, zero margins), then its columns; → (w,) sums, and
+        ``count`` (w,) the window sizes."""
+        height, width = planes.shape[1], planes.shape[2]
+        top, bottom = max(y - radius, 0), min(y + radius, height - 1)
+        for j in range(padded.shape[0]):
+            padded[j] = _ZERO
+        inner = padded[radius : radius + width]
+        for yy in range(top, bottom + 1):
+            source = planes[p, yy]
+            for j in range(width):
+                inner[j] += source[j]
+        sums = np.zeros(width, np.float32)
+        for dx in range(2 * radius + 1):
+            shifted = padded[dx : dx + width]
+            for j in range(width):
+                sums[j] += shifted[j]
+        rows = np.float32(bottom - top + 1)
+        for j in range(width):
+            count[j] = rows * np.float32(min(j + radius, width - 1) - max(j - radius, 0) + 1)
+        return sums
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _self_guided_kernel(x, eps, radius):
+        """`guided_filter_coefficients` of planes guided by themselves: x (B, C, h, w) float32, eps (B, C) → (B, 2C,
+        h, w): each image's averaged ``A`` of its channels, then their ``b``."""
+        batch, channels, height, width = x.shape
+        planes = x.reshape(batch * channels, height, width)
+        squares = np.empty_like(planes)
+        for row in prange(batch * channels * height):
+            p, y = row // height, row % height
+            for j in range(width):
+                squares[p, y, j] = planes[p, y, j] * planes[p, y, j]
+        models = np.empty((batch * 2 * channels, height, width), np.float32)  # each window's a, b
+        for row in prange(batch * channels * height):
+            p, y = row // height, row % height
+            b, c = p // channels, p % channels
+            padded, count = np.empty(width + 2 * radius, np.float32), np.empty(width, np.float32)
+            mean = _window_sums(planes, p, y, radius, padded, count)
+            mean_square = _window_sums(squares, p, y, radius, padded, count)
+            a_row, b_row = models[b * 2 * channels + c, y], models[b * 2 * channels + channels + c, y]
+            for j in range(width):
+                inv = _ONE / count[j]
+                m = mean[j] * inv
+                variance = max(mean_square[j] * inv - m * m, _ZERO)
+                a = variance / (variance + eps[b, c])
+                a_row[j], b_row[j] = a, m - a * m
+        out = np.empty_like(models)  # each pixel's a and b averaged over the windows that hold it
+        for row in prange(batch * 2 * channels * height):
+            p, y = row // height, row % height
+            padded, count = np.empty(width + 2 * radius, np.float32), np.empty(width, np.float32)
+            sums = _window_sums(models, p, y, radius, padded, count)
+            out_row = out[p, y]
+            for j in range(width):
+                out_row[j] = sums[j] / count[j]
+        return out.reshape(batch, 2 * channels, height, width)
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _flatten_kernel(x, minus_inv_two_var, iterations, radius):
         """`RegionFlattener._flatten`: ``iterations`` passes of the (2r+1)² bilateral mean, replicate borders.
@@ -284,19 +343,21 @@ if numba is not None:
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _output_stage_kernel(
-        photo, photo_low, both_low, tap_offset, tap_weight, tap_count, jbu_scale,
-        up_rows, up_row_weights, up_cols, up_col_weights, detail,
+        photo, detail_low, both_low, tap_offset, tap_weight, tap_count, jbu_scale,
+        up_rows, up_row_weights, up_cols, up_col_weights, detail, smoothed,
         w1, b1, w2, b2, w3, b3, levels, luma, lab_mode, chroma, coring,
     ):  # fmt: skip
         """The full-resolution stage, per pixel: joint bilateral upsampling, the photo's detail, the tone head, the
         posterizer, each clamped to [-1, 1] as the torch path is.
 
-        photo (B, H, W, 3) float32 pixel-interleaved (channels-last), photo_low (B, 3, h, w), both_low (B, 6, h + 2,
-        w + 2) the surface and the guide at low resolution, padded by one replicated pixel; tap_offset / tap_weight
-        (s, 2) and tap_count (s,): the bilinear taps of each phase (`_bilinear_taps`); jbu_scale: 1 / 2σ²;
-        up_rows / up_cols (H, 2) | (W, 2) int and their weights: the bilinear ×(H/h, W/w) resize of photo_low
-        (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight, coring (B,): its ``1 / 2τ²``
-        (0: none, `guided.core`); w1 (B, K, 3), b1 (B, K),
+        photo (B, H, W, 3) float32 pixel-interleaved (channels-last), detail_low (B, 6, h, w): the detail as a linear
+        model of the photo at low resolution, ``bilinear(A) · photo + bilinear(b)`` (A, b: its channels 0-2, 3-5),
+        both_low (B, 6, h + 2, w + 2) the surface and the guide at low resolution, padded by one replicated pixel;
+        tap_offset / tap_weight (s, 2) and tap_count (s,): the bilinear taps of each phase (`_bilinear_taps`);
+        jbu_scale: 1 / 2σ²; up_rows / up_cols (H, 2) | (W, 2) int and their weights: the bilinear ×(H/h, W/w) resize
+        of detail_low (``F.interpolate``, ``align_corners=False``); detail (B,): the detail weight; smoothed: the
+        detail is `PhotoSmoother`'s smoothed photo, so the surface is clamped after adding it rather than before;
+        coring (B,): the detail's ``1 / 2τ²`` (0: none, `guided.core`); w1 (B, K, 3), b1 (B, K),
         w2 (B, K, K), b2 (B, K), w3 (3, K), b3 (3,): the tone head with its style biases folded in (K = 0: none);
         levels (B, 4): step, offset, softness, strength (strength 0: none); luma (3,): the posterizer's luma weights;
         lab_mode: cut the levels in CIE L* instead (`LevelQuantizer(space="lab")`) and write L*a*b* pixels, a* and
@@ -304,7 +365,7 @@ if numba is not None:
         → (B, H, W, 3) float32: RGB, or L*a*b* in lab_mode.
         """
         batch, height, width, _ = photo.shape
-        low_width = photo_low.shape[3]
+        low_width = detail_low.shape[3]
         scale = tap_offset.shape[0]
         hidden = w1.shape[1]
         out = np.empty((batch, height, width, 3), np.float32)
@@ -336,27 +397,33 @@ if numba is not None:
                         )
                 for j in range(count):
                     inv = _ONE / den[j]
-                    guide[0, j] = _clamp(num0[j] * inv)
-                    guide[1, j] = _clamp(num1[j] * inv)
-                    guide[2, j] = _clamp(num2[j] * inv)
+                    guide[0, j] = num0[j] * inv
+                    guide[1, j] = num1[j] * inv
+                    guide[2, j] = num2[j] * inv
+                if not smoothed:  # (smoothed: clamped with the detail added, below)
+                    for j in range(count):
+                        guide[0, j] = _clamp(guide[0, j])
+                        guide[1, j] = _clamp(guide[1, j])
+                        guide[2, j] = _clamp(guide[2, j])
                 for j in range(count):
                     for c in range(3):
                         s[c, j * scale + phase] = guide[c, j]
-            # 2. the photo's detail, photo - bilinear(photo_low): the two low-resolution rows mixed, then the columns
+            # 2. the photo's detail, bilinear(A) · photo + bilinear(b): the two low-resolution rows of the model
+            # mixed, then the columns
             if detail[b] != 0:
                 r0, r1 = up_rows[y, 0], up_rows[y, 1]
                 v0, v1 = up_row_weights[y, 0], up_row_weights[y, 1]
-                mixed = np.empty((3, low_width), np.float32)
-                for c in range(3):
-                    top, bottom, mixed_c = photo_low[b, c, r0], photo_low[b, c, r1], mixed[c]
+                mixed = np.empty((6, low_width), np.float32)
+                for c in range(6):
+                    top, bottom, mixed_c = detail_low[b, c, r0], detail_low[b, c, r1], mixed[c]
                     for j in range(low_width):
                         mixed_c[j] = v0 * top[j] + v1 * bottom[j]
                 for x in range(width):
                     c0, c1 = up_cols[x, 0], up_cols[x, 1]
                     u0, u1 = up_col_weights[x, 0], up_col_weights[x, 1]
-                    d0 = px[x, 0] - (u0 * mixed[0, c0] + u1 * mixed[0, c1])
-                    d1 = px[x, 1] - (u0 * mixed[1, c0] + u1 * mixed[1, c1])
-                    d2 = px[x, 2] - (u0 * mixed[2, c0] + u1 * mixed[2, c1])
+                    d0 = (u0 * mixed[0, c0] + u1 * mixed[0, c1]) * px[x, 0] + u0 * mixed[3, c0] + u1 * mixed[3, c1]
+                    d1 = (u0 * mixed[1, c0] + u1 * mixed[1, c1]) * px[x, 1] + u0 * mixed[4, c0] + u1 * mixed[4, c1]
+                    d2 = (u0 * mixed[2, c0] + u1 * mixed[2, c1]) * px[x, 2] + u0 * mixed[5, c0] + u1 * mixed[5, c1]
                     weight = detail[b]
                     if coring[b] != 0:  # texture and noise out, edges kept
                         d = luma[0] * d0 + luma[1] * d1 + luma[2] * d2
@@ -364,6 +431,8 @@ if numba is not None:
                     s[0, x] += weight * d0
                     s[1, x] += weight * d1
                     s[2, x] += weight * d2
+                    if smoothed:
+                        s[0, x], s[1, x], s[2, x] = _clamp(s[0, x]), _clamp(s[1, x]), _clamp(s[2, x])
             # 3. the tone head x + MLP(x), in chunks of pixels so its hidden rows stay in L1
             if hidden:
                 h1, h2 = np.empty((hidden, _CHUNK), np.float32), np.empty((hidden, _CHUNK), np.float32)
@@ -542,6 +611,13 @@ def flatten(x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, r
     return torch.from_numpy(out)
 
 
+def self_guided_coefficients(x: torch.Tensor, eps: torch.Tensor, radius: int) -> torch.Tensor:
+    """`guided.guided_filter_coefficients(x, None, radius, eps)`: x (B, C, h, w) float32 on the CPU guided by itself,
+    eps (B, C) → (B, 2C, h, w) float32, ``A`` then ``b``. (``F.avg_pool2d`` with clipped windows: ~10x slower.)"""
+    out = _run(_self_guided_kernel, _numpy(x.contiguous()), np.ascontiguousarray(_numpy(eps)), radius)
+    return torch.from_numpy(out)
+
+
 def _resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The two source indices and weights of each output pixel of a bilinear resize ``in_size`` → ``out_size``
     (``F.interpolate(..., align_corners=False)`` given a size): (out, 2) int64 and (out, 2) float32."""
@@ -565,6 +641,7 @@ def output_stage(
     luma: tuple[float, float, float],
     lab_chroma: torch.Tensor | None = None,
     coring: torch.Tensor | None = None,
+    smoothing: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The guided generator's full-resolution stage in one pass over the image (see `_output_stage_kernel`).
 
@@ -581,6 +658,10 @@ def output_stage(
         luma: the posterizer's luma weights.
         lab_chroma: (B,) chroma gains: the posterizer in CIE L* (its output L*a*b*, for `lab_finish`); None: luma.
         coring: (B,) ``1 / 2τ²`` of the detail's coring (`guided.core`; ``luma`` its weights), or None.
+        smoothing: `PhotoSmoother`'s coefficients (B, 6, h, w) float32, ``A`` then ``b`` (`self_guided_coefficients`):
+            the detail is the smoothed photo ``bilinear(A) · photo + bilinear(b)`` (``surface_low`` then holds the
+            network's surface minus the detail weight times ``photo_low``); None: the photo's raw detail
+            ``photo - bilinear(photo_low)``.
 
     Returns:
         (B, 3, H, W) float32, channels-last: RGB, or L*a*b* with ``lab_chroma``.
@@ -607,13 +688,19 @@ def output_stage(
     if levels is not None:
         level_array = np.ascontiguousarray(_numpy(torch.stack([v.reshape(batch) for v in levels], 1)))
     detail_array = np.zeros(batch, np.float32) if detail is None else _numpy(detail.reshape(batch))
+    if detail is None:  # never read
+        detail_low = torch.zeros(batch, 6, 1, 1)
+    elif smoothing is None:  # photo - bilinear(photo_low)
+        detail_low = torch.cat([torch.ones_like(photo_low), -photo_low], 1)
+    else:
+        detail_low = smoothing
     pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
     jbu_scale = np.float32(0.5 / float(range_sigma) ** 2)
     out = _run(
         _output_stage_kernel,
-        _numpy(pixels), _numpy(photo_low.contiguous()), _numpy(both_low.contiguous()),
+        _numpy(pixels), _numpy(detail_low.contiguous()), _numpy(both_low.contiguous()),
         tap_offset, tap_weight, tap_count, jbu_scale,
-        up_rows, up_row_weights, up_cols, up_col_weights, detail_array,
+        up_rows, up_row_weights, up_cols, up_col_weights, detail_array, smoothing is not None,
         *tone_arrays, level_array, np.array(luma, np.float32), lab_chroma is not None,
         np.ones(batch, np.float32) if lab_chroma is None else _numpy(lab_chroma.reshape(batch)),
         np.zeros(batch, np.float32) if coring is None else _numpy(coring.reshape(batch)),

@@ -91,6 +91,72 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
+def guided_filter_coefficients(
+    guide: torch.Tensor, source: torch.Tensor | None, radius: int, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A guided filter's per-pixel linear model ``source ≈ A · guide + b`` (He et al.), one per channel, fitted in
+    every window of ``radius`` and averaged over the windows that contain each pixel: ``A``, ``b`` (B, C, h, w) in
+    float32 (variances of bf16 values cancel catastrophically). ``source`` None: the guide filters itself (half the
+    box filters). ``eps`` broadcasts against (B, C, 1, 1)."""
+    guide = guide.float()
+    mean_g = box_filter(guide, radius)
+    var = box_filter(guide * guide, radius) - mean_g * mean_g
+    if source is None:
+        var = var.clamp_min(0)
+        mean_s, cov = mean_g, var
+    else:
+        source = source.float()
+        mean_s = box_filter(source, radius)
+        cov = box_filter(guide * source, radius) - mean_g * mean_s
+    a = cov / (var.clamp_min(0) + eps)
+    b = mean_s - a * mean_g
+    return box_filter(a, radius), box_filter(b, radius)
+
+
+class PhotoSmoother(nn.Module):
+    """An edge-preserving smoothing of the photo at full resolution for the price of a low-resolution one: the fast
+    guided filter (He & Sun, 2015) of the photo by itself, its linear models fitted on the downsampled photo with a
+    learned regularization per style and channel, upsampled bilinearly and applied to the full-resolution photo.
+
+    Where a window's variance is well below ``eps`` (texture, noise) it returns the window's mean; where it is well
+    above (an edge) it returns the photo, so an edge stays as sharp as the photo's own: the full-resolution edge-aware
+    source that the teachers' own stages are fed (a guided filter + bilateral passes), which a half-resolution
+    network surface cannot give.
+
+    ``coefficients(photo_low, style)`` → ``A``, ``b`` (B, 3, h, w) float32; the smoothed photo is
+    ``bilinear(A) · photo + bilinear(b)``.
+    """
+
+    def __init__(self, num_styles: int, radius: int = 1, eps: float = 1e-2):
+        super().__init__()
+        self.radius = radius
+        self.log_eps = nn.Embedding(num_styles, 3)  # log ε per style and channel
+        nn.init.constant_(self.log_eps.weight, math.log(eps))
+
+    def eps(self, style: torch.Tensor) -> torch.Tensor:
+        """ε (B, 3, 1, 1) float32 of each image's style."""
+        return self.log_eps(style).float().exp()[:, :, None, None]
+
+    def coefficients(
+        self, photo_low: torch.Tensor, style: torch.Tensor, fused: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A``, ``b``; ``fused``: by `cpu_kernels.self_guided_coefficients` (float32 on the CPU, no autograd)."""
+        if fused:
+            return self.fused_coefficients(photo_low, style).chunk(2, dim=1)
+        return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style))
+
+    def fused_coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """``A`` and ``b`` as one (B, 6, h, w) tensor, by `cpu_kernels.self_guided_coefficients` (float32 on the CPU,
+        no autograd), for `cpu_kernels.output_stage`."""
+        return cpu_kernels.self_guided_coefficients(photo_low, self.eps(style)[:, :, 0, 0], self.radius)
+
+    def forward(self, photo_low: torch.Tensor, photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        a, b = self.coefficients(photo_low, style)
+        ab = torch.cat([a, b], dim=1).to(photo.dtype)
+        a, b = F.interpolate(ab, size=photo.shape[-2:], mode="bilinear", align_corners=False).chunk(2, dim=1)
+        return torch.addcmul(b, a, photo)  # (B, 3, H, W)
+
+
 class GuidedFilter(nn.Module):
     """Fast guided filter (He & Sun, 2015) with a trainable regularization, one linear model per channel.
 
@@ -118,14 +184,7 @@ class GuidedFilter(nn.Module):
 
     def coefficients(self, guide_low: torch.Tensor, source_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pixel ``A``, ``b`` (B, C, h, w) in float32, averaged over the windows that contain each pixel."""
-        guide_low, source_low = guide_low.float(), source_low.float()
-        mean_g = box_filter(guide_low, self.radius)
-        mean_s = box_filter(source_low, self.radius)
-        cov = box_filter(guide_low * source_low, self.radius) - mean_g * mean_s
-        var = box_filter(guide_low * guide_low, self.radius) - mean_g * mean_g
-        a = cov / (var.clamp_min(0) + self.eps)
-        b = mean_s - a * mean_g
-        return box_filter(a, self.radius), box_filter(b, self.radius)
+        return guided_filter_coefficients(guide_low, source_low, self.radius, self.eps)
 
     def forward(self, guide_low: torch.Tensor, source_low: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         a, b = self.coefficients(guide_low, source_low)  # (B, C, h, w)
@@ -664,6 +723,12 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             detail: each pixel's detail times ``1 - exp(-d² / 2τ²)``, ``d`` its luma, ``τ`` learned per style from
             this initial threshold (in [-1, 1] units; 0.05 is about 6 grey levels). Texture and noise (small ``d``)
             go, edges (large ``d``) stay: a classic coring. 0 disables it.
+        photo_smoothing (`int`, *optional*, defaults to 0): with `photo_detail`, the detail added back is the photo
+            smoothed edge-aware at full resolution (`PhotoSmoother`: a fast guided filter of this radius at low
+            resolution, ε learned per style) minus the low-resolution photo upsampled as the surface is, and its
+            weight starts at 1: the model starts as that smoothing of the photo, and the network draws its changes on
+            top of a full-resolution, texture-free photo instead of replacing it by a half-resolution one. 0: the raw
+            detail ``photo - bilinear(low)``.
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
@@ -702,6 +767,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         flatten_radius: int = 2,
         photo_detail: bool = False,
         detail_coring: float = 0.0,
+        photo_smoothing: int = 0,
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
@@ -723,6 +789,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         check_positive_int("flatten_radius", flatten_radius)
         check_positive_int("levels", levels, minimum=0)
         check_positive_int("despeckle", despeckle, minimum=0)
+        check_positive_int("photo_smoothing", photo_smoothing, minimum=0)
         for name, value in (("eps", eps), ("range_sigma", range_sigma)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
@@ -779,6 +846,13 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         self.detail_coring = nn.Embedding(len(self.styles), 1) if detail_coring else None  # log τ per style
         if self.detail_coring is not None:
             nn.init.constant_(self.detail_coring.weight, math.log(detail_coring))
+        if photo_smoothing and (not photo_detail or detail_coring):
+            raise ValueError(
+                "`photo_smoothing` needs `photo_detail` (and replaces `detail_coring`: it smooths by itself)."
+            )
+        self.photo_smoother = PhotoSmoother(len(self.styles), photo_smoothing) if photo_smoothing else None
+        if self.photo_smoother is not None:
+            nn.init.ones_(self.style_detail.weight)  # start as the smoothed photo
 
     @property
     def size_multiple(self) -> int:
@@ -885,10 +959,17 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # 4. to full resolution, edge-aware: local linear models of the guide fitted at low resolution (guided
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
         upsample = self.guided_filter if hasattr(self, "guided_filter") else self.joint_bilateral
-        surface = upsample(guide_low, surface_low.to(compute), guide).clamp(-1, 1)
+        if self.photo_smoother is not None:
+            # up(surface_low) + w · (smooth(photo) - up(photo_low)) in one upsampling: it is linear in its source
+            weight = self.style_detail(style).to(compute)[:, :, None, None]
+            change_low = surface_low.to(compute) - weight * photo_low
+            surface = upsample(guide_low, change_low, guide)
+            surface = torch.addcmul(surface, weight, self.photo_smoother(photo_low, photo, style)).clamp(-1, 1)
+        else:
+            surface = upsample(guide_low, surface_low.to(compute), guide).clamp(-1, 1)
 
         # the photo's own fine detail, as much as the style keeps
-        if self.style_detail is not None:
+        if self.style_detail is not None and self.photo_smoother is None:
             detail = photo - F.interpolate(photo_low, size=(height, width), mode="bilinear", align_corners=False)
             if self.detail_coring is not None:  # texture and noise out, edges kept
                 detail = core(detail, self.coring_scale(style).to(detail.dtype))
@@ -955,6 +1036,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
     ) -> torch.Tensor:
         """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel."""
         detail = None if self.style_detail is None else self.style_detail(style).float()[:, 0]  # (B,)
+        smoothing = None
+        if self.photo_smoother is not None:  # up(surface_low - w · photo_low) + w · smooth(photo), as in `forward`
+            surface_low = surface_low.float() - detail[:, None, None, None] * photo_low
+            smoothing = self.photo_smoother.fused_coefficients(photo_low, style)
         coring = None if self.detail_coring is None else self.coring_scale(style)
         tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
         levels = chroma = None
@@ -977,4 +1062,5 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             LUMA,
             lab_chroma=chroma,
             coring=coring,
+            smoothing=smoothing,
         )
