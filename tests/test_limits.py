@@ -84,6 +84,8 @@ def test_configs_out_of_bounds_are_refused_with_the_key_and_value(tmp_path, conf
         ({"flatten_iterations": 1_000_000}, r"`flatten_iterations` = 1000000 is outside the range"),
         ({"flatten_radius": 500}, r"`flatten_radius` = 500 is outside the range"),
         ({"levels": -3}, r"`levels` = -3 is outside the range"),
+        ({"despeckle": 1000}, r"`despeckle` = 1000 is outside the range"),
+        ({"photo_smoothing": 10**9}, r"`photo_smoothing` = 1000000000 is outside the range"),
     ],
 )
 def test_guided_configs_asking_for_endless_passes_are_refused(tmp_path, config, message):

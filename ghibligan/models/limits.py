@@ -47,6 +47,8 @@ CONFIG_BOUNDS: dict[str, int] = {
     "flatten_iterations": 16,
     "flatten_radius": 8,
     "levels": 256,
+    "despeckle": 4,  # a median of (2r+1)² values a pixel
+    "photo_smoothing": 8,  # box filters of this radius at low resolution
 }
 MAX_STYLES = 64  # style names a config may list (each one a row of small embedding tables)
 
