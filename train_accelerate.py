@@ -91,7 +91,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing",
+    "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing", "smoothing_eps",
 )  # fmt: skip
 
 
@@ -314,6 +314,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided, with --photo_detail: radius (at low resolution) of an edge-aware fast guided filter of the photo "
         "whose full-resolution result the network draws on, instead of the photo's raw detail (0 = off).",
+    )
+    model.add_argument(
+        "--smoothing_eps",
+        type=float,
+        default=None,
+        help="guided, with --photo_smoothing: its initial ε (learned per style), in squared [-1, 1] units: texture of "
+        "local variance well below it is flattened (default 0.01).",
     )
     model.add_argument(
         "--line_channels",

@@ -729,6 +729,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             weight starts at 1: the model starts as that smoothing of the photo, and the network draws its changes on
             top of a full-resolution, texture-free photo instead of replacing it by a half-resolution one. 0: the raw
             detail ``photo - bilinear(low)``.
+        smoothing_eps (`float`, *optional*, defaults to 1e-2): the initial ε of `photo_smoothing` (learned per style
+            and channel), in squared [-1, 1] units: texture whose local variance is well below it is flattened.
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
@@ -768,6 +770,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         photo_detail: bool = False,
         detail_coring: float = 0.0,
         photo_smoothing: int = 0,
+        smoothing_eps: float = 1e-2,
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
@@ -790,7 +793,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         check_positive_int("levels", levels, minimum=0)
         check_positive_int("despeckle", despeckle, minimum=0)
         check_positive_int("photo_smoothing", photo_smoothing, minimum=0)
-        for name, value in (("eps", eps), ("range_sigma", range_sigma)):
+        for name, value in (("eps", eps), ("range_sigma", range_sigma), ("smoothing_eps", smoothing_eps)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         if upsampler not in UPSAMPLERS:
@@ -850,7 +853,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             raise ValueError(
                 "`photo_smoothing` needs `photo_detail` (and replaces `detail_coring`: it smooths by itself)."
             )
-        self.photo_smoother = PhotoSmoother(len(self.styles), photo_smoothing) if photo_smoothing else None
+        self.photo_smoother = (
+            PhotoSmoother(len(self.styles), photo_smoothing, smoothing_eps) if photo_smoothing else None
+        )
         if self.photo_smoother is not None:
             nn.init.ones_(self.style_detail.weight)  # start as the smoothed photo
 
