@@ -72,6 +72,7 @@ from ghibligan.models.guided import LEVEL_SPACES, UPSAMPLERS
 from ghibligan.models.presets import GENERATOR_PRESETS, build_discriminator, build_generator, preset_config
 from ghibligan.models.vgg import DEFAULT_VGG19_WEIGHTS, VGG19Features
 from ghibligan.training import (
+    fit_detail_weights,
     fit_level_quantizer,
     fit_tone_head,
     lr_lambda,
@@ -714,14 +715,18 @@ def main(args: argparse.Namespace) -> None:
     # a new model's warm starts, on the same crops (a fine-tuned or resumed model is trained already)
     tone_head = getattr(generator, "tone_head", None) if args.tone_head_init_steps else None
     quantizer = getattr(generator, "level_quantizer", None)
+    smoother = getattr(generator, "photo_smoother", None)
     new_model = not (args.pretrained_model_name_or_path or resume_from)
-    if new_model and (tone_head is not None or quantizer is not None):
+    if new_model and (tone_head is not None or quantizer is not None or smoother is not None):
         samples = tone_head_samples(train_pairs, args.streaming, seed=args.seed)
+        names = getattr(generator, "styles", None) or ["target"]
+        if smoother is not None:
+            fitted = fit_detail_weights(generator, samples)
+            logger.info("Detail weights: " + ", ".join(f"{names[style]} {w:.2f}" for style, w in fitted.items()))
         if tone_head is not None:
             loss = fit_tone_head(tone_head, samples, args.tone_head_init_steps, args.seed)
             logger.info(f"Tone head fitted to the training pairs pixel by pixel: L1 {loss:.4f}")
         if quantizer is not None:
-            names = getattr(generator, "styles", None) or ["target"]
             for style, (levels, concentration) in fit_level_quantizer(quantizer, samples).items():
                 logger.info(
                     f"Levels of {names[style]!r} ({quantizer.space}): {levels:.2f} (concentration {concentration:.2f})"

@@ -20,7 +20,14 @@ from ghibligan.losses import Pix2PixObjective, gradient_loss
 from ghibligan.models.guided import LevelQuantizer, StyleColorMap, estimate_levels
 from ghibligan.models.patchgan import PatchDiscriminator
 from ghibligan.teachers import ToonTeacher
-from ghibligan.training import StyleSelected, fit_level_quantizer, fit_tone_head, training_step, validate
+from ghibligan.training import (
+    StyleSelected,
+    fit_detail_weights,
+    fit_level_quantizer,
+    fit_tone_head,
+    training_step,
+    validate,
+)
 
 from .helpers import photo_like
 
@@ -203,12 +210,15 @@ def test_guided_model_flags_set_the_generators_config(capsys):
     --scale_factor ...) override the guided preset; they are refused for a generator that does not have them."""
     base = ["--train_data_dir", "pairs", "--output_dir", "out", "--target_column", "a", "b"]
     flags = {"channels": 4, "num_levels": 2, "num_blocks": 1, "tone_channels": 6, "flatten_radius": 1, "levels": 5}
+    flags |= {"photo_smoothing": 2, "smoothing_eps": 0.04}
     argv = [*base, "--preset", "guided", "--flatten_iterations", "1"]
     argv += [item for name, value in flags.items() for item in (f"--{name}", str(value))]
     generator, _ = train_script.build_models(train_script.parse_args(argv), Accelerator(cpu=True))
     assert isinstance(generator, GuidedFilterGenerator) and generator.styles == ["a", "b"]
     assert {name: generator.config[name] for name in flags} == flags
     assert generator.tone_head.conv_out.in_channels == 6 and generator.flattener.radius == 1
+    assert generator.photo_smoother.radius == 2
+    assert generator.photo_smoother.eps(torch.tensor([1])).flatten().tolist() == pytest.approx([0.04] * 3)
     assert generator.level_quantizer.log_step.weight.exp().flatten().tolist() == pytest.approx([2 / 5, 2 / 5])
     assert len(generator.down_blocks) == 2 and len(generator.mid_blocks) == 1 and generator.conv_in.out_channels == 4
     with pytest.raises(SystemExit):
@@ -268,6 +278,27 @@ def test_fit_level_quantizer_starts_posterized_styles_posterized_and_others_off(
     with torch.no_grad():  # style 0 keeps the levels where they are (half a step off, it would move them all)
         image = posterized(5, 0.14)[None]
         assert (quantizer(image, torch.tensor([0])) - image).abs().mean() < 0.01
+
+
+def test_fit_detail_weights_start_each_style_at_its_targets_share_of_the_photo_structure():
+    """A style whose targets keep the photo's fine structure (here: the smoothed photo itself) starts at 1, one whose
+    targets have none (flat colours) at 0, one in between (their mix) in between; an unseen style keeps its start."""
+    model = GuidedFilterGenerator(
+        styles=["kept", "flat", "half", "unseen"], upsampler="joint_bilateral", photo_detail=True, photo_smoothing=1
+    )
+    samples = []
+    for seed in range(3):
+        photo = torch.from_numpy(photo_like(64, 48, seed=seed)).permute(2, 0, 1).float() / 127.5 - 1
+        low = F.interpolate(photo[None], size=(24, 32), mode="area")
+        with torch.no_grad():
+            kept = model.photo_smoother(low, photo[None], torch.tensor([0]))[0]
+        flat = torch.rand(3, 1, 1).expand(3, 48, 64) * 2 - 1
+        for style, target in enumerate((kept, flat, (kept + flat) / 2)):
+            samples.append({"input": photo, "target": target, "style": torch.tensor(style)})
+    fitted = fit_detail_weights(model, samples)
+    assert fitted[0] == pytest.approx(1.0, abs=0.02) and fitted[1] == pytest.approx(0.0, abs=0.02)
+    assert fitted[2] == pytest.approx(0.5, abs=0.05) and 3 not in fitted
+    assert model.style_detail.weight.flatten().tolist() == pytest.approx([*fitted.values(), 1.0])
 
 
 def test_fit_level_quantizer_estimates_lab_levels_in_the_lab_space():
