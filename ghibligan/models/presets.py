@@ -74,12 +74,14 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "upsampler": "joint_bilateral",
             "flatten_iterations": 3,
             "photo_detail": True,
+            "photo_smoothing": 1,
             "levels": 6,
             "despeckle": 1,
             "level_space": "lab",
         },
         "the bundled three-style model's architecture: a FiLM U-Net at 1/2 resolution, 3 passes of iterated bilateral "
-        "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style photo detail and tone head, "
+        "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style detail of the photo smoothed "
+        "at full resolution (a fast guided filter), per-style tone head, "
         "a full-resolution posterizer in CIE L* (levels estimated per style from the targets) and 3x3 median of L*; "
         "styles ghibli, toon, painterly (the --target_column names replace them)",
     ),
