@@ -2,6 +2,7 @@
 
 The guided generator spends most of its CPU time not in its network but in per-pixel stages written as chains of
 torch ops: the area downsampling of the photo, the `RegionFlattener` (24 neighbours a pixel, 3 passes), the
+`PhotoSmoother`'s guided-filter models (box filters at low resolution), the
 full-resolution output stage (`JointBilateralUpsampler`, the photo's detail, the `StyleColorMap` tone head and the
 `LevelQuantizer`) and the 3×3 median of `LumaDespeckle` (in place, a selection network of min and max). Each op
 reads and writes the whole image, so the chain is bound by memory traffic and op overhead, not arithmetic. Here each

@@ -137,12 +137,7 @@ class PhotoSmoother(nn.Module):
         """ε (B, 3, 1, 1) float32 of each image's style."""
         return self.log_eps(style).float().exp()[:, :, None, None]
 
-    def coefficients(
-        self, photo_low: torch.Tensor, style: torch.Tensor, fused: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A``, ``b``; ``fused``: by `cpu_kernels.self_guided_coefficients` (float32 on the CPU, no autograd)."""
-        if fused:
-            return self.fused_coefficients(photo_low, style).chunk(2, dim=1)
+    def coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style))
 
     def fused_coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
