@@ -180,6 +180,12 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
     atol = 5e-4 if model.level_space == "lab" else 1e-4
     fused, reference = both_paths(lambda: model(sample, style))
     torch.testing.assert_close(fused, reference, atol=atol, rtol=0)
+    if model.photo_smoother is not None:  # a style with none of the smoothed photo: its surface is still clamped
+        with torch.no_grad():
+            model.style_detail.weight[0] = 0.0
+            model.conv_out.bias.fill_(0.8)  # a surface past [-1, 1]
+        fused, reference = both_paths(lambda: model(sample, style))
+        torch.testing.assert_close(fused, reference, atol=atol, rtol=0)
     if model.level_quantizer is not None:  # the user's posterize strength reaches the kernel
         posterize = torch.tensor([1.0, 0.0])
         fused, reference = both_paths(lambda: model(sample, style, posterize=posterize))

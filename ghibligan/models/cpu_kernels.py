@@ -401,7 +401,7 @@ if numba is not None:
                     guide[0, j] = num0[j] * inv
                     guide[1, j] = num1[j] * inv
                     guide[2, j] = num2[j] * inv
-                if not smoothed:  # (smoothed: clamped with the detail added, below)
+                if not smoothed or detail[b] == 0:  # (else clamped with the smoothed photo added, below)
                     for j in range(count):
                         guide[0, j] = _clamp(guide[0, j])
                         guide[1, j] = _clamp(guide[1, j])
