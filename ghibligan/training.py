@@ -213,7 +213,7 @@ def fit_detail_weights(generator: nn.Module, samples: list[dict]) -> dict[int, f
     and walking down from there (in 1000 steps, ghibli only to 0.46). Styles without samples keep their start.
     Returns ``{style: weight}``."""
     smoother, weights = generator.photo_smoother, generator.style_detail.weight
-    upsample = generator.guided_filter if hasattr(generator, "guided_filter") else generator.joint_bilateral
+    upsample = generator.surface_upsampler
     device = weights.device
     sums: dict[int, list[torch.Tensor]] = {}
     for sample in samples:

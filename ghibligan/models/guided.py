@@ -100,15 +100,14 @@ def guided_filter_coefficients(
     box filters). ``eps`` broadcasts against (B, C, 1, 1)."""
     guide = guide.float()
     mean_g = box_filter(guide, radius)
-    var = box_filter(guide * guide, radius) - mean_g * mean_g
+    var = (box_filter(guide * guide, radius) - mean_g * mean_g).clamp_min(0)
     if source is None:
-        var = var.clamp_min(0)
         mean_s, cov = mean_g, var
     else:
         source = source.float()
         mean_s = box_filter(source, radius)
         cov = box_filter(guide * source, radius) - mean_g * mean_s
-    a = cov / (var.clamp_min(0) + eps)
+    a = cov / (var + eps)
     b = mean_s - a * mean_g
     return box_filter(a, radius), box_filter(b, radius)
 
@@ -855,6 +854,13 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             nn.init.ones_(self.style_detail.weight)  # start as the smoothed photo
 
     @property
+    def surface_upsampler(self) -> nn.Module:
+        """The module that brings the low-resolution surface to full resolution, called as ``(guide_low, source_low,
+        guide)``: the `GuidedFilter` or `JointBilateralUpsampler` the `upsampler` argument names (either is linear in
+        its source)."""
+        return self.guided_filter if hasattr(self, "guided_filter") else self.joint_bilateral
+
+    @property
     def size_multiple(self) -> int:
         """Any size works (the low-resolution network pads and crops by itself): 1."""
         return 1
@@ -958,7 +964,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
 
         # 4. to full resolution, edge-aware: local linear models of the guide fitted at low resolution (guided
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
-        upsample = self.guided_filter if hasattr(self, "guided_filter") else self.joint_bilateral
+        upsample = self.surface_upsampler
         if self.photo_smoother is not None:
             # up(surface_low) + w · (smooth(photo) - up(photo_low)) in one upsampling: it is linear in its source
             weight = self.style_detail(style).to(compute)[:, :, None, None]
