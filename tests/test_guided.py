@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ghibligan.models import cpu_kernels
 from ghibligan.models.color import lab_to_rgb, rgb_to_lab
 from ghibligan.models.guided import (
+    MIN_EPS,
     GuidedFilter,
     GuidedFilterGenerator,
     JointBilateralUpsampler,
@@ -717,6 +718,23 @@ def test_photo_smoother_flattens_texture_and_keeps_edges_sharp():
     a, b = smoother.coefficients(low, torch.tensor([1]))
     a_ref, b_ref = guided_filter_coefficients(low, low, 1, torch.full((1, 3, 1, 1), 1e-2))
     torch.testing.assert_close((a, b), (a_ref, b_ref), atol=1e-6, rtol=0)
+
+
+def test_regularization_that_underflows_is_floored():
+    """Weights can ask for an ε that is 0 in float32 (log ε = -200): a flat window would divide 0 by 0. Both guided
+    filters floor ε at MIN_EPS, so a flat photo stays flat and finite, in torch and in the CPU kernel."""
+    model = GuidedFilterGenerator(styles=STYLES, upsampler="guided_filter", photo_detail=True, photo_smoothing=1)
+    with torch.no_grad():
+        model.photo_smoother.log_eps.weight.fill_(-200.0)
+        model.guided_filter.raw_eps.fill_(-200.0)
+    assert model.photo_smoother.eps(torch.tensor([0])).min().item() == pytest.approx(MIN_EPS)
+    assert model.guided_filter.eps.min().item() == pytest.approx(MIN_EPS)
+    photo = torch.full((1, 3, 24, 32), 0.25)
+    photo[..., 12:, :] = -0.5  # flat regions with one edge
+    with torch.no_grad():
+        out = model.eval()(photo, torch.tensor([1]))
+        fused = model.photo_smoother.fused_coefficients(F.interpolate(photo, scale_factor=0.5), torch.tensor([1]))
+    assert torch.isfinite(out).all() and torch.isfinite(fused).all()
 
 
 def test_photo_smoothing_starts_as_the_smoothed_photo_and_learns():

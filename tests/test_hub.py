@@ -136,6 +136,17 @@ def test_missing_tensor_is_named(tmp_path):
         UNetGenerator.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_name(tmp_path, value):
+    """A damaged or hostile checkpoint with NaN / inf weights fails at load, not as a black image later."""
+    UNetGenerator(ngf=8).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["down_blocks.1.conv.weight"][0, 0, 0, 0] = value
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 'down_blocks\.1\.conv\.weight'"):
+        UNetGenerator.from_pretrained(tmp_path)
+
+
 def test_mismatched_config_and_weights_are_named(tmp_path):
     UNetGenerator(ngf=8).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -91,6 +91,11 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
+# The smallest regularization a guided filter uses, in squared [-1, 1] units: trained values sit near 1e-2, but a
+# checkpoint's weights can ask for an ε that underflows float32 to 0, and then a flat window divides 0 by 0.
+MIN_EPS = 1e-6
+
+
 def guided_filter_coefficients(
     guide: torch.Tensor, source: torch.Tensor | None, radius: int, eps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +138,8 @@ class PhotoSmoother(nn.Module):
         nn.init.constant_(self.log_eps.weight, math.log(eps))
 
     def eps(self, style: torch.Tensor) -> torch.Tensor:
-        """ε (B, 3, 1, 1) float32 of each image's style."""
-        return self.log_eps(style).float().exp()[:, :, None, None]
+        """ε (B, 3, 1, 1) float32 of each image's style, at least `MIN_EPS`."""
+        return self.log_eps(style).float().exp().clamp_min(MIN_EPS)[:, :, None, None]
 
     def coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style))
@@ -174,7 +179,8 @@ class GuidedFilter(nn.Module):
 
     @property
     def eps(self) -> torch.Tensor:
-        return F.softplus(self.raw_eps.float())
+        """ε (1, C, 1, 1) float32, at least `MIN_EPS`."""
+        return F.softplus(self.raw_eps.float()).clamp_min(MIN_EPS)
 
     def coefficients(self, guide_low: torch.Tensor, source_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pixel ``A``, ``b`` (B, C, h, w) in float32, averaged over the windows that contain each pixel."""

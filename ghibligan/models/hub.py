@@ -195,7 +195,8 @@ def load_weights(
 ) -> None:
     """Load ``model.safetensors`` into ``model``, with errors that name the file and what does not match.
 
-    Tensors are cast to the model's dtype, so a checkpoint stored in fp16 loads into an fp32 model.
+    Tensors are cast to the model's dtype, so a checkpoint stored in fp16 loads into an fp32 model; a tensor holding
+    NaN or infinite values is refused (`ValueError`) before any output is drawn from it.
     """
     if not os.path.isfile(model_file):
         raise FileNotFoundError(f"Weights file {str(model_file)!r} does not exist.")
@@ -206,6 +207,12 @@ def load_weights(
             f"Could not read weights from {str(model_file)!r}: {error}. The file is corrupted or not a safetensors "
             f"file; download or save the checkpoint again."
         ) from error
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"Weights in {str(model_file)!r} hold NaN or infinite values in {name!r}: the checkpoint is damaged "
+                f"(or was saved from a diverged run). Load another checkpoint."
+            )
     try:
         model.load_state_dict(state_dict, strict=strict)
     except RuntimeError as error:
