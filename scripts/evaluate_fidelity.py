@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
+from ghibligan.onnx_export import export_onnx
 from ghibligan.training import StyleSelected
 
 
@@ -305,6 +306,8 @@ head fitted pixel by pixel first ({training["tone_head_init_steps"]} steps){leve
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}
 Reproduce it from scratch on a CPU: `MODEL=ghibli-styles bash scripts/train_bundled_model.sh PHOTOS_DIR`.
+`model.onnx` is the same model as a float32 ONNX graph for onnxruntime, exported from these weights:
+`Cartoonizer.from_pretrained(backend="onnxruntime")` runs it with no export on first use.
 {WEIGHTS_NOTE}"""
     description = (
         "a multi-style model bundled with ghibligan: "
@@ -316,6 +319,10 @@ Reproduce it from scratch on a CPU: `MODEL=ghibli-styles bash scripts/train_bund
         for style, t in zip(styles, teachers, strict=True)
     }
     write_bundled_checkpoint(generator, Path(args.export), description, details, summary)
+    # The default model ships its ONNX graph, exported from the fp16 weights just written (what torch users load), so
+    # backend="onnxruntime" needs no export on first use (~2 min on 2 cores). tests/test_onnx.py checks they agree.
+    print("exporting model.onnx (about 2 minutes on 2 CPU cores)...")
+    export_onnx(load_generator(args.export), Path(args.export))
 
 
 def export(args, metrics: dict) -> None:

@@ -18,13 +18,17 @@ from ghibligan.pipeline import DEFAULT_MODEL_NAME, auto_dtype, bundled_model_pat
 from .helpers import photo_like
 
 BUNDLED = [("ghibli-styles", "guided", GuidedFilterGenerator), ("toon-painterly-unet", "bundled", UNetGenerator)]
+# the default model ships its ONNX export too: onnxruntime users need not wait minutes for one (test_onnx checks it)
+FILES = ["README.md", "config.json", "metrics.json", "model.safetensors"]
+SHIPPED_FILES = {"ghibli-styles": sorted([*FILES, "model.onnx"]), "toon-painterly-unet": FILES}
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in BUNDLED])
 def test_bundled_checkpoint_is_complete_and_small(name):
     path = bundled_model_path(name)
-    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == SHIPPED_FILES[name]
     assert (path / "model.safetensors").stat().st_size < 10e6  # a few MB (fp16)
+    assert sum(p.stat().st_size for p in path.iterdir()) < 10e6
     json.loads((path / "metrics.json").read_text())  # the card's numbers are readable data
 
 

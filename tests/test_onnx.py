@@ -1,5 +1,6 @@
 """ONNX export and the onnxruntime backend: every generator class, any size, every style, within 2 grey levels."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ghibligan.models.guided import GuidedFilterGenerator
 from ghibligan.models.layers import crop_padding, pad_to_multiple
 from ghibligan.onnx_export import export_onnx, onnx_cache_dir
 from ghibligan.onnx_generator import OnnxGenerator, load_onnx_generator
+from ghibligan.pipeline import bundled_model_path
 from tests.helpers import photo_like, put_in_hub_cache
 
 SIZES = [(64, 64), (457, 301), (1500, 1000)]  # width × height
@@ -321,9 +323,14 @@ def test_cli_export_onnx_reports_a_bad_model_folder(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
-def test_bundled_model_runs_on_onnxruntime_like_torch():
+def test_bundled_model_runs_on_onnxruntime_like_torch(caplog):
+    """The default model ships its ONNX export (no export on first use), and it is the shipped weights' graph: a
+    retrained model whose model.onnx was not exported again fails here."""
     image = photo_like(457, 301, seed=5)
-    onnx_pipe = Cartoonizer.from_pretrained(backend="onnxruntime", device="cpu")
+    with caplog.at_level(logging.WARNING, logger="ghibligan"):
+        onnx_pipe = Cartoonizer.from_pretrained(backend="onnxruntime", device="cpu")
+    assert onnx_pipe.generator.path == bundled_model_path() / "model.onnx"
+    assert "exporting" not in caplog.text
     torch_pipe = Cartoonizer.from_pretrained(device="cpu", dtype="float32")
     assert onnx_pipe.styles == torch_pipe.styles == ["ghibli", "toon", "painterly"]
     for style in onnx_pipe.styles:
