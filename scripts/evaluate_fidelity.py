@@ -318,6 +318,7 @@ Reproduce it from scratch on a CPU: `MODEL=ghibli-styles bash scripts/train_bund
         style: {"teacher": t, **{k: metrics[style][k] for k in ("all", "dark")}}
         for style, t in zip(styles, teachers, strict=True)
     }
+    (Path(args.export) / "model.onnx").unlink(missing_ok=True)  # never a stale graph beside new weights
     write_bundled_checkpoint(generator, Path(args.export), description, details, summary)
     # The default model ships its ONNX graph, exported from the fp16 weights just written (what torch users load), so
     # backend="onnxruntime" needs no export on first use (~2 min on 2 cores). tests/test_onnx.py checks they agree.

@@ -36,13 +36,13 @@ if [ "$MODEL" = ghibli-styles ]; then
 **What it does not do yet.** It does not reach all its targets (85 % of the error removed, 0.9x the teacher's flat
 share, per style). For `ghibli` no student can: its teacher's graph segmentation moves with noise below one grey
 level, and the teacher reproduces only ~80 % of its own output from a copy of the photo with such noise, so the model
-draws averaged region shapes and colours. `toon` (79.6 %) and `painterly` (83.2 %) draw on the photo smoothed at full
+draws averaged region shapes and colours. `toon` (80.5 %) and `painterly` (83.7 %) draw on the photo smoothed at full
 resolution by a fast guided filter and cut its lightness into their teachers' CIE L* levels, with a learned posterizer
 at part strength: their borders are softer than the teacher's where the model cannot tell on which side of a level a
 pixel lies, and `painterly` keeps more of the photo's fine texture than its teacher (flat share 0.84x). `toon` has its
-teacher's flat share (0.91x) and gradient energy (1.00x). A full-resolution median of L* takes out the one-level
+teacher's flat share (0.90x) and gradient energy (0.99x). A full-resolution median of L* takes out the one-level
 specks the toon teacher's own median removes. A loss on the distribution of edge strengths gives every style its
-teacher's gradient energy and `toon` its teacher's contour lines (ink F-score 0.81). It is one seed of one recipe.
+teacher's gradient energy and `toon` its teacher's contour lines (ink F-score 0.82). It is one seed of one recipe.
 NOTES_END
     NOTES=${NOTES:-$STYLES_NOTES}
     python scripts/evaluate_fidelity.py --model "$WORK/model" --pairs "$WORK/pairs" --split validation \

@@ -75,6 +75,7 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "flatten_iterations": 3,
             "photo_detail": True,
             "photo_smoothing": 1,
+            "smoothing_eps": 0.003,
             "levels": 6,
             "despeckle": 1,
             "level_space": "lab",
