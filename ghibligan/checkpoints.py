@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .models.hub import first_non_finite
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -158,12 +160,12 @@ def load_checkpoint(accelerator, candidates: list[Path]) -> Path | None:
 
 def check_finite_weights(model: nn.Module, name: str = "generator") -> None:
     """Raise `FloatingPointError` naming the first parameter of ``model`` that holds NaN or infinite values."""
-    for parameter_name, parameter in model.named_parameters():
-        if not torch.isfinite(parameter.detach()).all():
-            raise FloatingPointError(
-                f"The {name}'s {parameter_name} holds NaN or infinite values: not saving it. Lower --learning_rate "
-                "or clip with --max_grad_norm, and resume from the last checkpoint."
-            )
+    parameter_name = first_non_finite(model.named_parameters())
+    if parameter_name is not None:
+        raise FloatingPointError(
+            f"The {name}'s {parameter_name} holds NaN or infinite values: not saving it. Lower --learning_rate "
+            "or clip with --max_grad_norm, and resume from the last checkpoint."
+        )
 
 
 def save_checkpoint(

@@ -17,6 +17,7 @@ import copy
 import inspect
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -190,6 +191,14 @@ def check_config(cls: type, config: dict, source: str) -> None:
         )
 
 
+def first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinite values, or None."""
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not torch.isfinite(tensor.detach()).all():
+            return name
+    return None
+
+
 def load_weights(
     model: torch.nn.Module, model_file: str | os.PathLike, map_location: str = "cpu", strict: bool = True
 ) -> None:
@@ -207,12 +216,12 @@ def load_weights(
             f"Could not read weights from {str(model_file)!r}: {error}. The file is corrupted or not a safetensors "
             f"file; download or save the checkpoint again."
         ) from error
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(
-                f"Weights in {str(model_file)!r} hold NaN or infinite values in {name!r}: the checkpoint is damaged "
-                f"(or was saved from a diverged run). Load another checkpoint."
-            )
+    name = first_non_finite(state_dict.items())
+    if name is not None:
+        raise ValueError(
+            f"Weights in {str(model_file)!r} hold NaN or infinite values in {name!r}: the checkpoint is damaged "
+            f"(or was saved from a diverged run). Load another checkpoint."
+        )
     try:
         model.load_state_dict(state_dict, strict=strict)
     except RuntimeError as error:
