@@ -92,7 +92,7 @@ GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing", "smoothing_eps",
+    "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing", "smoothing_eps", "surface_gate",
 )  # fmt: skip
 
 
@@ -322,6 +322,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided, with --photo_smoothing: its initial ε (learned per style), in squared [-1, 1] units: texture of "
         "local variance well below it is flattened (default 0.01; --preset guided: 0.003).",
+    )
+    model.add_argument(
+        "--surface_gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="guided: learn per style how much of the low-resolution network's surface replaces the photo's own (0-2, "
+        "from 1), so styles whose teacher is a per-pixel map of the smoothed photo (toon, painterly) can keep it "
+        "while another (ghibli) takes the network's plateaus.",
     )
     model.add_argument(
         "--line_channels",

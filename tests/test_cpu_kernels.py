@@ -157,6 +157,7 @@ def test_a_bf16_model_takes_a_float32_photo(kernels):
         {**FUSED, "level_space": "lab", "detail_coring": 0.05},  # the photo's detail cored per style
         {**FUSED, "level_space": "lab", "photo_smoothing": 1},  # the detail from the smoothed photo
         {**FUSED, "photo_smoothing": 2, "scale_factor": 3},
+        {**FUSED, "level_space": "lab", "photo_smoothing": 1, "surface_gate": True},  # a gate per style
     ],
 )
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])
@@ -169,6 +170,8 @@ def test_generator_through_kernels_equals_torch_path(size, kwargs):
             model.detail_coring.weight.copy_(torch.tensor([[-2.0], [-3.0]]))
         if model.photo_smoother is not None:  # ε where the random photo's variances lie, per style and channel
             model.photo_smoother.log_eps.weight.uniform_(-4.0, -1.0)
+        if model.surface_gate is not None:  # one style half on the network's surface, one past it
+            model.surface_gate.weight.copy_(torch.tensor([[0.05], [0.15]]))
         if model.tone_head is not None:
             for layer in model.tone_head.hidden_layers:
                 layer.weight.normal_(0, 0.5)

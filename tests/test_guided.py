@@ -768,3 +768,51 @@ def test_lab_stages_in_row_slices_equal_one_pass():
         model.despeckle.inference_pixels = 29 * 4  # slices of 4 rows
         sliced = model(sample, style)
     torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)
+
+
+def test_surface_gate_open_is_the_plain_model_and_closed_keeps_the_photo():
+    """``surface_gate``: at its start (1) the model is the one without the gate; a style whose gate is closed (0)
+    draws on the photo's own low-resolution surface, so nothing the network or the flattener does reaches it."""
+    torch.manual_seed(0)
+    kwargs = {"upsampler": "joint_bilateral", "flatten_iterations": 1, "photo_detail": True, "photo_smoothing": 1}
+    plain = trained_like(GuidedFilterGenerator(styles=STYLES, levels=5, **kwargs))
+    gated = GuidedFilterGenerator(styles=STYLES, levels=5, surface_gate=True, **kwargs).eval()
+    missing = gated.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["surface_gate.weight"]
+    sample, style = torch.rand(2, 3, 33, 40) * 2 - 1, torch.tensor([0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(gated(sample, style), plain(sample, style), atol=1e-6, rtol=0)
+        gated.surface_gate.weight[0] = 0.0  # toon: closed; painterly stays open
+        before = gated(sample, style)
+        gated.conv_out.weight.normal_(0, 0.5)  # another network
+        gated.flattener.log_sigma.weight.fill_(0.0)
+        after = gated(sample, style)
+    torch.testing.assert_close(after[0], before[0], atol=1e-6, rtol=0)  # the closed style does not see it
+    assert (after[1] - before[1]).abs().max() > 0.05  # the open one does
+    torch.testing.assert_close(gated.surface_share(style), torch.tensor([0.0, 1.0]))
+
+
+def test_surface_gate_learns_fast_and_stays_in_its_range():
+    model = trained_like(
+        GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", photo_detail=True, surface_gate=True)
+    ).train()
+    model(torch.rand(2, 3, 20, 24) * 2 - 1, torch.tensor([0, 1])).square().mean().backward()
+    assert (model.surface_gate.weight.grad.abs() > 0).all()  # each style's gate gets its own gradient
+    with torch.no_grad():
+        model.surface_gate.weight.copy_(torch.tensor([[-0.5], [0.5]]))  # g = -5 and 5: clamped to 0 and 2
+    share = model.surface_share(torch.tensor([0, 1]))
+    torch.testing.assert_close(share, torch.tensor([0.0, 2.0]))
+    share.sum().backward()  # straight through the clamp: a style pushed outside can come back
+    assert (model.surface_gate.weight.grad.abs() > 0).all()
+    with pytest.raises(ValueError, match="surface_gate"):
+        GuidedFilterGenerator(styles=STYLES, surface_gate=1)
+
+
+def test_level_quantizer_set_strength_fixes_one_style_and_clamps():
+    quantizer = LevelQuantizer(num_styles=2, levels=5)
+    quantizer.set_strength(1, 1.0)  # e.g. at export, a posterizing teacher's full strength
+    quantizer.set_strength(0, 3.0)  # clamped to 1
+    strength = quantizer.parameters_for(torch.tensor([0, 1]), torch.float32)[3].flatten()
+    torch.testing.assert_close(strength, torch.tensor([1.0, 1.0]))
+    quantizer.set_strength(0, -1.0)
+    assert quantizer.parameters_for(torch.tensor([0]), torch.float32)[3].item() == 0.0

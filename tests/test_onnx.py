@@ -99,6 +99,7 @@ MODELS = {
         flatten_radius=1,
         levels=5,
         despeckle=1,
+        surface_gate=True,
     ),
 }
 

@@ -496,7 +496,13 @@ class LevelQuantizer(nn.Module):
         ``strength`` in [0, 1] (e.g. from `estimate_levels` on the style's training targets)."""
         self.log_step.weight[style] = math.log(step)
         self.offset.weight[style] = offset
-        self.raw_strength.weight[style] = min(max(strength, 0.0), 1.0) / self.STRENGTH_RATE
+        self.set_strength(style, strength)
+
+    @torch.no_grad()
+    def set_strength(self, style: int, strength: float) -> None:
+        """Set ``style``'s strength, clamped to [0, 1] (0: no levels, 1: hard levels), e.g. at export to the full
+        strength of a teacher that posterizes (training settles at part strength, L1's hedge at uncertain borders)."""
+        self.raw_strength.weight[style] = min(max(float(strength), 0.0), 1.0) / self.STRENGTH_RATE
 
     def parameters_for(
         self, style: torch.Tensor, dtype: torch.dtype, strength: torch.Tensor | None = None
@@ -734,6 +740,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
+        surface_gate (`bool`, *optional*, defaults to False): learn, per style, how much of the network's
+            (flattened) low-resolution surface replaces the photo's own: ``photo_low + g · (surface_low - photo_low)``,
+            ``g`` in [0, 2] starting at 1 (the model without the gate). The network and the flattener are shared by
+            all styles, and the ones whose teacher is a per-pixel map of the smoothed photo (toon, painterly) lose
+            to what the network draws for the others (ghibli's plateaus): with the gate they can keep the photo.
         level_space (`str`, *optional*, defaults to `"luma"`): what the posterizer cuts its levels in and the median
             sorts: `"luma"` (BT.601) or `"lab"` (CIE L*, as the toon teachers cut theirs; the fused CPU kernels convert
             with polynomials, ~1.1x the luma model's time).
@@ -750,6 +761,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         torch.Size([2, 3, 300, 457])
         ```
     """
+
+    # `surface_gate` moves this many times faster than the other parameters under Adam, as the posterizer's strength
+    SURFACE_GATE_RATE = LevelQuantizer.STRENGTH_RATE
 
     def __init__(
         self,
@@ -774,6 +788,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
+        surface_gate: bool = False,
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -858,6 +873,19 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         )
         if self.photo_smoother is not None:
             nn.init.ones_(self.style_detail.weight)  # start as the smoothed photo
+        if not isinstance(surface_gate, bool):
+            raise ValueError(f"`surface_gate` must be True or False, got {surface_gate!r}.")
+        self.surface_gate = nn.Embedding(len(self.styles), 1) if surface_gate else None  # g / SURFACE_GATE_RATE
+        if self.surface_gate is not None:
+            nn.init.constant_(self.surface_gate.weight, 1 / self.SURFACE_GATE_RATE)
+
+    def surface_share(self, style: torch.Tensor) -> torch.Tensor:
+        """Each image's `surface_gate` ``g`` (B,) float32 in [0, 2] (a straight-through clamp, so a style pushed
+        outside can come back); ones without a gate."""
+        if self.surface_gate is None:
+            return torch.ones(style.shape, device=style.device)
+        share = self.SURFACE_GATE_RATE * self.surface_gate(style).float()[:, 0]
+        return share + (share.clamp(0, 2) - share).detach()
 
     @property
     def surface_upsampler(self) -> nn.Module:
@@ -954,6 +982,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         surface_low, line_gate = self._low_res_net(low, style)  # (B, 3, h, w), (B, 0 or 1, h, w)
         if self.flattener is not None:  # plateaus: flat regions, sharp borders
             surface_low = self.flattener(surface_low.to(compute), style)
+        if self.surface_gate is not None:  # as much of the network's surface as the style wants, the photo's elsewhere
+            share = self.surface_share(style).to(compute)[:, None, None, None]
+            surface_low = photo_low + share * (surface_low.to(compute) - photo_low)
         if fused:  # steps 3-5 below in one pass over the image
             surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
             if self.level_space == "lab":  # L*a*b* out of the kernel: the median of L*, then RGB, in place
