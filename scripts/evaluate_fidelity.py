@@ -153,13 +153,42 @@ def report_reproducibility(teacher_spec: str, rows, target_column: str, sigma: f
     return ceiling
 
 
-def evaluate_checkpoint(model: str, dtype: str, rows, style: str | None = None, target_column="target_image") -> dict:
-    """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one), evaluate it on
-    ``rows`` against ``target_column`` and print the summary."""
+def parse_posterize(values: list[str] | None) -> dict[str, float]:
+    """``["toon=1", "painterly=0.9"]`` → ``{"toon": 1.0, "painterly": 0.9}``, each strength in [0, 1]."""
+    strengths = {}
+    for value in values or []:
+        style, _, strength = value.partition("=")
+        try:
+            strengths[style] = float(strength)
+        except ValueError:
+            raise SystemExit(f"--posterize: expected STYLE=STRENGTH such as toon=1, got {value!r}") from None
+        if not style or not 0 <= strengths[style] <= 1:
+            raise SystemExit(f"--posterize: expected STYLE=STRENGTH with a strength in [0, 1], got {value!r}")
+    return strengths
+
+
+def load_styles_generator(model: str, posterize: dict[str, float] | None = None):
+    """A style-conditioned checkpoint with each ``posterize`` style's posterizer strength set (`set_strength`)."""
+    generator = load_generator(model)
+    for style, strength in (posterize or {}).items():
+        if style not in generator.styles:
+            raise SystemExit(f"--posterize: {model} has no style {style!r} (styles {generator.styles})")
+        if getattr(generator, "level_quantizer", None) is None:
+            raise SystemExit(f"--posterize: {model} has no posterizer (built without `levels`)")
+        generator.level_quantizer.set_strength(generator.styles.index(style), strength)
+    return generator
+
+
+def evaluate_checkpoint(
+    model: str, dtype: str, rows, style: str | None = None, target_column="target_image", posterize=None
+) -> dict:
+    """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, its posterizer
+    strengths set by ``posterize``), evaluate it on ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        cartoonizer = Cartoonizer(StyleSelected(load_generator(model), style), device="cpu", dtype=dtype)
+        generator = load_styles_generator(model, posterize)
+        cartoonizer = Cartoonizer(StyleSelected(generator, style), device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column)
     report(f"{model} ({style})" if style else model, metrics)
@@ -189,6 +218,14 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the metrics here")
     parser.add_argument("--notes", default=None, help="with --export: a paragraph for the card (what it can't do)")
     parser.add_argument("--reference", default=None, help="also evaluate this checkpoint (e.g. a unet_256 baseline)")
+    parser.add_argument(
+        "--posterize",
+        nargs="+",
+        default=None,
+        metavar="STYLE=STRENGTH",
+        help="a style-conditioned model: set these styles' posterizer strengths (0-1) before evaluating and exporting, "
+        "e.g. toon=1 painterly=1 (their teachers' levels are hard; training settles at part strength)",
+    )
     args = parser.parse_args()
     if args.teacher_noise and not args.teacher:
         parser.error("--teacher_noise needs --teacher: the teacher(s) the pairs were made with")
@@ -200,9 +237,14 @@ def main() -> None:
     styles = (
         json.loads((Path(args.model) / "config.json").read_text()).get("styles") if Path(args.model).is_dir() else None
     )
+    posterize = parse_posterize(args.posterize)
+    if posterize and not (styles and len(styles) > 1):
+        parser.error("--posterize needs a style-conditioned model (styles in its config.json)")
     if styles and len(styles) > 1:
         metrics = {
-            "styles": {style: evaluate_checkpoint(args.model, args.dtype, rows, style, style) for style in styles}
+            "styles": {
+                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, posterize) for style in styles
+            }
         }
         if args.teacher_noise and args.teacher:
             for style, teacher in zip(styles, args.teacher, strict=True):
@@ -263,7 +305,8 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    generator = load_generator(args.model)
+    posterize = parse_posterize(args.posterize)
+    generator = load_styles_generator(args.model, posterize)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = json.loads((Path(args.model) / "config.json").read_text())
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
@@ -279,6 +322,13 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     notes = f"\n{args.notes}\n" if args.notes else ""
     space = "CIE L*" if config.get("level_space") == "lab" else "luma"
     levels_note = f"; {space} posterizer started at the levels of each style's targets" if config.get("levels") else ""
+    head_steps = training.get("tone_head_init_steps", 0)
+    head_note = (
+        f"per-style tone head fitted pixel by pixel first ({head_steps} steps)"
+        if head_steps
+        else "per-style tone head starting as the identity"
+    )
+    posterize_note = "".join(f"; `{name}` posterizer set to strength {v:g} at export" for name, v in posterize.items())
     distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
     distribution_note = (
         f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""
@@ -300,8 +350,8 @@ Held-out: {rows["validation"]} photos at 512 px never seen in training ({rows["t
 | --- | --- |
 | generator | `{type(generator).__name__}({architecture})`, {parameters / 1e3:.1f} k parameters |
 | objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients{distribution_note}, no GAN (λ_adversarial = \
-{training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); per-style tone \
-head fitted pixel by pixel first ({training["tone_head_init_steps"]} steps){levels_note} |
+{training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); \
+{head_note}{levels_note}{posterize_note} |
 | steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}
