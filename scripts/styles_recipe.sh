@@ -7,8 +7,16 @@
 # discriminator stayed at chance, docs/experiments.md). The preset's posterizer (levels=6, in L*) starts each style at
 # its targets' own levels, estimated before training (toon 5.00, painterly 7.00, ghibli none), and each style's detail
 # weight at its targets' share of the smoothed photo's fine structure (ghibli 0.26, toon 0.60, painterly 1.00).
+# The tone head starts as the identity (--tone_head_init_steps 0): fitted pixel by pixel from the raw photo to the
+# targets it learns the teachers' levels as a smeared staircase, which the posterizer after it then cuts a second time
+# (toon lost 5 points to that start, docs/experiments.md, session 15). A per-style gate (--preset guided's
+# surface_gate) lets toon and painterly keep the photo's own surface where the shared network draws ghibli's plateaus.
 STYLES_TEACHERS=(toon:ghibli toon:toon toon:painterly)
 STYLES_COLUMNS=(ghibli toon painterly)
+# At export the posterizing styles take their teachers' full posterizer strength: trained, the posterizer settles at
+# part strength (toon 0.95, painterly 0.76), L1's hedge at borders it is unsure of, which costs painterly its flat
+# regions (flat share 0.84x the teacher's at 0.76, 0.93x at 1, for 1.5 points of error removed; session 15).
+STYLES_POSTERIZE=(toon=1 painterly=1)
 STYLES_LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
     train_accelerate.py)
 # --resolution 304: PairTransform resizes the shorter side to 1.12 × 304 = 340 px, the photos' own scale at 512 × 341.
@@ -17,5 +25,5 @@ STYLES_LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_prec
 STYLES_TRAINING=(--preset guided --target_column "${STYLES_COLUMNS[@]}" --lambda_adversarial 0 --lambda_l1 1
     --lambda_gradient 1 --lambda_gradient_distribution 0.3 --learning_rate 1e-3 --adam_beta1 0.9
     --lr_scheduler linear_decay --max_grad_norm 0.5 --train_batch_size 8 --resolution 304 --random_flip
-    --tone_head_init_steps 1000 --dataloader_num_workers 1 --seed 0 --validation_split validation
+    --tone_head_init_steps 0 --dataloader_num_workers 1 --seed 0 --validation_split validation
     --report_to none)

@@ -333,7 +333,7 @@ def build_demo(models: ModelRegistry) -> gr.Blocks:
                 smoothing = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Edge-preserving smoothing")
                 crisp = gr.Checkbox(
                     value=False, label="Crisp levels", elem_id="crisp", visible=models.can_posterize(models.names[0]),
-                    info="Flat luminance levels with sharp borders: a bolder cartoon, further from the style's teacher",
+                    info="Flat luminance levels with sharp borders (bundled toon and painterly: always on)",
                 )  # fmt: skip
                 run = gr.Button("Cartoonize", variant="primary", elem_id="run")
             with gr.Column():

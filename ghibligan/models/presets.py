@@ -79,11 +79,13 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "levels": 6,
             "despeckle": 1,
             "level_space": "lab",
+            "surface_gate": True,
         },
         "the bundled three-style model's architecture: a FiLM U-Net at 1/2 resolution, 3 passes of iterated bilateral "
         "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style detail of the photo smoothed "
         "at full resolution (a fast guided filter), per-style tone head, "
-        "a full-resolution posterizer in CIE L* (levels estimated per style from the targets) and 3x3 median of L*; "
+        "a full-resolution posterizer in CIE L* (levels estimated per style from the targets) and 3x3 median of L*, "
+        "a per-style gate on the network's surface; "
         "styles ghibli, toon, painterly (the --target_column names replace them)",
     ),
     "cartoongan_resnet": GeneratorPreset(
