@@ -48,6 +48,12 @@ def luma(image: torch.Tensor, dim: int = -3) -> torch.Tensor:
     return LUMA[0] * red + LUMA[1] * green + LUMA[2] * blue
 
 
+def straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``x`` clamped to [low, high] in the forward pass, with the identity's gradient everywhere: a learned strength
+    that a few steps pushed outside its range still gets a gradient and can come back (a plain clamp has none)."""
+    return x + (x.clamp(low, high) - x).detach()
+
+
 def pad_to_multiple_indexed(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """`ghibligan.models.layers.pad_to_multiple` as index gathers, with no Python branch on the size (so
     `torch.export` keeps the height and width dynamic): the same values, padding by 0 included.
@@ -515,9 +521,7 @@ class LevelQuantizer(nn.Module):
             strength = strength.float().clamp(0, 1)[:, None]  # (B, 1), as the tables' rows
         else:
             strength = self.STRENGTH_RATE * self.raw_strength(style).float()
-            # in [0, 1], with a straight-through gradient outside it: a style whose strength a few steps pushed
-            # below 0 can still come back (a plain clamp has no gradient there)
-            strength = strength + (strength.clamp(0, 1) - strength).detach()
+            strength = straight_through_clamp(strength, 0, 1)
         values = (step, self.offset(style).float(), softness, strength)
         return tuple(v.to(dtype)[:, :, None, None] for v in values)
 
@@ -616,7 +620,7 @@ class LumaDespeckle(nn.Module):
         """Each image's strength, (B,) float32 in [0, 1] (a straight-through clamp, so a style pushed outside can
         come back)."""
         strength = self.STRENGTH_RATE * self.raw_strength(style).float()[:, 0]
-        return strength + (strength.clamp(0, 1) - strength).detach()
+        return straight_through_clamp(strength, 0, 1)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """``inplace``: the CPU kernel may write into ``x`` (a tensor the caller owns and no longer needs)."""
@@ -885,7 +889,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if self.surface_gate is None:
             return torch.ones(style.shape, device=style.device)
         share = self.SURFACE_GATE_RATE * self.surface_gate(style).float()[:, 0]
-        return share + (share.clamp(0, 2) - share).detach()
+        return straight_through_clamp(share, 0, 2)
 
     @property
     def surface_upsampler(self) -> nn.Module:
