@@ -153,18 +153,16 @@ def report_reproducibility(teacher_spec: str, rows, target_column: str, sigma: f
     return ceiling
 
 
-def parse_posterize(values: list[str] | None) -> dict[str, float]:
-    """``["toon=1", "painterly=0.9"]`` → ``{"toon": 1.0, "painterly": 0.9}``, each strength in [0, 1]."""
-    strengths = {}
-    for value in values or []:
-        style, _, strength = value.partition("=")
-        try:
-            strengths[style] = float(strength)
-        except ValueError:
-            raise SystemExit(f"--posterize: expected STYLE=STRENGTH such as toon=1, got {value!r}") from None
-        if not style or not 0 <= strengths[style] <= 1:
-            raise SystemExit(f"--posterize: expected STYLE=STRENGTH with a strength in [0, 1], got {value!r}")
-    return strengths
+def posterize_item(value: str) -> tuple[str, float]:
+    """One ``--posterize`` value, ``"toon=1"`` → ``("toon", 1.0)``, the strength in [0, 1] (argparse's ``type``)."""
+    style, _, strength = value.partition("=")
+    try:
+        number = float(strength)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STYLE=STRENGTH such as toon=1, got {value!r}") from None
+    if not style or not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected STYLE=STRENGTH with a strength in [0, 1], got {value!r}")
+    return style, number
 
 
 def load_styles_generator(model: str, posterize: dict[str, float] | None = None):
@@ -221,7 +219,8 @@ def main() -> None:
     parser.add_argument(
         "--posterize",
         nargs="+",
-        default=None,
+        type=posterize_item,
+        default=[],
         metavar="STYLE=STRENGTH",
         help="a style-conditioned model: set these styles' posterizer strengths (0-1) before evaluating and exporting, "
         "e.g. toon=1 painterly=1 (their teachers' levels are hard; training settles at part strength)",
@@ -237,7 +236,7 @@ def main() -> None:
     styles = (
         json.loads((Path(args.model) / "config.json").read_text()).get("styles") if Path(args.model).is_dir() else None
     )
-    posterize = parse_posterize(args.posterize)
+    posterize = args.posterize = dict(args.posterize)  # {style: strength}, for the evaluation and the export
     if posterize and not (styles and len(styles) > 1):
         parser.error("--posterize needs a style-conditioned model (styles in its config.json)")
     if styles and len(styles) > 1:
@@ -305,7 +304,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    posterize = parse_posterize(args.posterize)
+    posterize = args.posterize
     generator = load_styles_generator(args.model, posterize)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = json.loads((Path(args.model) / "config.json").read_text())
