@@ -988,7 +988,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             surface_low = self.flattener(surface_low.to(compute), style)
         if self.surface_gate is not None:  # as much of the network's surface as the style wants, the photo's elsewhere
             share = self.surface_share(style).to(compute)[:, None, None, None]
-            surface_low = photo_low + share * (surface_low.to(compute) - photo_low)
+            surface_low = torch.lerp(photo_low, surface_low.to(compute), share)  # one pass: photo + g·(surface − photo)
         if fused:  # steps 3-5 below in one pass over the image
             surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
             if self.level_space == "lab":  # L*a*b* out of the kernel: the median of L*, then RGB, in place
