@@ -6,7 +6,11 @@ Designed from the non-photorealistic rendering literature rather than from lumin
    bilateral pass) removes texture and keeps object edges;
 2. **regions** — graph-based segmentation (Felzenszwalb & Huttenlocher 2004, ``cv2.ximgproc.segmentation``) of the
    smoothed image: regions follow objects, and each region is painted with its mean colour (Lab), corners rounded by a
-   median filter, so there are no speckles and no dark blotches;
+   median filter, so there are no speckles and no dark blotches. The segmentation's greedy merges flip with a change
+   of one grey level (the bokeh behind a butterfly becomes another patchwork), so ``region_runs`` segmentations, each
+   of the smoothed image plus a fixed, seeded noise of ``region_jitter`` grey levels, are painted and averaged: the
+   borders every run agrees on (object edges) stay crisp, the ones a grey level moves become a blend, the same on every
+   copy of the photo;
 3. **cel shading** — inside each region, pixels whose mean-shifted lightness is clearly below the region's get *one*
    soft shadow tone, a little cooler (``shading_keep`` can add back a share of the in-region gradient);
 4. **painted skies** — regions where the photo itself is mostly a smooth gradient (a sky, a blurred background) are
@@ -18,7 +22,7 @@ Designed from the non-photorealistic rendering literature rather than from lumin
    threshold): it only sees region contours, never the photo's texture; pieces shorter than ``ink_min_length`` go.
 
 The regions are computed at ``work_side`` pixels at most and the painted image upsampled, so a 1024-px photo costs
-about the same as a 512-px one. Everything is deterministic (no random seeds involved).
+about the same as a 512-px one. Everything is deterministic (the segmentations' noise has fixed seeds).
 
     >>> from ghibligan.teachers import make_teacher
     >>> cartoon = make_teacher("toon:ghibli")(Image.open("photo.jpg"))
@@ -26,6 +30,7 @@ about the same as a 512-px one. Everything is deterministic (no random seeds inv
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -41,6 +46,8 @@ class GhibliConfig:
     mean_shift_color: float = 24.0  # mean-shift colour window (0-255)
     region_scale: float = 200.0  # Felzenszwalb's k: larger = bigger regions
     region_min_size: int = 40  # smallest region in pixels at 512 px (scaled with the area)
+    region_runs: int = 8  # segmentations averaged (1: one segmentation, whose borders move with noise)
+    region_jitter: float = 4.0  # σ in grey levels of the fixed, seeded noise each run after the first segments
     gradient_slope: float = 0.3  # where the photo's L* changes slower than this per pixel, keep its gradient; 0 = off
     shading_keep: float = 0.0  # share of the within-region lightness variation kept (0: flat regions + shadow tone)
     shadow_depth: float = 7.0  # L* drop of the one shadow tone
@@ -61,6 +68,8 @@ class GhibliConfig:
             raise ValueError(
                 f"GhibliConfig: work_side >= 64, mean_shift_radius >= 1, region_scale > 0, region_min_size >= 1: {self}"
             )
+        if not 1 <= self.region_runs <= 64 or not 0 <= self.region_jitter <= 32:
+            raise ValueError(f"GhibliConfig: region_runs must be in [1, 64] and region_jitter in [0, 32]: {self}")
         if not 0 <= self.ink_strength <= 1 or not 0 <= self.shading_keep <= 1 or not 0 <= self.shadow_lift <= 1:
             raise ValueError(f"GhibliConfig: ink_strength, shading_keep and shadow_lift must be in [0, 1]: {self}")
 
@@ -77,21 +86,41 @@ def _surface(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     return cv2.pyrMeanShiftFiltering(smoothed, config.mean_shift_radius, config.mean_shift_color, maxLevel=1)
 
 
-def _regions(smoothed: np.ndarray, config: GhibliConfig) -> np.ndarray:
-    """Felzenszwalb-Huttenlocher segmentation: int32 labels (H, W), 0..N-1."""
+def _regions(smoothed: np.ndarray, config: GhibliConfig) -> list[np.ndarray]:
+    """Felzenszwalb-Huttenlocher segmentations, ``config.region_runs`` of them: int32 labels (H, W), 0..N-1 each. The
+    first is of ``smoothed`` itself, the others of ``smoothed`` plus Gaussian noise of ``region_jitter`` grey levels,
+    seeded by the run's index, so the teacher stays a deterministic function of the photo. The runs share OpenCV's
+    threads (it releases the GIL while it segments): 2x faster on 2 cores, the same labels."""
     area_scale = smoothed.shape[0] * smoothed.shape[1] / (512 * 384)
-    segmenter = cv2.ximgproc.segmentation.createGraphSegmentation(
-        sigma=0.5, k=config.region_scale, min_size=max(1, round(config.region_min_size * area_scale))
-    )
-    return segmenter.processImage(smoothed)
+    min_size = max(1, round(config.region_min_size * area_scale))
+
+    def segment(run: int) -> np.ndarray:
+        image = smoothed
+        if run:
+            noise = np.random.default_rng(run).normal(0.0, config.region_jitter, smoothed.shape)
+            image = np.clip(smoothed + noise, 0, 255).round().astype(np.uint8)
+        segmenter = cv2.ximgproc.segmentation.createGraphSegmentation(
+            sigma=0.5, k=config.region_scale, min_size=min_size
+        )
+        return segmenter.processImage(image)
+
+    workers = min(config.region_runs, max(1, cv2.getNumThreads()))
+    if workers == 1:
+        return [segment(run) for run in range(config.region_runs)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(segment, range(config.region_runs)))
 
 
-def _region_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each pixel replaced by the mean of its region, per channel: (H, W, C) float32."""
-    flat = labels.ravel()
-    count = np.maximum(np.bincount(flat), 1)
-    means = np.stack([np.bincount(flat, values[..., c].ravel()) / count for c in range(values.shape[2])], -1)
-    return means[labels].astype(np.float32)
+def _region_means(values: np.ndarray, labelings: list[np.ndarray]) -> np.ndarray:
+    """Each pixel replaced by the mean of its region, per channel, averaged over the segmentations: (H, W, C)
+    float32."""
+    total = np.zeros(values.shape, np.float64)
+    for labels in labelings:
+        flat = labels.ravel()
+        count = np.maximum(np.bincount(flat), 1)
+        means = np.stack([np.bincount(flat, values[..., c].ravel()) / count for c in range(values.shape[2])], -1)
+        total += means[labels]
+    return (total / len(labelings)).astype(np.float32)
 
 
 def _gradient_weight(smooth_lab: np.ndarray, config: GhibliConfig) -> np.ndarray:
@@ -155,13 +184,13 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     work = rgb if scale == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
-    labels = _regions(smoothed, config)
-    flat_lab = cv2.medianBlur(_region_means(lab, labels), 5)  # rounded corners, no speckles
+    labelings = _regions(smoothed, config)
+    flat_lab = cv2.medianBlur(_region_means(lab, labelings), 5)  # rounded corners, no speckles
     shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)
     gentle = cv2.cvtColor(cv2.bilateralFilter(work, 9, 30, 6).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
     # 1 where the photo is a smooth gradient (a sky), 0 near edges; decided per region, so a region is painted either
     # as a gradient or flat and the switch happens on its border, not as a halo around the objects next to it
-    region_weight = _region_means(_gradient_weight(gentle, config), labels)
+    region_weight = _region_means(_gradient_weight(gentle, config), labelings)
     weight = cv2.medianBlur(_smoothstep(2 * region_weight - 0.5), 5)[..., None]
     painted_lab = flat_lab + weight * (gentle - flat_lab)
     shading, shadow = shading * (1 - weight[..., 0]), shadow * (1 - weight[..., 0])  # gradients get no cel shadow
