@@ -6,7 +6,7 @@
 # sharper borders, toon's ink lines), no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the
 # discriminator stayed at chance, docs/experiments.md). The preset's posterizer (levels=6, in L*) starts each style at
 # its targets' own levels, estimated before training (toon 5.00, painterly 7.00, ghibli none), and each style's detail
-# weight at its targets' share of the smoothed photo's fine structure (ghibli 0.26, toon 0.60, painterly 1.00).
+# weight at its targets' share of the smoothed photo's fine structure (ghibli 0.19, toon 0.47, painterly 0.92).
 # The tone head starts as the identity (--tone_head_init_steps 0): fitted pixel by pixel from the raw photo to the
 # targets it learns the teachers' levels as a smeared staircase, which the posterizer after it then cuts a second time
 # (toon lost 5 points to that start, docs/experiments.md, session 15). A per-style gate (--preset guided's
