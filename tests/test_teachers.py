@@ -68,8 +68,8 @@ def test_ghibli_is_stable_under_noise_below_one_grey_level():
     """One graph segmentation moves its region borders, and with them region colours, with noise nobody can see; the
     teacher averages several, so a re-saved or re-scanned copy of a photo gets the same picture."""
 
-    def reproduced(config, photo, seed):  # share of the photo → teacher error that the teacher's own output on
-        noisy = photo + np.random.default_rng(seed).normal(0, 0.5, photo.shape)  # a noisy copy keeps
+    def reproduced(config, photo, seed):  # share of the photo → teacher error kept by the teacher on a noisy copy
+        noisy = photo + np.random.default_rng(seed).normal(0, 0.5, photo.shape)
         clean = render(photo, config).astype(float)
         again = render(np.clip(noisy, 0, 255).round().astype(np.uint8), config).astype(float)
         return 1 - ((clean - again) ** 2).mean() / ((photo - clean) ** 2).mean()

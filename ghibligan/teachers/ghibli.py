@@ -184,14 +184,14 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     work = rgb if scale == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
-    labelings = _regions(smoothed, config)
-    flat_lab = cv2.medianBlur(_region_means(lab, labelings), 5)  # rounded corners, no speckles
-    shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)
     gentle = cv2.cvtColor(cv2.bilateralFilter(work, 9, 30, 6).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
-    # 1 where the photo is a smooth gradient (a sky), 0 near edges; decided per region, so a region is painted either
-    # as a gradient or flat and the switch happens on its border, not as a halo around the objects next to it
-    region_weight = _region_means(_gradient_weight(gentle, config), labelings)
-    weight = cv2.medianBlur(_smoothstep(2 * region_weight - 0.5), 5)[..., None]
+    # the colours, and the weight that is 1 where the photo is a smooth gradient (a sky), 0 near edges, in one pass over
+    # the segmentations: decided per region, a region is painted either as a gradient or flat and the switch happens on
+    # its border, not as a halo around the objects next to it
+    means = _region_means(np.dstack([lab, _gradient_weight(gentle, config)]), _regions(smoothed, config))
+    flat_lab = cv2.medianBlur(np.ascontiguousarray(means[..., :3]), 5)  # rounded corners, no speckles
+    shading, shadow = _cel_shade(lab[..., 0], flat_lab, config)
+    weight = cv2.medianBlur(_smoothstep(2 * means[..., 3] - 0.5), 5)[..., None]
     painted_lab = flat_lab + weight * (gentle - flat_lab)
     shading, shadow = shading * (1 - weight[..., 0]), shadow * (1 - weight[..., 0])  # gradients get no cel shadow
     graded = _grade(np.dstack([painted_lab[..., 0] + shading, painted_lab[..., 1:]]), shadow, config)
