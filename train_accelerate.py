@@ -91,8 +91,9 @@ GENERATOR_SHORTHANDS = {"unet": "unet_256", "resnet": "cartoongan_resnet"}
 GENERATOR_OVERRIDES = (
     "ngf", "num_downs", "norm", "dropout", "innermost_kernel", "attention_heads", "up_activation", "upsample",
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
-    "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "photo_detail",
-    "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing", "smoothing_eps", "surface_gate",
+    "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "flatten_dilations",
+    "photo_detail", "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing", "smoothing_eps",
+    "surface_gate",
 )  # fmt: skip
 
 
@@ -272,6 +273,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="guided: window radius of each flattening pass, at low resolution (2): how far a pass reaches.",
+    )
+    model.add_argument(
+        "--flatten_dilations",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="D",
+        help="guided: after the flattening passes, one 3x3 pass per value with taps D low-resolution pixels apart "
+        "(a-trous, e.g. 2 4 8: regions as wide as the teacher's, 8 neighbours a pass); give no value for none.",
     )
     model.add_argument(
         "--levels",

@@ -44,12 +44,23 @@ def test_exp_is_accurate_where_weights_matter():
 
 
 @pytest.mark.parametrize(
-    "size, radius, iterations", [((37, 81), 2, 3), ((5, 7), 3, 2), ((1, 1), 1, 1), ((64, 9), 4, 1)]
+    "size, radius, iterations, dilations",
+    [
+        ((37, 81), 2, 3, ()),
+        ((5, 7), 3, 2, ()),
+        ((1, 1), 1, 1, ()),
+        ((64, 9), 4, 1, ()),
+        ((37, 81), 2, 3, (2, 4, 8)),
+        ((6, 11), 1, 0, (3, 16)),  # taps beyond the image: replicated borders
+        ((1, 1), 2, 1, (2,)),
+    ],
 )
-def test_flattener_kernel_equals_torch_path(size, radius, iterations):
-    flattener = RegionFlattener(num_styles=2, iterations=iterations, radius=radius).eval()
+def test_flattener_kernel_equals_torch_path(size, radius, iterations, dilations):
+    flattener = RegionFlattener(num_styles=2, iterations=iterations, radius=radius, dilations=dilations).eval()
     with torch.no_grad():
         flattener.log_sigma.weight.copy_(torch.tensor([[-2.5], [-1.0]]))  # σ 0.08 (edges kept) and 0.37 (blurs)
+        if dilations:
+            flattener.log_sigma_dilated.weight.copy_(torch.tensor([[-1.5], [-2.0]]))
     x = torch.rand(2, 3, *size) * 2 - 1
     style = torch.tensor([1, 0])
     fused, reference = both_paths(lambda: flattener(x, style))

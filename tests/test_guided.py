@@ -167,6 +167,10 @@ def test_bad_style_index_errors(style, message):
         ({"upsampler": "bicubic"}, "upsampler"),
         ({"photo_detail": 1}, "photo_detail"),
         ({"flatten_iterations": -1}, "flatten_iterations"),
+        ({"flatten_dilations": [0]}, "flatten_dilations"),
+        ({"flatten_dilations": [2] * 9}, "flatten_dilations"),
+        ({"flatten_dilations": "248"}, "flatten_dilations"),
+        ({"flatten_dilations": [2.0]}, "flatten_dilations"),
         ({"levels": -1}, "levels"),
         ({"levels": 2.5}, "levels"),
         ({"upsampler": "joint_bilateral", "range_sigma": float("nan")}, "range_sigma"),
@@ -331,6 +335,25 @@ def test_region_flattener_sigma_is_per_style_and_learns():
     assert flattener.log_sigma.weight.grad[0, 0] < 0
 
 
+def test_dilated_flattening_passes_reach_across_a_wide_region_and_keep_its_border():
+    """A region 40 pixels wide, shaded in waves 32 pixels long: three 5x5 passes leave most of the shading (they reach
+    6 pixels), dilated 3x3 passes (2, 4, 8, 16) on top flatten it, and the step to the next region stays a step. With
+    their own σ at ~0 a style gets the plain passes' result."""
+    shading = -0.4 + 0.05 * torch.sin(2 * math.pi * torch.arange(40.0) / 32)
+    image = torch.cat([shading.expand(1, 3, 24, 40), torch.full((1, 3, 24, 20), 0.8)], dim=-1)  # then a bright region
+    style = torch.tensor([0])
+    plain = RegionFlattener(num_styles=2, iterations=3, radius=2, sigma=0.1)
+    dilated = RegionFlattener(num_styles=2, iterations=3, radius=2, sigma=0.1, dilations=(2, 4, 8, 16))
+    with torch.no_grad():
+        flat_plain, flat_dilated = plain(image, style), dilated(image, style)
+        region_plain, region_dilated = flat_plain[..., :40], flat_dilated[..., :40]
+        assert region_dilated.std() < 0.3 * region_plain.std() and region_plain.std() > 0.8 * image[..., :40].std()
+        assert (flat_dilated[..., 41:] - 0.8).abs().max() < 1e-3  # nothing leaks across the border
+        assert flat_dilated[..., 41].min() - flat_dilated[..., 38].max() > 0.9
+        dilated.log_sigma_dilated.weight[1] = math.log(1e-3)  # style 1: dilated passes off
+        torch.testing.assert_close(dilated(image, torch.tensor([1])), flat_plain, atol=1e-3, rtol=0)
+
+
 def test_photo_detail_adds_back_the_photos_fine_texture_per_style():
     model = GuidedFilterGenerator(styles=STYLES, upsampler="joint_bilateral", photo_detail=True, tone_channels=0)
     model.eval()
@@ -346,24 +369,33 @@ def test_photo_detail_adds_back_the_photos_fine_texture_per_style():
 def test_region_flattener_equals_the_plain_window_loop():
     """Its half-window computation (each symmetric weight used twice) is the textbook loop over the whole window."""
 
-    def plain(flattener, x, style):
-        height, width, size = x.shape[-2], x.shape[-1], 2 * flattener.radius + 1
-        inv_two_var = (0.5 * torch.exp(-2 * flattener.log_sigma(style)))[:, :, None, None]
-        for _ in range(flattener.iterations):
-            padded = F.pad(x, (flattener.radius,) * 4, mode="replicate")
+    def plain_passes(x, log_sigma, iterations, radius, dilation=1):
+        height, width, pad = x.shape[-2], x.shape[-1], radius * dilation
+        inv_two_var = (0.5 * torch.exp(-2 * log_sigma))[:, :, None, None]
+        for _ in range(iterations):
+            padded = F.pad(x, (pad,) * 4, mode="replicate")
             numerator = denominator = 0
-            for dy, dx in itertools.product(range(size), range(size)):
+            for dy, dx in itertools.product(range(0, 2 * pad + 1, dilation), repeat=2):
                 neighbour = padded[..., dy : dy + height, dx : dx + width]
                 weight = torch.exp(-(neighbour - x).square().sum(1, keepdim=True) * inv_two_var)
                 numerator, denominator = numerator + neighbour * weight, denominator + weight
             x = numerator / denominator
         return x
 
+    def plain(flattener, x, style):
+        x = plain_passes(x, flattener.log_sigma(style), flattener.iterations, flattener.radius)
+        for dilation in flattener.dilations:  # then the 3x3 passes with spread-out taps
+            x = plain_passes(x, flattener.log_sigma_dilated(style), 1, 1, dilation)
+        return x
+
     torch.manual_seed(0)
-    for radius, size in [(1, (9, 13)), (2, (17, 11)), (3, (20, 20)), (2, (3, 4))]:
-        flattener = RegionFlattener(num_styles=2, iterations=2, radius=radius, sigma=0.2)
+    cases = [(1, (9, 13), ()), (2, (17, 11), ()), (3, (20, 20), ()), (2, (3, 4), ()), (2, (23, 30), (2, 4, 8))]
+    for radius, size, dilations in cases:
+        flattener = RegionFlattener(num_styles=2, iterations=2, radius=radius, sigma=0.2, dilations=dilations)
         x, style = torch.rand(2, 3, *size), torch.tensor([0, 1])
         with torch.no_grad():
+            if dilations:
+                flattener.log_sigma_dilated.weight[1] = math.log(0.4)
             torch.testing.assert_close(flattener(x, style), plain(flattener, x, style), atol=1e-5, rtol=0)
 
 
@@ -393,7 +425,7 @@ def test_flattener_and_upsampler_in_slices_of_rows_equal_one_pass(size, scale_fa
     height, width = size
     low_height, low_width = -(-height // scale_factor), -(-width // scale_factor)
     upsampler = JointBilateralUpsampler(scale_factor, sigma=0.2).eval()
-    flattener = RegionFlattener(num_styles=2, iterations=3, radius=2).eval()
+    flattener = RegionFlattener(num_styles=2, iterations=3, radius=2, dilations=(2, 4)).eval()
     guide_low, source_low = torch.rand(2, 3, low_height, low_width), torch.rand(2, 3, low_height, low_width) * 2 - 1
     guide, style = torch.rand(2, 3, height, width), torch.tensor([1, 0])
     upsampler.inference_pixels = flattener.inference_pixels = None

@@ -86,6 +86,8 @@ def test_configs_out_of_bounds_are_refused_with_the_key_and_value(tmp_path, conf
         ({"levels": -3}, r"`levels` = -3 is outside the range"),
         ({"despeckle": 1000}, r"`despeckle` = 1000 is outside the range"),
         ({"photo_smoothing": 10**9}, r"`photo_smoothing` = 1000000000 is outside the range"),
+        ({"flatten_dilations": [10**9]}, r"`flatten_dilations` must be a list of at most 8 integers in \[1, 64\]"),
+        ({"flatten_dilations": [1] * 10**5}, r"`flatten_dilations` must be a list of at most 8"),
     ],
 )
 def test_guided_configs_asking_for_endless_passes_are_refused(tmp_path, config, message):

@@ -206,17 +206,19 @@ def test_target_column_flags_name_styles_and_refuse_what_cannot_train(capsys):
 
 
 def test_guided_model_flags_set_the_generators_config(capsys):
-    """--channels, --num_levels, --num_blocks, --tone_channels, --flatten_radius, --levels (with the older
-    --scale_factor ...) override the guided preset; they are refused for a generator that does not have them."""
+    """--channels, --num_levels, --num_blocks, --tone_channels, --flatten_radius, --flatten_dilations, --levels (with
+    the older --scale_factor ...) override the guided preset; they are refused for a generator that does not have
+    them."""
     base = ["--train_data_dir", "pairs", "--output_dir", "out", "--target_column", "a", "b"]
     flags = {"channels": 4, "num_levels": 2, "num_blocks": 1, "tone_channels": 6, "flatten_radius": 1, "levels": 5}
     flags |= {"photo_smoothing": 2, "smoothing_eps": 0.04}
-    argv = [*base, "--preset", "guided", "--flatten_iterations", "1"]
+    argv = [*base, "--preset", "guided", "--flatten_iterations", "1", "--flatten_dilations", "2", "5"]
     argv += [item for name, value in flags.items() for item in (f"--{name}", str(value))]
     generator, _ = train_script.build_models(train_script.parse_args(argv), Accelerator(cpu=True))
     assert isinstance(generator, GuidedFilterGenerator) and generator.styles == ["a", "b"]
     assert {name: generator.config[name] for name in flags} == flags
     assert generator.tone_head.conv_out.in_channels == 6 and generator.flattener.radius == 1
+    assert generator.config["flatten_dilations"] == [2, 5] and generator.flattener.dilations == (2, 5)
     assert generator.photo_smoother.radius == 2
     assert generator.photo_smoother.eps(torch.tensor([1])).flatten().tolist() == pytest.approx([0.04] * 3)
     assert generator.level_quantizer.log_step.weight.exp().flatten().tolist() == pytest.approx([2 / 5, 2 / 5])

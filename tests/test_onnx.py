@@ -97,6 +97,7 @@ MODELS = {
         upsampler="joint_bilateral",
         flatten_iterations=1,
         flatten_radius=1,
+        flatten_dilations=[2, 3],
         levels=5,
         despeckle=1,
         surface_gate=True,

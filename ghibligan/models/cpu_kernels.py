@@ -232,11 +232,11 @@ if numba is not None:
         return out.reshape(batch, 2 * channels, height, width)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _flatten_kernel(x, minus_inv_two_var, iterations, radius):
-        """`RegionFlattener._flatten`: ``iterations`` passes of the (2r+1)² bilateral mean, replicate borders.
-        x (B, 3, H, W) float32 planar, minus_inv_two_var (B,) → (B, 3, H, W)."""
+    def _flatten_kernel(x, minus_inv_two_var, iterations, radius, dilation):
+        """`RegionFlattener._flatten`: ``iterations`` passes of the (2r+1)² bilateral mean with taps ``dilation`` pixels
+        apart, replicate borders. x (B, 3, H, W) float32 planar, minus_inv_two_var (B,) → (B, 3, H, W)."""
         batch, _, height, width = x.shape
-        r = radius
+        r = radius * dilation  # the farthest tap, and the columns of padding
         current = x
         for _ in range(iterations):
             # columns padded by replication once a pass, so every neighbour's row is a contiguous slice
@@ -258,9 +258,9 @@ if numba is not None:
                 )
                 num0, num1, num2 = c0.copy(), c1.copy(), c2.copy()  # the centre, weight 1
                 den = np.ones(width, np.float32)
-                for dy in range(-r, r + 1):
+                for dy in range(-r, r + 1, dilation):
                     yy = min(max(y + dy, 0), height - 1)
-                    for dx in range(-r, r + 1):
+                    for dx in range(-r, r + 1, dilation):
                         if dy == 0 and dx == 0:
                             continue
                         n0 = padded[b, 0, yy, r + dx : r + dx + width]
@@ -606,9 +606,12 @@ def area_downsample(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(_run(_area_kernel, _numpy(pixels), *size))
 
 
-def flatten(x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:
-    """`RegionFlattener`'s passes: x (B, 3, h, w) float32 on the CPU, ``-1 / 2σ²`` (B,) → (B, 3, h, w) float32."""
-    out = _run(_flatten_kernel, _numpy(x.contiguous()), _numpy(minus_inv_two_var), iterations, radius)
+def flatten(
+    x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int, dilation: int = 1
+) -> torch.Tensor:
+    """`RegionFlattener`'s passes (taps ``dilation`` pixels apart): x (B, 3, h, w) float32 on the CPU, ``-1 / 2σ²``
+    (B,) → (B, 3, h, w) float32."""
+    out = _run(_flatten_kernel, _numpy(x.contiguous()), _numpy(minus_inv_two_var), iterations, radius, dilation)
     return torch.from_numpy(out)
 
 

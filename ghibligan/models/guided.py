@@ -38,6 +38,7 @@ from .layers import check_positive_int, inference_slice_rows, map_row_slices, ro
 
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
 LEVEL_SPACES = ("luma", "lab")  # what `LevelQuantizer` cuts its levels in and `LumaDespeckle` takes the median of
+MAX_FLATTEN_DILATIONS, MAX_FLATTEN_DILATION = 8, 64  # dilated flattening passes, and their tap spacing
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, the luma of `ghibligan.metrics`
 
 
@@ -293,55 +294,93 @@ class RegionFlattener(nn.Module):
     (it averages over where the teacher's borders could be). One learned range σ per style (less flattening for
     styles that keep detail).
 
+    A window's reach costs its area, so regions wider than a few windows stay shaded. ``dilations`` adds, after those
+    passes, one pass of a 3×3 window per entry whose taps are that many pixels apart (the à-trous scheme of the
+    edge-avoiding wavelets, Dammertz et al. 2010): dilations 2, 4, 8 reach 14 pixels further (three passes of radius
+    2 reach 6) for 8 neighbours a pass, and the range weights keep each pass inside its region. These passes have a
+    learned σ per style of their own, so a style that keeps detail can switch them off (σ → 0) and keep the others.
+
     Args:
-        num_styles (`int`): rows of the σ table.
-        iterations (`int`): passes.
-        radius (`int`, *optional*, defaults to 2): window radius.
-        sigma (`float`, *optional*, defaults to 0.1): initial range σ of every style, in [-1, 1] units.
+        num_styles (`int`): rows of the σ tables.
+        iterations (`int`): passes of the (2r+1)² window.
+        radius (`int`, *optional*, defaults to 2): their window radius.
+        sigma (`float`, *optional*, defaults to 0.1): initial range σ of every style (both tables), in [-1, 1] units.
+        dilations (`Sequence[int]`, *optional*, defaults to `()`): tap spacing of each dilated 3×3 pass, in order.
     """
 
-    # at inference, slices of about this many pixels (whole rows, iterations × radius rows of halo) so that the
+    # at inference, slices of about this many pixels (whole rows, with the passes' reach as halo) so that the
     # passes' tensors stay in cache; None: one pass
     inference_pixels: int | None = 65536
 
-    def __init__(self, num_styles: int, iterations: int, radius: int = 2, sigma: float = 0.1):
+    def __init__(
+        self, num_styles: int, iterations: int, radius: int = 2, sigma: float = 0.1, dilations: Sequence[int] = ()
+    ):
         super().__init__()
-        self.iterations, self.radius = iterations, radius
+        self.iterations, self.radius, self.dilations = iterations, radius, tuple(dilations)
         self.log_sigma = nn.Embedding(num_styles, 1)
         nn.init.constant_(self.log_sigma.weight, math.log(sigma))
+        self.log_sigma_dilated = nn.Embedding(num_styles, 1) if self.dilations else None
+        if self.log_sigma_dilated is not None:
+            nn.init.constant_(self.log_sigma_dilated.weight, math.log(sigma))
+
+    @property
+    def reach(self) -> int:
+        """How many pixels away a pixel of the output still depends on."""
+        return self.iterations * self.radius + sum(self.dilations)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()  # planar: the shifted views below are 1.7x slower channels-last (3 channels)
-        # -1 / 2σ², per image: (B, 1, 1, 1)
-        minus_inv_two_var = (-0.5 * torch.exp(-2 * self.log_sigma(style).float())).to(x.dtype)[:, :, None, None]
-        if x.dtype == torch.float32 and cpu_kernels.usable(x, self.log_sigma.weight):  # one loop nest, ~5x faster
-            return cpu_kernels.flatten(x, minus_inv_two_var.flatten(), self.iterations, self.radius)
-        # a pixel after all passes depends on the rows within iterations × radius: that halo keeps the slices exact
-        halo = self.iterations * self.radius
-        return map_row_slices(self, x, lambda part: self._flatten(part, minus_inv_two_var), halo=halo)
 
-    def _flatten(self, x: torch.Tensor, minus_inv_two_var: torch.Tensor) -> torch.Tensor:
-        radius, (height, width) = self.radius, x.shape[-2:]
+        def minus_inv_two_var(log_sigma: nn.Embedding) -> torch.Tensor:  # -1 / 2σ², per image: (B, 1, 1, 1)
+            return (-0.5 * torch.exp(-2 * log_sigma(style).float())).to(x.dtype)[:, :, None, None]
+
+        # (pass count, radius, dilation, -1 / 2σ²) of each run of passes
+        runs = [(self.iterations, self.radius, 1, minus_inv_two_var(self.log_sigma))] if self.iterations else []
+        if self.log_sigma_dilated is not None:
+            dilated = minus_inv_two_var(self.log_sigma_dilated)
+            runs += [(1, 1, dilation, dilated) for dilation in self.dilations]
+        if x.dtype == torch.float32 and cpu_kernels.usable(x, self.log_sigma.weight):  # one loop nest, ~5x faster
+            for iterations, radius, dilation, scale in runs:
+                x = cpu_kernels.flatten(x, scale.flatten(), iterations, radius, dilation)
+            return x
+
+        def passes(part: torch.Tensor) -> torch.Tensor:
+            for iterations, radius, dilation, scale in runs:
+                part = self._flatten(part, scale, iterations, radius, dilation)
+            return part
+
+        # a pixel after all passes depends on the rows within `reach`: that halo keeps the slices exact
+        return map_row_slices(self, x, passes, halo=self.reach)
+
+    @staticmethod
+    def _flatten(
+        x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int, dilation: int = 1
+    ) -> torch.Tensor:
+        pad, (height, width) = radius * dilation, x.shape[-2:]
         # Each weight is symmetric, w(p, p + o) = w(p + o, p): computed once for the half of the window's offsets
         # (dy, dx) > (0, 0) over the padded image, it serves the pixel at p (neighbour p + o) and the one at p + o
-        # (neighbour p). Half the distances and exponentials of a plain loop over the window.
-        half = [(dy, dx) for dy in range(radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) > (0, 0)]
-        for _ in range(self.iterations):
-            padded = F.pad(x, (radius,) * 4, mode="replicate")  # (B, C, H + 2r, W + 2r)
+        # (neighbour p). Half the distances and exponentials of a plain loop over the window. Offsets are multiples of
+        # the dilation, so the padding (the farthest offset) is radius × dilation.
+        half = [
+            (dy * dilation, dx * dilation)
+            for dy in range(radius + 1)
+            for dx in range(-radius, radius + 1)
+            if (dy, dx) > (0, 0)
+        ]
+        for _ in range(iterations):
+            padded = F.pad(x, (pad,) * 4, mode="replicate")  # (B, C, H + 2p, W + 2p)
             numerator, denominator = x.clone(), 1.0  # the centre, weight 1 (numerator accumulates in place)
             for dy, dx in half:
                 left, right = max(0, -dx), max(0, dx)  # columns of q where both q and q + o are in the padded image
-                rows_q, cols_q = slice(0, height + 2 * radius - dy), slice(left, width + 2 * radius - right)
-                rows_o, cols_o = slice(dy, height + 2 * radius), slice(left + dx, width + 2 * radius - right + dx)
+                rows_q, cols_q = slice(0, height + 2 * pad - dy), slice(left, width + 2 * pad - right)
+                rows_o, cols_o = slice(dy, height + 2 * pad), slice(left + dx, width + 2 * pad - right + dx)
                 distance = (padded[..., rows_o, cols_o] - padded[..., rows_q, cols_q]).square().sum(1, keepdim=True)
                 weight = (distance * minus_inv_two_var).exp_()  # (B, 1, ...): w(q, q + o), q from (0, left)
-                # pixel p (padded p + r): neighbour p + o with w(p + r, ...); neighbour p - o with w(p + r - o, ...)
-                forward = weight[..., radius : radius + height, radius - left : radius - left + width]
-                backward = weight[
-                    ..., radius - dy : radius - dy + height, radius - dx - left : radius - dx - left + width
-                ]
-                ahead = padded[..., radius + dy : radius + dy + height, radius + dx : radius + dx + width]
-                behind = padded[..., radius - dy : radius - dy + height, radius - dx : radius - dx + width]
+                # pixel p (padded p + pad): neighbour p + o with w(p + pad, ...); neighbour p - o with w(p + pad - o, .)
+                forward = weight[..., pad : pad + height, pad - left : pad - left + width]
+                backward = weight[..., pad - dy : pad - dy + height, pad - dx - left : pad - dx - left + width]
+                ahead = padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+                behind = padded[..., pad - dy : pad - dy + height, pad - dx : pad - dx + width]
                 # in place: a pass over the image fewer per term, and autograd needs none of the sums' values
                 numerator.addcmul_(forward, ahead).addcmul_(backward, behind)
                 denominator = forward + backward + denominator
@@ -723,6 +762,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         flatten_iterations (`int`, *optional*, defaults to 0): passes of `RegionFlattener` (iterated bilateral
             filtering, one learned range σ per style) on the low-resolution surface; 0 disables it.
         flatten_radius (`int`, *optional*, defaults to 2): its window radius, at low resolution.
+        flatten_dilations (`list[int]`, *optional*, defaults to `[]`): after those passes, one 3×3 pass of
+            `RegionFlattener` per entry with taps that many low-resolution pixels apart (à-trous), a range σ per style
+            of their own: the reach of regions as wide as the teacher's at 8 neighbours a pass (at most 8 entries, each
+            in [1, 64]).
         levels (`int`, *optional*, defaults to 0): initial number of luma levels of a full-resolution
             `LevelQuantizer` after the tone head (each style learns its own step, offset, softness and strength; the
             identity until trained); 0 disables it.
@@ -785,6 +828,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         range_sigma: float = 0.1,
         flatten_iterations: int = 0,
         flatten_radius: int = 2,
+        flatten_dilations: Sequence[int] = (),
         photo_detail: bool = False,
         detail_coring: float = 0.0,
         photo_smoothing: int = 0,
@@ -809,6 +853,19 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         check_positive_int("line_channels", line_channels, minimum=0)
         check_positive_int("flatten_iterations", flatten_iterations, minimum=0)
         check_positive_int("flatten_radius", flatten_radius)
+        if (
+            isinstance(flatten_dilations, (str, bytes))
+            or not isinstance(flatten_dilations, Sequence)
+            or len(flatten_dilations) > MAX_FLATTEN_DILATIONS
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_FLATTEN_DILATION
+                for d in flatten_dilations
+            )
+        ):
+            raise ValueError(
+                f"`flatten_dilations` must be a list of at most {MAX_FLATTEN_DILATIONS} integers in "
+                f"[1, {MAX_FLATTEN_DILATION}], got {flatten_dilations!r}."
+            )
         check_positive_int("levels", levels, minimum=0)
         check_positive_int("despeckle", despeckle, minimum=0)
         check_positive_int("photo_smoothing", photo_smoothing, minimum=0)
@@ -841,7 +898,9 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             nn.init.constant_(self.conv_out.bias[3:], -6.0)
 
         self.flattener = (
-            RegionFlattener(len(self.styles), flatten_iterations, flatten_radius) if flatten_iterations else None
+            RegionFlattener(len(self.styles), flatten_iterations, flatten_radius, dilations=flatten_dilations)
+            if flatten_iterations or flatten_dilations
+            else None
         )
 
         # Full-resolution output stage
