@@ -1,16 +1,17 @@
 # The multi-style guided-filter model's training recipe (ghibli-styles), sourced by train_bundled_model.sh: change the
 # recipe here. One style-conditioned GuidedFilterGenerator (--preset guided: joint bilateral upsampling, 3 flattening
-# passes, per-style detail of the photo smoothed at full resolution by a fast guided filter, a posterizer and a 3x3
-# median in CIE L*) learns three teachers at once; each training sample draws one style (target column);
-# L1 + L1 on image gradients + 0.3 × the gradient-distribution loss (the targets' edge strengths wherever they are:
-# sharper borders, toon's ink lines), no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the
-# discriminator stayed at chance, docs/experiments.md). The preset's posterizer (levels=6, in L*) starts each style at
-# its targets' own levels, estimated before training (toon 5.00, painterly 7.00, ghibli none), and each style's detail
-# weight at its targets' share of the smoothed photo's fine structure (ghibli 0.19, toon 0.47, painterly 0.92).
-# The tone head starts as the identity (--tone_head_init_steps 0): fitted pixel by pixel from the raw photo to the
-# targets it learns the teachers' levels as a smeared staircase, which the posterizer after it then cuts a second time
-# (toon lost 5 points to that start, docs/experiments.md, session 15). A per-style gate (--preset guided's
-# surface_gate) lets toon and painterly keep the photo's own surface where the shared network draws ghibli's plateaus.
+# passes and 6 dilated ones (2, 4, 8, 2, 4, 8: ghibli's flat share 0.75 -> 0.90x its teacher's; session 17), per-style
+# detail of the photo smoothed at full resolution by a fast guided filter, a posterizer and a 3x3 median in CIE L*)
+# learns three teachers at once; each training sample draws one style (target column); L1 + L1 on image gradients + 0.3
+# × the gradient-distribution loss (the targets' edge strengths wherever they are: sharper borders, toon's ink lines),
+# no GAN (a style-aware GAN phase of 300 steps changed nothing measurable: the discriminator stayed at chance,
+# docs/experiments.md). The preset's posterizer (levels=6, in L*) starts each style at its targets' own levels,
+# estimated before training (toon 5.00, painterly 7.00, ghibli none), and each style's detail weight at its targets'
+# share of the smoothed photo's fine structure (ghibli 0.19, toon 0.47, painterly 0.92). The tone head starts as the
+# identity (--tone_head_init_steps 0): fitted pixel by pixel from the raw photo to the targets it learns the teachers'
+# levels as a smeared staircase, which the posterizer after it then cuts a second time (toon lost 5 points to that
+# start, docs/experiments.md, session 15). A per-style gate (--preset guided's surface_gate) lets toon and painterly
+# keep the photo's own surface where the shared network draws ghibli's plateaus.
 STYLES_TEACHERS=(toon:ghibli toon:toon toon:painterly)
 STYLES_COLUMNS=(ghibli toon painterly)
 # At export the posterizing styles take their teachers' full posterizer strength: trained, the posterizer settles at

@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -232,24 +233,33 @@ if numba is not None:
         return out.reshape(batch, 2 * channels, height, width)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _flatten_kernel(x, minus_inv_two_var, iterations, radius, dilation):
-        """`RegionFlattener._flatten`: ``iterations`` passes of the (2r+1)² bilateral mean with taps ``dilation`` pixels
-        apart, replicate borders. x (B, 3, H, W) float32 planar, minus_inv_two_var (B,) → (B, 3, H, W)."""
+    def _flatten_kernel(x, minus_inv_two_var, radii, dilations):
+        """`RegionFlattener._flatten`, every pass in one call: pass ``k`` is the (2r+1)² bilateral mean with
+        ``r = radii[k]`` and taps ``dilations[k]`` pixels apart, ``-1 / 2σ²`` of image ``b`` from
+        ``minus_inv_two_var[k, b]``, replicate borders. x (B, 3, H, W) float32 planar → (B, 3, H, W). Two buffers
+        serve all passes (each pass reads one, writes the other)."""
         batch, _, height, width = x.shape
-        r = radius * dilation  # the farthest tap, and the columns of padding
-        current = x
-        for _ in range(iterations):
-            # columns padded by replication once a pass, so every neighbour's row is a contiguous slice
-            padded = np.empty((batch, 3, height, width + 2 * r), np.float32)
+        reach = 0
+        for k in range(radii.shape[0]):
+            reach = max(reach, radii[k] * dilations[k])
+        # columns padded by replication once a pass, so every neighbour's row is a contiguous slice
+        padded = np.empty((batch, 3, height, width + 2 * reach), np.float32)
+        current, buffers = x, (np.empty_like(x), np.empty_like(x))
+        for k in range(radii.shape[0]):
+            spare = buffers[k % 2]  # never x: the input is the caller's
+            r = radii[k] * dilations[k]  # the farthest tap
+            step = dilations[k]
             for row in prange(batch * height):
                 b, y = row // height, row % height
                 for c in range(3):
-                    for i in range(width + 2 * r):
-                        padded[b, c, y, i] = current[b, c, y, min(max(i - r, 0), width - 1)]
-            out = np.empty((batch, 3, height, width), np.float32)
+                    source, target = current[b, c, y], padded[b, c, y]
+                    target[r : r + width] = source
+                    for i in range(r):
+                        target[i] = source[0]
+                        target[r + width + i] = source[width - 1]
             for row in prange(batch * height):
                 b, y = row // height, row % height
-                scale = np.float32(-minus_inv_two_var[b])  # 1 / 2σ² > 0
+                scale = np.float32(-minus_inv_two_var[k, b])  # 1 / 2σ² > 0
                 # 1-D contiguous slices: LLVM vectorizes loops over those (slices of a 2-D view it does not)
                 c0, c1, c2 = (
                     padded[b, 0, y, r : r + width],
@@ -258,21 +268,22 @@ if numba is not None:
                 )
                 num0, num1, num2 = c0.copy(), c1.copy(), c2.copy()  # the centre, weight 1
                 den = np.ones(width, np.float32)
-                for dy in range(-r, r + 1, dilation):
+                for dy in range(-r, r + 1, step):
                     yy = min(max(y + dy, 0), height - 1)
-                    for dx in range(-r, r + 1, dilation):
+                    for dx in range(-r, r + 1, step):
                         if dy == 0 and dx == 0:
                             continue
                         n0 = padded[b, 0, yy, r + dx : r + dx + width]
                         n1 = padded[b, 1, yy, r + dx : r + dx + width]
                         n2 = padded[b, 2, yy, r + dx : r + dx + width]
                         _add_bilateral(num0, num1, num2, den, c0, c1, c2, n0, n1, n2, n0, n1, n2, scale, _ONE, _ZERO)
+                out0, out1, out2 = spare[b, 0, y], spare[b, 1, y], spare[b, 2, y]
                 for i in range(width):
                     inv = _ONE / den[i]
-                    out[b, 0, y, i] = num0[i] * inv
-                    out[b, 1, y, i] = num1[i] * inv
-                    out[b, 2, y, i] = num2[i] * inv
-            current = out
+                    out0[i] = num0[i] * inv
+                    out1[i] = num1[i] * inv
+                    out2[i] = num2[i] * inv
+            current = spare
         return current
 
     @njit(fastmath=True, inline="always", cache=True)
@@ -606,12 +617,15 @@ def area_downsample(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(_run(_area_kernel, _numpy(pixels), *size))
 
 
-def flatten(
-    x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int, dilation: int = 1
-) -> torch.Tensor:
-    """`RegionFlattener`'s passes (taps ``dilation`` pixels apart): x (B, 3, h, w) float32 on the CPU, ``-1 / 2σ²``
-    (B,) → (B, 3, h, w) float32."""
-    out = _run(_flatten_kernel, _numpy(x.contiguous()), _numpy(minus_inv_two_var), iterations, radius, dilation)
+def flatten(x: torch.Tensor, passes: Sequence[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    """`RegionFlattener`'s passes, each ``(radius, dilation, -1 / 2σ² (B,))``: x (B, 3, h, w) float32 on the CPU →
+    (B, 3, h, w) float32."""
+    if not passes:
+        return x
+    radii = np.array([radius for radius, _, _ in passes], np.int64)
+    dilations = np.array([dilation for _, dilation, _ in passes], np.int64)
+    scales = np.ascontiguousarray(np.stack([_numpy(scale.flatten()) for _, _, scale in passes]))
+    out = _run(_flatten_kernel, _numpy(x.contiguous()), scales, radii, dilations)
     return torch.from_numpy(out)
 
 

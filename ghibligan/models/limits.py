@@ -43,7 +43,8 @@ CONFIG_BOUNDS: dict[str, int] = {
     "tone_channels": 256,
     "line_channels": 256,
     # per-pixel passes over the image: a config could ask for millions of them (time, not memory, so the parameter
-    # count and the activation estimate would not catch it); the bundled model uses 3 passes of radius 2, 6 levels
+    # count and the activation estimate would not catch it); the bundled model uses 3 passes of radius 2 (and 6 dilated
+    # 3x3 passes, `flatten_dilations`, which GuidedFilterGenerator bounds itself), 6 levels
     "flatten_iterations": 16,
     "flatten_radius": 8,
     "levels": 256,

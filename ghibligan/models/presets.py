@@ -73,6 +73,7 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "tone_channels": 16,
             "upsampler": "joint_bilateral",
             "flatten_iterations": 3,
+            "flatten_dilations": [2, 4, 8, 2, 4, 8],
             "photo_detail": True,
             "photo_smoothing": 1,
             "smoothing_eps": 0.003,
@@ -82,8 +83,9 @@ GENERATOR_PRESETS: dict[str, GeneratorPreset] = {
             "surface_gate": True,
         },
         "the bundled three-style model's architecture: a FiLM U-Net at 1/2 resolution, 3 passes of iterated bilateral "
-        "flattening (plateaus), joint bilateral upsampling guided by the photo, per-style detail of the photo smoothed "
-        "at full resolution (a fast guided filter), per-style tone head, "
+        "flattening then 6 dilated ones (plateaus as wide as the teacher's regions), joint bilateral upsampling "
+        "guided by the photo, per-style detail of the photo smoothed at full resolution (a fast guided filter), "
+        "per-style tone head, "
         "a full-resolution posterizer in CIE L* (levels estimated per style from the targets) and 3x3 median of L*, "
         "a per-style gate on the network's surface; "
         "styles ghibli, toon, painterly (the --target_column names replace them)",
