@@ -334,27 +334,25 @@ class RegionFlattener(nn.Module):
         def minus_inv_two_var(log_sigma: nn.Embedding) -> torch.Tensor:  # -1 / 2σ², per image: (B, 1, 1, 1)
             return (-0.5 * torch.exp(-2 * log_sigma(style).float())).to(x.dtype)[:, :, None, None]
 
-        # (pass count, radius, dilation, -1 / 2σ²) of each run of passes
-        runs = [(self.iterations, self.radius, 1, minus_inv_two_var(self.log_sigma))] if self.iterations else []
+        # (radius, dilation, -1 / 2σ²) of each pass: the plain ones, then the dilated 3x3 ones
+        passes = [(self.radius, 1, minus_inv_two_var(self.log_sigma))] * self.iterations
         if self.log_sigma_dilated is not None:
             dilated = minus_inv_two_var(self.log_sigma_dilated)
-            runs += [(1, 1, dilation, dilated) for dilation in self.dilations]
+            passes += [(1, dilation, dilated) for dilation in self.dilations]
         if x.dtype == torch.float32 and cpu_kernels.usable(x, self.log_sigma.weight):  # one loop nest, ~5x faster
-            passes = [(radius, dilation, scale) for count, radius, dilation, scale in runs for _ in range(count)]
             return cpu_kernels.flatten(x, passes)
 
-        def passes(part: torch.Tensor) -> torch.Tensor:
-            for iterations, radius, dilation, scale in runs:
-                part = self._flatten(part, scale, iterations, radius, dilation)
+        def flatten(part: torch.Tensor) -> torch.Tensor:
+            for radius, dilation, scale in passes:
+                part = self._flatten(part, scale, radius, dilation)
             return part
 
         # a pixel after all passes depends on the rows within `reach`: that halo keeps the slices exact
-        return map_row_slices(self, x, passes, halo=self.reach)
+        return map_row_slices(self, x, flatten, halo=self.reach)
 
     @staticmethod
-    def _flatten(
-        x: torch.Tensor, minus_inv_two_var: torch.Tensor, iterations: int, radius: int, dilation: int = 1
-    ) -> torch.Tensor:
+    def _flatten(x: torch.Tensor, minus_inv_two_var: torch.Tensor, radius: int, dilation: int = 1) -> torch.Tensor:
+        """One pass: each pixel the bilateral mean of its (2r+1)² window, taps ``dilation`` pixels apart."""
         pad, (height, width) = radius * dilation, x.shape[-2:]
         # Each weight is symmetric, w(p, p + o) = w(p + o, p): computed once for the half of the window's offsets
         # (dy, dx) > (0, 0) over the padded image, it serves the pixel at p (neighbour p + o) and the one at p + o
@@ -366,25 +364,23 @@ class RegionFlattener(nn.Module):
             for dx in range(-radius, radius + 1)
             if (dy, dx) > (0, 0)
         ]
-        for _ in range(iterations):
-            padded = F.pad(x, (pad,) * 4, mode="replicate")  # (B, C, H + 2p, W + 2p)
-            numerator, denominator = x.clone(), 1.0  # the centre, weight 1 (numerator accumulates in place)
-            for dy, dx in half:
-                left, right = max(0, -dx), max(0, dx)  # columns of q where both q and q + o are in the padded image
-                rows_q, cols_q = slice(0, height + 2 * pad - dy), slice(left, width + 2 * pad - right)
-                rows_o, cols_o = slice(dy, height + 2 * pad), slice(left + dx, width + 2 * pad - right + dx)
-                distance = (padded[..., rows_o, cols_o] - padded[..., rows_q, cols_q]).square().sum(1, keepdim=True)
-                weight = (distance * minus_inv_two_var).exp_()  # (B, 1, ...): w(q, q + o), q from (0, left)
-                # pixel p (padded p + pad): neighbour p + o with w(p + pad, ...); neighbour p - o with w(p + pad - o, .)
-                forward = weight[..., pad : pad + height, pad - left : pad - left + width]
-                backward = weight[..., pad - dy : pad - dy + height, pad - dx - left : pad - dx - left + width]
-                ahead = padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
-                behind = padded[..., pad - dy : pad - dy + height, pad - dx : pad - dx + width]
-                # in place: a pass over the image fewer per term, and autograd needs none of the sums' values
-                numerator.addcmul_(forward, ahead).addcmul_(backward, behind)
-                denominator = forward + backward + denominator
-            x = numerator / denominator
-        return x
+        padded = F.pad(x, (pad,) * 4, mode="replicate")  # (B, C, H + 2p, W + 2p)
+        numerator, denominator = x.clone(), 1.0  # the centre, weight 1 (numerator accumulates in place)
+        for dy, dx in half:
+            left, right = max(0, -dx), max(0, dx)  # columns of q where both q and q + o are in the padded image
+            rows_q, cols_q = slice(0, height + 2 * pad - dy), slice(left, width + 2 * pad - right)
+            rows_o, cols_o = slice(dy, height + 2 * pad), slice(left + dx, width + 2 * pad - right + dx)
+            distance = (padded[..., rows_o, cols_o] - padded[..., rows_q, cols_q]).square().sum(1, keepdim=True)
+            weight = (distance * minus_inv_two_var).exp_()  # (B, 1, ...): w(q, q + o), q from (0, left)
+            # pixel p (padded p + pad): neighbour p + o with w(p + pad, ...); neighbour p - o with w(p + pad - o, .)
+            forward = weight[..., pad : pad + height, pad - left : pad - left + width]
+            backward = weight[..., pad - dy : pad - dy + height, pad - dx - left : pad - dx - left + width]
+            ahead = padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+            behind = padded[..., pad - dy : pad - dy + height, pad - dx : pad - dx + width]
+            # in place: a pass over the image fewer per term, and autograd needs none of the sums' values
+            numerator.addcmul_(forward, ahead).addcmul_(backward, behind)
+            denominator = forward + backward + denominator
+        return numerator / denominator
 
 
 class StyleColorMap(nn.Module):
