@@ -376,6 +376,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(0 = off).",
     )
     loss.add_argument(
+        "--lambda_mse",
+        type=float,
+        default=0.0,
+        help="pix2pix: weight of the squared error to the target (0 = off). Where the target cannot be predicted "
+        "exactly (a region border that could fall on either side), L1 settles for the median of what it could be and "
+        "the squared error for the mean, which is what PSNR and error removed score.",
+    )
+    loss.add_argument(
         "--lambda_adversarial",
         type=float,
         default=1.0,
@@ -489,7 +497,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"several --target_column styles train with --objective pix2pix, not {args.objective}")
     if multi_style and args.paired_layout != "separate":
         parser.error("several --target_column styles need --paired_layout separate")
-    for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial", "lambda_gradient_distribution"):
+    for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial", "lambda_gradient_distribution", "lambda_mse"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):
@@ -599,6 +607,7 @@ def build_objective(args, device: torch.device) -> Objective:
             lambda_gradient=args.lambda_gradient,
             lambda_adversarial=args.lambda_adversarial,
             lambda_gradient_distribution=args.lambda_gradient_distribution,
+            lambda_mse=args.lambda_mse,
             num_styles=style_planes(args),
         )
     try:

@@ -114,6 +114,9 @@ class Pix2PixObjective:
         lambda_gradient (`float`, *optional*, defaults to 0.0): weight of `gradient_loss` (L1 on image gradients).
         lambda_gradient_distribution (`float`, *optional*, defaults to 0.0): weight of `gradient_distribution_loss`
             (the target's distribution of edge strengths, wherever the edges are).
+        lambda_mse (`float`, *optional*, defaults to 0.0): weight of the squared error to the target. Where the
+            target cannot be predicted exactly (a border that may fall on either side), L1 settles for the median of
+            what it could be and the squared error for the mean, which is what PSNR and error removed score.
         lambda_adversarial (`float`, *optional*, defaults to 1.0): weight of the adversarial term; 0 trains no D.
         num_styles (`int`, *optional*, defaults to 0): for multi-style batches (``batch["style"]``), D's condition
             gets this many one-hot style planes after the photo (D then takes ``3 + num_styles`` condition channels).
@@ -124,6 +127,7 @@ class Pix2PixObjective:
     lambda_gradient: float = 0.0
     lambda_adversarial: float = 1.0
     lambda_gradient_distribution: float = 0.0
+    lambda_mse: float = 0.0
     num_styles: int = 0
 
     # How the rest of the run adapts to this objective: D sees the input photo beside the image it judges.
@@ -133,7 +137,13 @@ class Pix2PixObjective:
 
     def __post_init__(self):
         _check_gan_mode(self.gan_mode)
-        for name in ("lambda_l1", "lambda_gradient", "lambda_adversarial", "lambda_gradient_distribution"):
+        for name in (
+            "lambda_l1",
+            "lambda_gradient",
+            "lambda_adversarial",
+            "lambda_gradient_distribution",
+            "lambda_mse",
+        ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
         if not isinstance(self.num_styles, int) or self.num_styles < 0:
@@ -155,6 +165,8 @@ class Pix2PixObjective:
             terms.append(f"λ_gradient = {self.lambda_gradient:g}")
         if self.lambda_gradient_distribution:
             terms.append(f"λ_gradient_distribution = {self.lambda_gradient_distribution:g}")
+        if self.lambda_mse:
+            terms.append(f"λ_MSE = {self.lambda_mse:g}")
         if not self.lambda_adversarial:
             return f"pix2pix without GAN ({', '.join(terms)})"
         if self.lambda_adversarial != 1:
@@ -177,11 +189,15 @@ class Pix2PixObjective:
     def generator_loss(
         self, discriminator: nn.Module, batch: dict[str, torch.Tensor], fake: torch.Tensor, adversarial: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """λ_adv·adversarial(D(photo, G(photo))) + λ·L1(G(photo), target) + λ_grad·L1(∇G(photo), ∇target);
-        ``adversarial=False`` leaves out the first."""
+        """λ_adv·adversarial(D(photo, G(photo))) + λ·L1(G(photo), target) + λ_grad·L1(∇G(photo), ∇target) + the
+        other weighted terms; ``adversarial=False`` leaves out the first."""
         l1 = F.l1_loss(fake.float(), batch["target"].float())
         logs = {"loss_g_l1": l1.detach()}
         loss = self.lambda_l1 * l1
+        if self.lambda_mse:
+            squared = F.mse_loss(fake.float(), batch["target"].float())
+            logs["loss_g_mse"] = squared.detach()
+            loss = loss + self.lambda_mse * squared
         if self.lambda_gradient:
             gradient = gradient_loss(fake, batch["target"])
             logs["loss_g_gradient"] = gradient.detach()

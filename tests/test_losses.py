@@ -162,11 +162,38 @@ def test_the_pix2pix_objective_adds_the_gradient_distribution_term_at_its_weight
     assert "λ_gradient_distribution = 3" in objective.description
 
 
+def test_the_pix2pix_objective_adds_the_squared_error_at_its_weight():
+    target, fake = step_image(edge=16), torch.nn.functional.avg_pool2d(step_image(edge=16), 5, stride=1, padding=2)
+    objective = Pix2PixObjective(lambda_l1=1, lambda_mse=4, lambda_adversarial=0)
+    loss, logs = objective.generator_loss(None, {"input": target, "target": target}, fake, adversarial=False)
+    assert set(logs) == {"loss_g_l1", "loss_g_mse"}
+    assert torch.isclose(logs["loss_g_mse"], ((fake - target) ** 2).mean())
+    assert torch.isclose(loss, logs["loss_g_l1"] + 4 * logs["loss_g_mse"])
+    assert "λ_MSE = 4" in objective.description
+
+
+@pytest.mark.parametrize("weights, expected", [({"lambda_l1": 1}, -1.0), ({"lambda_l1": 0, "lambda_mse": 1}, -0.2)])
+def test_l1_fits_the_median_of_an_unpredictable_target_and_the_squared_error_its_mean(weights, expected):
+    """A border that falls on either side: 60 % of the targets are -1 and 40 % are +1 for the same input. The constant
+    L1 settles for is the median (-1), the one the squared error (and PSNR) prefers the mean (-0.2)."""
+    target = torch.cat([torch.full((1, 3, 6, 10), -1.0), torch.full((1, 3, 4, 10), 1.0)], dim=2)
+    value = torch.zeros(1, requires_grad=True)
+    objective = Pix2PixObjective(lambda_adversarial=0, **weights)
+    optimizer = torch.optim.Adam([value], lr=0.02)
+    for _ in range(300):
+        optimizer.zero_grad()
+        fake = value.view(1, 1, 1, 1).expand_as(target)
+        objective.generator_loss(None, {"input": target, "target": target}, fake, adversarial=False)[0].backward()
+        optimizer.step()
+    assert abs(value.item() - expected) < 0.05
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda: Pix2PixObjective(gan_mode="wgan"), "`gan_mode` must be one of"),
         (lambda: Pix2PixObjective(lambda_gradient_distribution=-1), "`lambda_gradient_distribution` must be >= 0"),
+        (lambda: Pix2PixObjective(lambda_mse=float("nan")), "`lambda_mse` must be >= 0"),
         (lambda: CartoonGANObjective(vgg=nn.Identity(), init_steps=-1), "`init_steps` must be >= 0"),
     ],
 )

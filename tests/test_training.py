@@ -181,6 +181,7 @@ def test_the_bundled_models_recipes_are_flags_the_script_takes(recipe, arrays):
         (["--pretrained_model_name_or_path", "ckpt", "--ngf", "8"], "leave out --ngf"),
         (["--init_steps", "10"], "add --objective cartoongan"),
         (["--lambda_gradient_distribution", "-1"], "--lambda_gradient_distribution must be >= 0"),
+        (["--lambda_mse", "-0.5"], "--lambda_mse must be >= 0"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_flag_and_what_to_do(argv, message, capsys):
