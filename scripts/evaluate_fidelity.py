@@ -153,8 +153,9 @@ def report_reproducibility(teacher_spec: str, rows, target_column: str, sigma: f
     return ceiling
 
 
-def posterize_item(value: str) -> tuple[str, float]:
-    """One ``--posterize`` value, ``"toon=1"`` → ``("toon", 1.0)``, the strength in [0, 1] (argparse's ``type``)."""
+def strength_item(value: str) -> tuple[str, float]:
+    """One ``--posterize`` or ``--despeckle`` value, ``"toon=1"`` → ``("toon", 1.0)``, the strength in [0, 1]
+    (argparse's ``type``)."""
     style, _, strength = value.partition("=")
     try:
         number = float(strength)
@@ -165,27 +166,46 @@ def posterize_item(value: str) -> tuple[str, float]:
     return style, number
 
 
-def load_styles_generator(model: str, posterize: dict[str, float] | None = None):
-    """A style-conditioned checkpoint with each ``posterize`` style's posterizer strength set (`set_strength`)."""
+# the export-time strengths: flag → (the generator's module, what it is, the config key that builds it)
+STRENGTHS = {
+    "posterize": ("level_quantizer", "posterizer", "levels"),
+    "despeckle": ("despeckle", "median", "despeckle"),
+}
+
+
+def load_styles_generator(
+    model: str, posterize: dict[str, float] | None = None, despeckle: dict[str, float] | None = None
+):
+    """A style-conditioned checkpoint with each ``posterize`` style's posterizer strength and each ``despeckle``
+    style's median strength set (their modules' `set_strength`)."""
     generator = load_generator(model)
-    for style, strength in (posterize or {}).items():
-        if style not in generator.styles:
-            raise SystemExit(f"--posterize: {model} has no style {style!r} (styles {generator.styles})")
-        if getattr(generator, "level_quantizer", None) is None:
-            raise SystemExit(f"--posterize: {model} has no posterizer (built without `levels`)")
-        generator.level_quantizer.set_strength(generator.styles.index(style), strength)
+    for flag, strengths in (("posterize", posterize), ("despeckle", despeckle)):
+        attribute, what, key = STRENGTHS[flag]
+        for style, strength in (strengths or {}).items():
+            if style not in generator.styles:
+                raise SystemExit(f"--{flag}: {model} has no style {style!r} (styles {generator.styles})")
+            if getattr(generator, attribute, None) is None:
+                raise SystemExit(f"--{flag}: {model} has no {what} (built without `{key}`)")
+            getattr(generator, attribute).set_strength(generator.styles.index(style), strength)
     return generator
 
 
 def evaluate_checkpoint(
-    model: str, dtype: str, rows, style: str | None = None, target_column="target_image", posterize=None
+    model: str,
+    dtype: str,
+    rows,
+    style: str | None = None,
+    target_column="target_image",
+    posterize=None,
+    despeckle=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, its posterizer
-    strengths set by ``posterize``), evaluate it on ``rows`` against ``target_column`` and print the summary."""
+    strengths set by ``posterize`` and its median strengths by ``despeckle``), evaluate it on ``rows`` against
+    ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(model, posterize)
+        generator = load_styles_generator(model, posterize, despeckle)
         cartoonizer = Cartoonizer(StyleSelected(generator, style), device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column)
@@ -219,11 +239,20 @@ def main() -> None:
     parser.add_argument(
         "--posterize",
         nargs="+",
-        type=posterize_item,
+        type=strength_item,
         default=[],
         metavar="STYLE=STRENGTH",
         help="a style-conditioned model: set these styles' posterizer strengths (0-1) before evaluating and exporting, "
         "e.g. toon=1 painterly=1 (their teachers' levels are hard; training settles at part strength)",
+    )
+    parser.add_argument(
+        "--despeckle",
+        nargs="+",
+        type=strength_item,
+        default=[],
+        metavar="STYLE=STRENGTH",
+        help="a style-conditioned model: set these styles' median strengths (0-1) before evaluating and exporting, "
+        "e.g. toon=1 (its teacher medians its levels at full strength; training settles at part strength)",
     )
     args = parser.parse_args()
     if args.teacher_noise and not args.teacher:
@@ -237,12 +266,15 @@ def main() -> None:
         json.loads((Path(args.model) / "config.json").read_text()).get("styles") if Path(args.model).is_dir() else None
     )
     posterize = args.posterize = dict(args.posterize)  # {style: strength}, for the evaluation and the export
-    if posterize and not (styles and len(styles) > 1):
-        parser.error("--posterize needs a style-conditioned model (styles in its config.json)")
+    despeckle = args.despeckle = dict(args.despeckle)
+    for flag, strengths in (("posterize", posterize), ("despeckle", despeckle)):
+        if strengths and not (styles and len(styles) > 1):
+            parser.error(f"--{flag} needs a style-conditioned model (styles in its config.json)")
     if styles and len(styles) > 1:
         metrics = {
             "styles": {
-                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, posterize) for style in styles
+                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, posterize, despeckle)
+                for style in styles
             }
         }
         if args.teacher_noise and args.teacher:
@@ -304,8 +336,8 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    posterize = args.posterize
-    generator = load_styles_generator(args.model, posterize)
+    posterize, despeckle = args.posterize, args.despeckle
+    generator = load_styles_generator(args.model, posterize, despeckle)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = json.loads((Path(args.model) / "config.json").read_text())
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
@@ -328,6 +360,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         else "per-style tone head starting as the identity"
     )
     posterize_note = "".join(f"; `{name}` posterizer set to strength {v:g} at export" for name, v in posterize.items())
+    posterize_note += "".join(f"; `{name}` median set to strength {v:g} at export" for name, v in despeckle.items())
     distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
     distribution_note = (
         f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""

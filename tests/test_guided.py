@@ -569,6 +569,18 @@ def test_despeckle_removes_islands_and_keeps_borders():
     torch.testing.assert_close(out, expected)
 
 
+def test_despeckle_set_strength_fixes_one_style_and_clamps():
+    """At export a style's median can be set to its teacher's full strength; the other styles keep theirs."""
+    despeckle = LumaDespeckle(num_styles=3)
+    with torch.no_grad():
+        despeckle.raw_strength.weight.fill_(0.5 / despeckle.STRENGTH_RATE)  # trained: part strength everywhere
+    despeckle.set_strength(1, 1.0)
+    despeckle.set_strength(2, 7.0)  # clamped to 1
+    torch.testing.assert_close(despeckle.strength(torch.tensor([0, 1, 2])), torch.tensor([0.5, 1.0, 1.0]))
+    despeckle.set_strength(2, -1.0)
+    assert despeckle.strength(torch.tensor([2])).item() == 0.0
+
+
 def test_despeckle_learns_its_strength_and_passes_gradients():
     torch.manual_seed(0)
     clean = torch.full((4, 3, 16, 16), -0.4)

@@ -1,6 +1,7 @@
 """Training: one GAN step per objective in-process, the script's arguments and builders, checkpoints, validation, and
 two real `accelerate launch` runs (DDP on 2 CPU processes with crash-safe resume; CartoonGAN in bf16)."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -15,7 +16,7 @@ from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import save_file
 
-from ghibligan import Cartoonizer, PatchDiscriminator, ResNetGenerator, UNetGenerator
+from ghibligan import Cartoonizer, GuidedFilterGenerator, PatchDiscriminator, ResNetGenerator, UNetGenerator
 from ghibligan.checkpoints import list_checkpoints, resume_candidates, save_checkpoint
 from ghibligan.cli import main as ghibligan_main
 from ghibligan.losses import CartoonGANObjective, Pix2PixObjective
@@ -292,3 +293,29 @@ def test_cartoongan_in_bf16_on_an_imagefolder(tmp_path):
     assert json.loads((out / "discriminator" / "config.json").read_text())["layout"] == "cartoongan"
     assert (out / "validation" / "step-0000004.png").is_file()
     assert all(torch.isfinite(p).all() for p in ResNetGenerator.from_pretrained(out).parameters())
+
+
+def test_export_strengths_set_one_style_and_refuse_what_the_model_lacks(tmp_path):
+    """evaluate_fidelity.py --posterize / --despeckle: each named style's strength is set, the others keep theirs,
+    and a style or a stage the checkpoint does not have is one clear line."""
+    spec = importlib.util.spec_from_file_location("evaluate_fidelity", ROOT / "scripts" / "evaluate_fidelity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    styles = ["ghibli", "toon"]
+    GuidedFilterGenerator(styles=styles, channels=4, num_levels=2, num_blocks=1, levels=5, despeckle=1).save_pretrained(
+        tmp_path / "full"
+    )
+    GuidedFilterGenerator(styles=styles, channels=4, num_levels=2, num_blocks=1).save_pretrained(tmp_path / "bare")
+    generator = script.load_styles_generator(str(tmp_path / "full"), {"toon": 1.0}, {"toon": 1.0})
+    both = torch.tensor([0, 1])
+    torch.testing.assert_close(generator.despeckle.strength(both), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(
+        generator.level_quantizer.parameters_for(both, torch.float32)[3].flatten()[1], torch.tensor(1.0)
+    )
+    with pytest.raises(SystemExit, match=r"--despeckle: .* has no style 'anime'"):
+        script.load_styles_generator(str(tmp_path / "full"), despeckle={"anime": 1.0})
+    with pytest.raises(SystemExit, match=r"--despeckle: .* has no median \(built without `despeckle`\)"):
+        script.load_styles_generator(str(tmp_path / "bare"), despeckle={"toon": 1.0})
+    assert script.strength_item("toon=1") == ("toon", 1.0)
+    with pytest.raises(argparse.ArgumentTypeError):
+        script.strength_item("toon=2")

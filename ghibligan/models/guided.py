@@ -650,6 +650,12 @@ class LumaDespeckle(nn.Module):
         self.raw_strength = nn.Embedding(num_styles, 1)
         nn.init.zeros_(self.raw_strength.weight)
 
+    @torch.no_grad()
+    def set_strength(self, style: int, strength: float) -> None:
+        """Set ``style``'s strength, clamped to [0, 1] (1: the full median), e.g. at export to the strength of a
+        teacher that medians its levels (training settles at part strength, as for the posterizer)."""
+        self.raw_strength.weight[style] = min(max(float(strength), 0.0), 1.0) / self.STRENGTH_RATE
+
     def strength(self, style: torch.Tensor) -> torch.Tensor:
         """Each image's strength, (B,) float32 in [0, 1] (a straight-through clamp, so a style pushed outside can
         come back)."""
