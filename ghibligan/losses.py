@@ -191,11 +191,12 @@ class Pix2PixObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """λ_adv·adversarial(D(photo, G(photo))) + λ·L1(G(photo), target) + λ_grad·L1(∇G(photo), ∇target) + the
         other weighted terms; ``adversarial=False`` leaves out the first."""
-        l1 = F.l1_loss(fake.float(), batch["target"].float())
+        fake32, target32 = fake.float(), batch["target"].float()
+        l1 = F.l1_loss(fake32, target32)
         logs = {"loss_g_l1": l1.detach()}
         loss = self.lambda_l1 * l1
         if self.lambda_mse:
-            squared = F.mse_loss(fake.float(), batch["target"].float())
+            squared = F.mse_loss(fake32, target32)
             logs["loss_g_mse"] = squared.detach()
             loss = loss + self.lambda_mse * squared
         if self.lambda_gradient:

@@ -173,15 +173,13 @@ STRENGTHS = {
 }
 
 
-def load_styles_generator(
-    model: str, posterize: dict[str, float] | None = None, despeckle: dict[str, float] | None = None
-):
-    """A style-conditioned checkpoint with each ``posterize`` style's posterizer strength and each ``despeckle``
-    style's median strength set (their modules' `set_strength`)."""
+def load_styles_generator(model: str, strengths: dict[str, dict[str, float]] | None = None):
+    """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
+    flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`."""
     generator = load_generator(model)
-    for flag, strengths in (("posterize", posterize), ("despeckle", despeckle)):
+    for flag, by_style in (strengths or {}).items():
         attribute, what, key = STRENGTHS[flag]
-        for style, strength in (strengths or {}).items():
+        for style, strength in by_style.items():
             if style not in generator.styles:
                 raise SystemExit(f"--{flag}: {model} has no style {style!r} (styles {generator.styles})")
             if getattr(generator, attribute, None) is None:
@@ -196,16 +194,15 @@ def evaluate_checkpoint(
     rows,
     style: str | None = None,
     target_column="target_image",
-    posterize=None,
-    despeckle=None,
+    strengths=None,
 ) -> dict:
-    """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, its posterizer
-    strengths set by ``posterize`` and its median strengths by ``despeckle``), evaluate it on ``rows`` against
-    ``target_column`` and print the summary."""
+    """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
+    export-time ``strengths`` of `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and
+    print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(model, posterize, despeckle)
+        generator = load_styles_generator(model, strengths)
         cartoonizer = Cartoonizer(StyleSelected(generator, style), device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column)
@@ -265,16 +262,15 @@ def main() -> None:
     styles = (
         json.loads((Path(args.model) / "config.json").read_text()).get("styles") if Path(args.model).is_dir() else None
     )
-    posterize = args.posterize = dict(args.posterize)  # {style: strength}, for the evaluation and the export
-    despeckle = args.despeckle = dict(args.despeckle)
-    for flag, strengths in (("posterize", posterize), ("despeckle", despeckle)):
-        if strengths and not (styles and len(styles) > 1):
+    # {flag: {style: strength}}, for the evaluation and the export
+    strengths = args.strengths = {flag: dict(getattr(args, flag)) for flag in STRENGTHS if getattr(args, flag)}
+    for flag in strengths:
+        if not (styles and len(styles) > 1):
             parser.error(f"--{flag} needs a style-conditioned model (styles in its config.json)")
     if styles and len(styles) > 1:
         metrics = {
             "styles": {
-                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, posterize, despeckle)
-                for style in styles
+                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, strengths) for style in styles
             }
         }
         if args.teacher_noise and args.teacher:
@@ -336,8 +332,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    posterize, despeckle = args.posterize, args.despeckle
-    generator = load_styles_generator(args.model, posterize, despeckle)
+    generator = load_styles_generator(args.model, args.strengths)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = json.loads((Path(args.model) / "config.json").read_text())
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
@@ -359,8 +354,11 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         if head_steps
         else "per-style tone head starting as the identity"
     )
-    posterize_note = "".join(f"; `{name}` posterizer set to strength {v:g} at export" for name, v in posterize.items())
-    posterize_note += "".join(f"; `{name}` median set to strength {v:g} at export" for name, v in despeckle.items())
+    strengths_note = "".join(
+        f"; `{style}` {STRENGTHS[flag][1]} set to strength {value:g} at export"
+        for flag, by_style in args.strengths.items()
+        for style, value in by_style.items()
+    )
     distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
     distribution_note = (
         f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""
@@ -383,7 +381,7 @@ Held-out: {rows["validation"]} photos at 512 px never seen in training ({rows["t
 | generator | `{type(generator).__name__}({architecture})`, {parameters / 1e3:.1f} k parameters |
 | objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients{distribution_note}, no GAN (λ_adversarial = \
 {training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); \
-{head_note}{levels_note}{posterize_note} |
+{head_note}{levels_note}{strengths_note} |
 | steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}

@@ -306,16 +306,18 @@ def test_export_strengths_set_one_style_and_refuse_what_the_model_lacks(tmp_path
         tmp_path / "full"
     )
     GuidedFilterGenerator(styles=styles, channels=4, num_levels=2, num_blocks=1).save_pretrained(tmp_path / "bare")
-    generator = script.load_styles_generator(str(tmp_path / "full"), {"toon": 1.0}, {"toon": 1.0})
+    generator = script.load_styles_generator(
+        str(tmp_path / "full"), {"posterize": {"toon": 1.0}, "despeckle": {"toon": 1.0}}
+    )
     both = torch.tensor([0, 1])
     torch.testing.assert_close(generator.despeckle.strength(both), torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(
         generator.level_quantizer.parameters_for(both, torch.float32)[3].flatten()[1], torch.tensor(1.0)
     )
     with pytest.raises(SystemExit, match=r"--despeckle: .* has no style 'anime'"):
-        script.load_styles_generator(str(tmp_path / "full"), despeckle={"anime": 1.0})
+        script.load_styles_generator(str(tmp_path / "full"), {"despeckle": {"anime": 1.0}})
     with pytest.raises(SystemExit, match=r"--despeckle: .* has no median \(built without `despeckle`\)"):
-        script.load_styles_generator(str(tmp_path / "bare"), despeckle={"toon": 1.0})
+        script.load_styles_generator(str(tmp_path / "bare"), {"despeckle": {"toon": 1.0}})
     assert script.strength_item("toon=1") == ("toon", 1.0)
     with pytest.raises(argparse.ArgumentTypeError):
         script.strength_item("toon=2")
