@@ -43,11 +43,13 @@ def _cartoonize(args: argparse.Namespace) -> int:
     cartoonizer = Cartoonizer.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     cartoonizer.style_index(args.style)  # an unknown style is refused now, with the model's styles, before any work
     cartoonizer.check_posterize(args.posterize)  # so is a posterizer strength the model cannot take
+    cartoonizer.check_work_side(args.work_side)  # and a work side out of range
     report = cartoonize_files(
         cartoonizer,
         jobs,
         style=args.style,
         posterize=args.posterize,
+        work_side=args.work_side,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -240,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a model with a posterizer (the bundled one): how hard its flat luminance levels are, 0 (none) "
         "to 1 (flat levels, sharp borders: a crisper cartoon, less faithful to the teacher); default: the strength the "
         "model learned for the style (toon 0.65, painterly 0.48, ghibli 0)",
+    )
+    cartoonize.add_argument(
+        "--work_side",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="draw photos whose long side is larger than this at this side and upsample the cartoon to their size; 0 "
+        "draws every photo at its own size; default: the model's choice per style (the bundled model draws ghibli "
+        "and toon at 512 px, the size their teachers' look is defined at, painterly at the photo's size)",
     )
     cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     cartoonize.add_argument(

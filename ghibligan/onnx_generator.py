@@ -95,6 +95,7 @@ class OnnxGenerator:
         self.class_name = metadata.get(metadata_key("class_name"), "")
         self.config: dict = json.loads(metadata.get(metadata_key("config"), "{}"))
         self.styles: list[str] | None = json.loads(metadata.get(metadata_key("styles"), "null"))
+        self.work_sides = self.config.get("work_sides")  # the style → long side the pipeline draws at (it checks them)
         inputs = self.session.get_inputs()
         self.input_names = [node.name for node in inputs]
         self.in_channels = int(inputs[0].shape[1]) if isinstance(inputs[0].shape[1], int) else 3

@@ -35,7 +35,7 @@ from .image_io import (
     resize_to_max_side,
 )
 from .models.auto import load_generator
-from .models.guided import GuidedFilterGenerator
+from .models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE, GuidedFilterGenerator, check_work_sides
 from .models.hub import GhibliganHubMixin
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .onnx_generator import OnnxGenerator
@@ -206,6 +206,8 @@ class Cartoonizer:
         if auto_tile_pixels is not None and (not isinstance(auto_tile_pixels, int) or auto_tile_pixels < 1):
             raise ValueError(f"`auto_tile_pixels` must be a positive integer or None, got {auto_tile_pixels!r}.")
         self.generator = generator.eval()
+        # the styles drawn at a fixed long side (the model's config, which may not be trusted: checked here)
+        self.work_sides = check_work_sides(getattr(generator, "work_sides", None), self.styles)
         self.tile_size = tile_size
         self.auto_tile_bytes = auto_tile_bytes
         self.auto_tile_pixels = auto_tile_pixels
@@ -315,6 +317,27 @@ class Cartoonizer:
             f"`style` {style!r} is not one of this model's styles {styles} (a name, or an index from 0 to "
             f"{len(styles) - 1})."
         )
+
+    @staticmethod
+    def check_work_side(work_side: int | None) -> None:
+        """Raise a `ValueError` unless ``work_side`` is None, 0 or a long side in [64, 16384] pixels."""
+        if work_side is not None and (
+            not isinstance(work_side, int) or isinstance(work_side, bool)
+            or (work_side != 0 and not MIN_WORK_SIDE <= work_side <= MAX_WORK_SIDE)
+        ):  # fmt: skip
+            raise ValueError(
+                f"`work_side` must be None (the model's choice for the style), 0 (the photo's own size) or an integer "
+                f"in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}], got {work_side!r}."
+            )
+
+    def work_side(self, style: int | None, work_side: int | None = None) -> int | None:
+        """The long side a photo is drawn at in style index ``style`` (None: the first or only style), or None for
+        the photo's own size: ``work_side`` if given (0: the photo's own size), else the model's `work_sides` entry
+        for the style."""
+        if work_side is not None:
+            return work_side or None
+        styles = self.styles
+        return self.work_sides.get(styles[style or 0]) if styles else None
 
     def check_inputs(
         self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size=None
@@ -509,6 +532,7 @@ class Cartoonizer:
         max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
         tile_batch_size: int | None = None,
         posterize: float | None = None,
+        work_side: int | None = None,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
@@ -535,6 +559,10 @@ class Cartoonizer:
                 one), how hard its luminance levels are, in [0, 1]: 0 none, 1 flat levels with sharp borders (flatter
                 than the teacher, further from it); ``None`` keeps the strength the model learned for the style (the
                 bundled model's `toon` 0.65, `painterly` 0.48, `ghibli` 0).
+            work_side (`int`, *optional*): draw photos whose long side is larger than this at this side and upsample
+                the cartoon (bilinear) to the photo's size. ``None`` (default) takes the model's choice for the style
+                (`work_sides`: the bundled model draws `ghibli` and `toon` at 512 px, the resolution their teachers'
+                look is defined at, and `painterly` at the photo's size), ``0`` draws every photo at its own size.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
@@ -542,7 +570,9 @@ class Cartoonizer:
         """
         self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size)
         self.check_posterize(posterize)
+        self.check_work_side(work_side)
         style_index = self.style_index(style)
+        work_side = self.work_side(style_index, work_side)
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         loaded: list[LoadedImage] = [
@@ -551,15 +581,16 @@ class Cartoonizer:
 
         outputs: list[np.ndarray | None] = [None] * len(loaded)
         pending: dict[tuple[int, int], list[int]] = {}  # size → indices of untiled images, batched together
-        rgbs = [resize_to_max_side(item.rgb, max_side) for item in loaded]
-        tile_sides = [self._tile_side(rgb.height, rgb.width, tile) for rgb in rgbs]
+        rgbs = [resize_to_max_side(item.rgb, max_side) for item in loaded]  # the cartoons' sizes
+        drawn = [resize_to_max_side(rgb, work_side) for rgb in rgbs]  # what the generator sees
+        tile_sides = [self._tile_side(rgb.height, rgb.width, tile) for rgb in drawn]
         fitting: dict[tuple[int, int], int] = {}  # pass shape → how many fit in memory at once; refuse before work
-        for rgb, side in zip(rgbs, tile_sides, strict=True):
+        for rgb, side in zip(drawn, tile_sides, strict=True):
             shape = (min(side, rgb.height), min(side, rgb.width)) if side else (rgb.height, rgb.width)
             fitting[shape] = self._check_memory(*shape, max_activation_bytes)
         progress = tqdm(total=len(loaded), **{"disable": len(loaded) < 2, **self._progress_bar_config})
         tile_batch_size = self._tile_batch_size(tile_batch_size)
-        for index, (rgb, tile_side) in enumerate(zip(rgbs, tile_sides, strict=True)):
+        for index, (rgb, tile_side) in enumerate(zip(drawn, tile_sides, strict=True)):
             width, height = rgb.size
             if tile_side:
                 shape = (min(tile_side, height), min(tile_side, width))
@@ -574,7 +605,7 @@ class Cartoonizer:
             size = min(batch_size, fitting[height, width] or batch_size)
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
-                batch = np.stack([np.asarray(rgbs[i]) for i in chunk])  # (B, H, W, 3) uint8
+                batch = np.stack([np.asarray(drawn[i]) for i in chunk])  # (B, H, W, 3) uint8
                 for i, result in zip(
                     chunk,
                     self.generate_uint8(batch, batch_size=size, style=style_index, posterize=posterize),
@@ -586,6 +617,8 @@ class Cartoonizer:
 
         cartoons = []
         for item, rgb, array in zip(loaded, rgbs, outputs, strict=True):
+            if array.shape[:2] != (rgb.height, rgb.width):  # drawn at the work side: bilinear, as the ghibli teacher
+                array = cv2.resize(array, rgb.size, interpolation=cv2.INTER_LINEAR)
             if smoothing:
                 array = smooth(array, smoothing, smoothing_method)
             cartoon = Image.fromarray(array, "RGB")

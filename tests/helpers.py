@@ -67,7 +67,9 @@ def write_broken_files(folder: Path) -> list[Path]:
 STYLES = ["ghibli", "toon", "painterly"]
 
 
-def save_tiny_style_model(path: Path, styles: list[str] = STYLES, seed: int = 0, scale: float = 0.3) -> Path:
+def save_tiny_style_model(
+    path: Path, styles: list[str] = STYLES, seed: int = 0, scale: float = 0.3, work_sides: dict | None = None
+) -> Path:
     """A tiny `GuidedFilterGenerator` with random weights. Its per-style tables and output layers start at zero (every
     style the same, the output close to the photo); here they are random too, so styles differ."""
     import torch
@@ -75,7 +77,9 @@ def save_tiny_style_model(path: Path, styles: list[str] = STYLES, seed: int = 0,
     from ghibligan.models.guided import GuidedFilterGenerator
 
     torch.manual_seed(seed)
-    model = GuidedFilterGenerator(styles=styles, channels=4, num_levels=2, num_blocks=1, tone_channels=8)
+    model = GuidedFilterGenerator(
+        styles=styles, channels=4, num_levels=2, num_blocks=1, tone_channels=8, work_sides=work_sides
+    )
     with torch.no_grad():
         for parameter in model.parameters():
             if not parameter.any():

@@ -216,3 +216,23 @@ def test_a_posterize_the_model_cannot_take_is_one_line_before_any_work(tmp_path,
     bundled = tmp_path / "bundled.png"
     args = ["cartoonize", str(tmp_path / "photo.jpg"), "-o", str(bundled), "--style", "toon", "--posterize", "1"]
     assert main(args) == 0 and Image.open(bundled).size == (50, 40)
+
+
+def test_work_side_draws_at_that_side_and_a_bad_one_is_one_line(tmp_path, capsys):
+    """--work_side: 0 draws the photo at its own size, N at N px (upsampled back), the default as the model says
+    (the bundled model draws ghibli at 512 px: the same as --work_side 512 on a 600-px photo); out of range, one line
+    and nothing written."""
+    Image.fromarray(photo_like(600, 400)).save(tmp_path / "photo.png")
+    outputs = {}
+    for name, extra in (("default", []), ("512", ["--work_side", "512"]), ("0", ["--work_side", "0"])):
+        out = tmp_path / f"{name}.png"
+        assert main(["cartoonize", str(tmp_path / "photo.png"), "-o", str(out), *extra]) == 0
+        outputs[name] = np.asarray(Image.open(out), dtype=np.int16)
+        assert outputs[name].shape == (400, 600, 3)
+    assert np.array_equal(outputs["default"], outputs["512"])
+    assert np.abs(outputs["default"] - outputs["0"]).mean() > 0.5
+    out = tmp_path / "bad.png"
+    assert main(["cartoonize", str(tmp_path / "photo.png"), "-o", str(out), "--work_side", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ghibligan: error: ") and "`work_side` must be None" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -211,3 +211,89 @@ def test_posterize_needs_a_model_with_a_posterizer(tmp_path, style_dir):
     bare = GuidedFilterGenerator(styles=STYLES, channels=4, num_levels=2, num_blocks=1)
     with pytest.raises(ValueError, match="`posterize` needs a model with a posterizer"):
         bare(torch.zeros(1, 3, 16, 16), posterize=torch.ones(1))
+
+
+@pytest.fixture(scope="module")
+def work_side_dir(tmp_path_factory):
+    return save_tiny_style_model(tmp_path_factory.mktemp("work") / "ckpt", work_sides={"ghibli": 64})
+
+
+def test_a_style_with_a_work_side_is_drawn_there_and_upsampled(work_side_dir):
+    """`work_sides`: a larger photo in that style is drawn at its long side and the cartoon upsampled bilinearly to
+    the photo's size (as the ghibli teacher paints at 512 px); other styles, smaller photos and ``work_side=0`` are
+    drawn at the photo's own size, and ``work_side=N`` draws any style at N."""
+    import cv2
+    from PIL import Image
+
+    pipe = Cartoonizer.from_pretrained(work_side_dir, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.work_sides == {"ghibli": 64} and pipe.work_side(0) == 64 and pipe.work_side(1) is None
+    image = photo_like(160, 120)
+    calls, hook = record_styles(pipe)
+    try:
+        (ghibli,) = pipe(image, style="ghibli")
+        (toon,) = pipe(image, style="toon")
+        (full,) = pipe(image, style="ghibli", work_side=0)
+        (forced,) = pipe(image, style="toon", work_side=80)
+        (small,) = pipe(photo_like(60, 40), style="ghibli")
+        (reduced,) = pipe(image, style="ghibli", max_side=100)
+    finally:
+        hook.remove()
+    shapes = [shape for shape, _ in calls]
+    assert shapes == [(1, 3, 48, 64), (1, 3, 120, 160), (1, 3, 120, 160), (1, 3, 60, 80), (1, 3, 40, 60),
+                      (1, 3, 48, 64)]  # fmt: skip
+    assert {c.size for c in (ghibli, toon, full, forced)} == {(160, 120)}
+    assert small.size == (60, 40) and reduced.size == (100, 75)
+    drawn = pipe(Image.fromarray(image).resize((64, 48), Image.Resampling.LANCZOS), style="ghibli")[0]
+    expected = cv2.resize(np.asarray(drawn), (160, 120), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(np.asarray(ghibli), expected)
+    assert np.abs(as_array(ghibli) - as_array(full)).mean() > 0.5  # drawn at 64 px, not at the photo's size
+
+
+@pytest.mark.parametrize("work_side", [10, 20000, True, 512.0, "512", -1])
+def test_a_bad_work_side_is_refused_before_any_work(work_side_dir, work_side):
+    pipe = Cartoonizer.from_pretrained(work_side_dir, device="cpu", dtype="float32")
+    calls, hook = record_styles(pipe)
+    try:
+        with pytest.raises(ValueError, match=r"`work_side` must be None \(the model's choice for the style\), 0"):
+            pipe(photo_like(32, 32), work_side=work_side)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "work_sides",
+    [{"anime": 512}, {"ghibli": 10}, {"ghibli": 10**6}, {"ghibli": True}, {"ghibli": "512"}, [512], "ghibli=512"],
+)
+def test_a_config_with_bad_work_sides_is_refused(tmp_path, work_side_dir, work_sides):
+    """A config.json is not trusted: `work_sides` must map the model's own styles to sides in [64, 16384]."""
+    import json
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(work_side_dir, hostile)
+    config = json.loads((hostile / "config.json").read_text())
+    (hostile / "config.json").write_text(json.dumps({**config, "work_sides": work_sides}))
+    with pytest.raises(ValueError, match=r"`work_sides` must map some of the styles \['ghibli', 'toon', 'painterly'\]"):
+        Cartoonizer.from_pretrained(hostile, device="cpu")
+
+
+def test_onnx_backend_draws_at_the_models_work_sides(tmp_path, work_side_dir):
+    """The ONNX export carries `work_sides` in its metadata: onnxruntime draws each style where torch does; a
+    hostile value in the metadata is refused when the pipeline is built."""
+    pytest.importorskip("onnxruntime")
+    from ghibligan.onnx_export import export_onnx
+    from ghibligan.onnx_generator import OnnxGenerator
+
+    torch_pipe = Cartoonizer.from_pretrained(work_side_dir, device="cpu", dtype="float32")
+    generator = OnnxGenerator(export_onnx(GuidedFilterGenerator.from_pretrained(work_side_dir), tmp_path))
+    onnx_pipe = Cartoonizer(generator)
+    assert onnx_pipe.work_sides == {"ghibli": 64}
+    image = photo_like(160, 120)
+    for style in ("ghibli", "toon"):
+        expected, got = torch_pipe(image, style=style)[0], onnx_pipe(image, style=style)[0]
+        assert np.abs(as_array(expected) - as_array(got)).max() <= 2, style
+    generator.work_sides = {"ghibli": 8}
+    with pytest.raises(ValueError, match=r"`work_sides` must map"):
+        Cartoonizer(generator)

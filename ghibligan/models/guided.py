@@ -39,6 +39,7 @@ from .layers import check_positive_int, inference_slice_rows, map_row_slices, ro
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
 LEVEL_SPACES = ("luma", "lab")  # what `LevelQuantizer` cuts its levels in and `LumaDespeckle` takes the median of
 MAX_FLATTEN_DILATIONS, MAX_FLATTEN_DILATION = 8, 64  # dilated flattening passes, and their tap spacing
+MIN_WORK_SIDE, MAX_WORK_SIDE = 64, 16384  # bounds of a style's `work_sides` entry (pixels, the photo's long side)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, the luma of `ghibligan.metrics`
 
 
@@ -728,6 +729,23 @@ class FiLMResBlock(nn.Module):
         return x + self.conv2(F.leaky_relu(hidden, 0.2))
 
 
+def check_work_sides(work_sides, styles: Sequence[str]) -> dict[str, int]:
+    """``work_sides`` (None, or ``{style: long side}``) as a dict, or a `ValueError` naming what is wrong: it comes
+    from a config.json, which may not be trusted."""
+    if work_sides is None:
+        return {}
+    if not isinstance(work_sides, dict) or not all(
+        name in styles and isinstance(side, int) and not isinstance(side, bool)
+        and MIN_WORK_SIDE <= side <= MAX_WORK_SIDE
+        for name, side in work_sides.items()
+    ):  # fmt: skip
+        raise ValueError(
+            f"`work_sides` must map some of the styles {list(styles)} to a long side in [{MIN_WORK_SIDE}, "
+            f"{MAX_WORK_SIDE}] pixels, got {str(work_sides)[:200]}."
+        )
+    return dict(work_sides)
+
+
 class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
     r"""Style-conditioned photo → cartoon generator: a network at ``1/scale_factor`` resolution, a trainable guided
     filter that brings its output to full resolution edge-aware by construction (Deep Guided Filter, Wu et al. 2018),
@@ -796,6 +814,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         level_space (`str`, *optional*, defaults to `"luma"`): what the posterizer cuts its levels in and the median
             sorts: `"luma"` (BT.601) or `"lab"` (CIE L*, as the toon teachers cut theirs; the fused CPU kernels convert
             with polynomials, ~1.1x the luma model's time).
+        work_sides (`dict[str, int]`, *optional*): the long side, in pixels, at which a style is drawn, for styles
+            whose teacher draws at a fixed resolution: `Cartoonizer` draws a larger photo in that style at this side and
+            upsamples the cartoon (bilinear) to the photo's size, as the `ghibli` teacher paints its regions at 512 px
+            and upsamples them. A style not named is drawn at the photo's own size. Metadata for the pipeline, like
+            diffusers' ``sample_size``: `forward` does not read it.
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.
@@ -838,6 +861,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         despeckle: int = 0,
         level_space: str = "luma",
         surface_gate: bool = False,
+        work_sides: dict[str, int] | None = None,
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -878,6 +902,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         if level_space not in LEVEL_SPACES:
             raise ValueError(f"`level_space` must be one of {LEVEL_SPACES}, got {level_space!r}.")
         self.styles = list(styles)
+        self.work_sides = check_work_sides(work_sides, self.styles)
         self.scale_factor = scale_factor
         widths = [channels * 2**level for level in range(num_levels + 1)]
 
