@@ -4,8 +4,10 @@ For each model and precision, in one interleaved run (so a shared machine's load
 the bare ``model(x)`` forward on a (1, 3, H, W) tensor, and of PIL in → PIL out (tensor conversion included, one pass,
 no tiling), at 512², 1024² and 3840×2160; and, for the bundled model, the product path ``Cartoonizer(image)``
 with its defaults (``dtype="auto"``; 1024² tiles only where one pass would need over 1 GiB, so the bundled model runs
-3840×2160 in one pass). The bundled model and the Cartoonizer are also timed with their fused CPU kernels off
-(`ghibligan.models.cpu_kernels.disabled()`, the torch path), for the kernels' A/B in the same run. bf16 is measured
+3840×2160 in one pass; its default style, ``ghibli``, is drawn at 512 px and upsampled on larger photos, the model's
+``work_sides``), and the same at the photo's own size (``work_side=0``, as ``painterly`` is drawn). The bundled
+model and the Cartoonizer are also timed with their fused CPU kernels off (`ghibligan.models.cpu_kernels.disabled()`,
+the torch path), for the kernels' A/B in the same run. bf16 is measured
 only where the CPU computes it natively (elsewhere PyTorch emulates it, slower than fp32). The minimum, not the
 median: on a shared machine other processes only ever add time, so the minimum is the least noisy estimate. Read the
 ratios.
@@ -101,6 +103,7 @@ def main() -> None:
                         row["bundled torch-path e2e"] = min_ms(end_to_end_fn(model, image, dtype), repeats)
             if dtype == dtypes[0]:
                 row["Cartoonizer auto"] = min_ms(lambda image=image: pipe(image), repeats)
+                row["Cartoonizer full size"] = min_ms(lambda image=image: pipe(image, work_side=0), repeats)
                 if cpu_kernels.available():
                     with cpu_kernels.disabled():
                         row["Cartoonizer torch path"] = min_ms(lambda image=image: pipe(image), repeats)
@@ -118,16 +121,17 @@ def main() -> None:
     print(
         "| size | dtype | bundled fwd (ms) | "
         + " | ".join(f"{name} PIL→PIL (ms)" for name in names)
-        + " | bundled, torch path (ms) | Cartoonizer (ms) | Cartoonizer, torch path (ms) | unet_256 fp32 / bundled |"
+        + " | bundled, torch path (ms) | Cartoonizer (ms) | Cartoonizer, full size (ms) | Cartoonizer, torch path (ms) "
+        "| unet_256 fp32 / bundled |"
     )
-    print("|---" * (len(names) + 7) + "|")
+    print("|---" * (len(names) + 8) + "|")
     fp32_unet = {r["size"]: r.get("unet_256 e2e") for r in rows if r["dtype"] == "float32"}
     for r in rows:
         ratio = fp32_unet[r["size"]] / r["bundled e2e"] if fp32_unet[r["size"]] else float("nan")
         cells = " | ".join("–" if r.get(f"{name} e2e") is None else f"{r[f'{name} e2e']:.1f}" for name in names)
         extra = " | ".join(
             "–" if r.get(key) is None else f"{r[key]:.1f}"
-            for key in ("bundled torch-path e2e", "Cartoonizer auto", "Cartoonizer torch path")
+            for key in ("bundled torch-path e2e", "Cartoonizer auto", "Cartoonizer full size", "Cartoonizer torch path")
         )
         print(f"| {r['size']} | {r['dtype']} | {r['bundled forward']:.1f} | {cells} | {extra} | {ratio:.1f}× |")
 

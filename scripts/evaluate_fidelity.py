@@ -40,7 +40,6 @@ import pyarrow.parquet as pq
 from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
 from ghibligan.onnx_export import export_onnx
-from ghibligan.training import StyleSelected
 
 
 def pooled_psnr(mean_squared_error: float) -> float:
@@ -55,11 +54,11 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 STRUCTURE = ("flat_share", "gradient_energy_vs_photo", "gradient_energy_vs_teacher", "palette_size", "ink_f_score")
 
 
-def evaluate(cartoonizer: Cartoonizer, rows, target_column: str = "target_image") -> dict:
+def evaluate(cartoonizer: Cartoonizer, rows, target_column: str = "target_image", style: str | None = None) -> dict:
     per_image = []
     for row in rows:
         photo, teacher = np.asarray(row["input_image"].convert("RGB")), np.asarray(row[target_column].convert("RGB"))
-        output = np.asarray(cartoonizer(photo)[0])
+        output = np.asarray(cartoonizer(photo, style=style)[0])
         structure = structure_metrics(output, photo=photo, teacher=teacher)
         per_image.append(
             {
@@ -173,10 +172,28 @@ STRENGTHS = {
 }
 
 
-def load_styles_generator(model: str, strengths: dict[str, dict[str, float]] | None = None):
+def side_item(value: str) -> tuple[str, int]:
+    """One ``--work_side`` value, ``"ghibli=512"`` → ``("ghibli", 512)`` (argparse's ``type``)."""
+    style, _, side = value.partition("=")
+    if not style or not side.isdigit():
+        raise argparse.ArgumentTypeError(f"expected STYLE=SIDE such as ghibli=512, got {value!r}")
+    return style, int(side)
+
+
+def load_styles_generator(
+    model: str, strengths: dict[str, dict[str, float]] | None = None, work_sides: dict[str, int] | None = None
+):
     """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
-    flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`."""
+    flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, and the styles of
+    ``work_sides`` drawn at those long sides (rebuilt with them in its config: they are the pipeline's metadata)."""
     generator = load_generator(model)
+    if work_sides:
+        unknown = sorted(set(work_sides) - set(generator.styles))
+        if unknown:
+            raise SystemExit(f"--work_side: {model} has no style {unknown[0]!r} (styles {generator.styles})")
+        rebuilt = type(generator)(**{**generator.config, "work_sides": {**generator.work_sides, **work_sides}})
+        rebuilt.load_state_dict(generator.state_dict())
+        generator = rebuilt.to(next(generator.parameters()).dtype).eval()
     for flag, by_style in (strengths or {}).items():
         attribute, what, key = STRENGTHS[flag]
         for style, strength in by_style.items():
@@ -195,17 +212,18 @@ def evaluate_checkpoint(
     style: str | None = None,
     target_column="target_image",
     strengths=None,
+    work_sides=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
-    export-time ``strengths`` of `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and
-    print the summary."""
+    export-time ``strengths`` and ``work_sides`` of `load_styles_generator` set), evaluate it on ``rows`` against
+    ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(model, strengths)
-        cartoonizer = Cartoonizer(StyleSelected(generator, style), device="cpu", dtype=dtype)
+        generator = load_styles_generator(model, strengths, work_sides)
+        cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
-    metrics = evaluate(cartoonizer, rows, target_column)
+    metrics = evaluate(cartoonizer, rows, target_column, style)
     report(f"{model} ({style})" if style else model, metrics)
     return metrics
 
@@ -251,7 +269,17 @@ def main() -> None:
         help="a style-conditioned model: set these styles' median strengths (0-1) before evaluating and exporting, "
         "e.g. toon=1 (its teacher medians its levels at full strength; training settles at part strength)",
     )
+    parser.add_argument(
+        "--work_side",
+        nargs="+",
+        type=side_item,
+        default=[],
+        metavar="STYLE=SIDE",
+        help="a style-conditioned model: draw these styles at this long side (px) on larger photos and upsample, as "
+        "the model's `work_sides` (written to the exported config), e.g. ghibli=512 toon=512 (the pairs' --max_side)",
+    )
     args = parser.parse_args()
+    args.work_sides = dict(args.work_side)
     if args.teacher_noise and not args.teacher:
         parser.error("--teacher_noise needs --teacher: the teacher(s) the pairs were made with")
 
@@ -264,13 +292,14 @@ def main() -> None:
     )
     # {flag: {style: strength}}, for the evaluation and the export
     strengths = args.strengths = {flag: dict(getattr(args, flag)) for flag in STRENGTHS if getattr(args, flag)}
-    for flag in strengths:
+    for flag in [*strengths, *(["work_side"] if args.work_sides else [])]:
         if not (styles and len(styles) > 1):
             parser.error(f"--{flag} needs a style-conditioned model (styles in its config.json)")
     if styles and len(styles) > 1:
         metrics = {
             "styles": {
-                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, strengths) for style in styles
+                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, strengths, args.work_sides)
+                for style in styles
             }
         }
         if args.teacher_noise and args.teacher:
@@ -332,7 +361,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    generator = load_styles_generator(args.model, args.strengths)
+    generator = load_styles_generator(args.model, args.strengths, args.work_sides)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = json.loads((Path(args.model) / "config.json").read_text())
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
@@ -359,6 +388,13 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         for flag, by_style in args.strengths.items()
         for style, value in by_style.items()
     )
+    work_note = (
+        "; on larger photos "
+        + ", ".join(f"`{style}` drawn at {side} px" for style, side in generator.work_sides.items())
+        + " and upsampled (`work_sides`)"
+        if generator.work_sides
+        else ""
+    )
     distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
     distribution_note = (
         f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""
@@ -381,7 +417,7 @@ Held-out: {rows["validation"]} photos at 512 px never seen in training ({rows["t
 | generator | `{type(generator).__name__}({architecture})`, {parameters / 1e3:.1f} k parameters |
 | objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients{distribution_note}, no GAN (λ_adversarial = \
 {training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); \
-{head_note}{levels_note}{strengths_note} |
+{head_note}{levels_note}{strengths_note}{work_note} |
 | steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}

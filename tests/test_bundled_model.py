@@ -39,7 +39,11 @@ def test_bundled_model_is_its_preset_and_survives_a_save_round_trip(tmp_path, na
     model = load_generator(path)
     assert type(model) is cls
     preset_config = build_generator(preset, **({"styles": model.styles} if cls is GuidedFilterGenerator else {})).config
-    assert model.config == preset_config  # the preset builds what ships
+    shipped = model.config
+    # the styles drawn at a fixed side on larger photos are chosen at export (scripts/styles_recipe.sh), not by the
+    # preset
+    assert shipped.pop("work_sides", None) == ({"ghibli": 512, "toon": 512} if cls is GuidedFilterGenerator else None)
+    assert shipped == {k: v for k, v in preset_config.items() if k != "work_sides"}  # the preset builds what ships
     stored = load_file(path / "model.safetensors")
     assert set(stored) == set(model.state_dict())
     model.save_pretrained(tmp_path / "again")
@@ -75,6 +79,9 @@ def test_default_cartoonizer_is_the_three_style_model_in_the_auto_dtype():
         assert 1.0 < np.abs(cartoon - photo).mean() < 60.0  # it changes the photo, and does not destroy it
     assert np.abs(cartoons["ghibli"] - cartoons["painterly"]).mean() > 1.0  # the styles differ
     torch.testing.assert_close(np.asarray(cartoonizer(photo)[0], dtype=np.float32), cartoons["ghibli"])  # default
+    # a larger photo: ghibli and toon are drawn at 512 px and upsampled, painterly at the photo's size
+    assert [cartoonizer.work_side(index) for index in range(3)] == [512, 512, None]
+    assert cartoonizer(photo_like(700, 400), style="ghibli")[0].size == (700, 400)
 
 
 def test_cli_cartoonizes_with_the_bundled_model_by_default(tmp_path):

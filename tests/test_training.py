@@ -321,3 +321,28 @@ def test_export_strengths_set_one_style_and_refuse_what_the_model_lacks(tmp_path
     assert script.strength_item("toon=1") == ("toon", 1.0)
     with pytest.raises(argparse.ArgumentTypeError):
         script.strength_item("toon=2")
+
+
+def test_export_work_sides_go_into_the_config_and_keep_the_weights(tmp_path):
+    """evaluate_fidelity.py --work_side ghibli=512: the generator is rebuilt with ``work_sides`` in its config (what
+    the exported config.json and ONNX metadata carry), with the same weights; an unknown style is one clear line."""
+    spec = importlib.util.spec_from_file_location("evaluate_fidelity", ROOT / "scripts" / "evaluate_fidelity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    model = GuidedFilterGenerator(styles=["ghibli", "toon"], channels=4, num_levels=2, num_blocks=1, levels=5)
+    model.save_pretrained(tmp_path / "ckpt")
+    generator = script.load_styles_generator(str(tmp_path / "ckpt"), {"posterize": {"toon": 1.0}}, {"ghibli": 512})
+    assert generator.work_sides == {"ghibli": 512} and generator.config["work_sides"] == {"ghibli": 512}
+    assert not generator.training
+    expected = script.load_styles_generator(str(tmp_path / "ckpt"), {"posterize": {"toon": 1.0}}).state_dict()
+    assert expected.keys() == generator.state_dict().keys()
+    assert all(torch.equal(expected[key], value) for key, value in generator.state_dict().items())
+    generator.save_pretrained(tmp_path / "export")
+    assert GuidedFilterGenerator.from_pretrained(tmp_path / "export").work_sides == {"ghibli": 512}
+    with pytest.raises(SystemExit, match=r"--work_side: .* has no style 'anime'"):
+        script.load_styles_generator(str(tmp_path / "ckpt"), None, {"anime": 512})
+    assert script.side_item("toon=512") == ("toon", 512)
+    for bad in ("toon", "toon=big", "=512", "toon=-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            script.side_item(bad)
