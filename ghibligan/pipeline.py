@@ -449,7 +449,8 @@ class Cartoonizer:
         style: int | None = None,
         posterize: float | None = None,
     ) -> np.ndarray | torch.Tensor:
-        """Cartoonize a stack of equal-sized images, uint8 in and uint8 out, with no PIL on the way.
+        """Cartoonize a stack of equal-sized images, uint8 in and uint8 out, with no PIL on the way. They are drawn at
+        their own size: the model's `work_sides` are `__call__`'s.
 
         Args:
             images (`np.ndarray` or `torch.Tensor`): (B, H, W, 3) uint8 RGB; a tensor may already be on the device.
