@@ -23,6 +23,8 @@ import numpy as np
 ONNX_FILENAME = "model.onnx"
 _HUB_KEYS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
 
+MAX_STYLES = 64  # as `ghibligan.models.limits.MAX_STYLES` (this module does not import torch)
+
 
 def metadata_key(name: str) -> str:
     """Key of a ghibligan entry in the ONNX file's ``metadata_props``."""
@@ -93,8 +95,20 @@ class OnnxGenerator:
             )
         self.size_multiple = int(metadata[metadata_key("size_multiple")])
         self.class_name = metadata.get(metadata_key("class_name"), "")
+        # the file may come from anywhere: its JSON metadata must have the shapes the pipeline reads, or a ValueError
         self.config: dict = json.loads(metadata.get(metadata_key("config"), "{}"))
         self.styles: list[str] | None = json.loads(metadata.get(metadata_key("styles"), "null"))
+        if not isinstance(self.config, dict):
+            raise ValueError(f"{str(self.path)!r}: its {metadata_key('config')} metadata is not a JSON object.")
+        if self.styles is not None and (
+            not isinstance(self.styles, list)
+            or not 0 < len(self.styles) <= MAX_STYLES
+            or not all(isinstance(name, str) and 0 < len(name) <= 64 for name in self.styles)
+        ):
+            raise ValueError(
+                f"{str(self.path)!r}: its {metadata_key('styles')} metadata must be a list of 1 to {MAX_STYLES} style "
+                "names of 1 to 64 characters."
+            )
         self.work_sides = self.config.get("work_sides")  # the style → long side the pipeline draws at (it checks them)
         inputs = self.session.get_inputs()
         self.input_names = [node.name for node in inputs]

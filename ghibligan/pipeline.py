@@ -330,14 +330,16 @@ class Cartoonizer:
                 f"in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}], got {work_side!r}."
             )
 
-    def work_side(self, style: int | None, work_side: int | None = None) -> int | None:
-        """The long side a photo is drawn at in style index ``style`` (None: the first or only style), or None for
-        the photo's own size: ``work_side`` if given (0: the photo's own size), else the model's `work_sides` entry
-        for the style."""
+    def work_side(self, style: str | int | None = None, work_side: int | None = None) -> int | None:
+        """The long side a photo larger than it is drawn at in ``style`` (a name or an index; None: the first or only
+        style), or None for the photo's own size: ``work_side`` if given (0: the photo's own size), else the model's
+        `work_sides` entry for the style. Raises a `ValueError` for an unknown style or a bad ``work_side``."""
+        self.check_work_side(work_side)
+        index = self.style_index(style)
         if work_side is not None:
             return work_side or None
         styles = self.styles
-        return self.work_sides.get(styles[style or 0]) if styles else None
+        return self.work_sides.get(styles[index or 0]) if styles else None
 
     def check_inputs(
         self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size=None
@@ -571,7 +573,6 @@ class Cartoonizer:
         """
         self.check_inputs(max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size)
         self.check_posterize(posterize)
-        self.check_work_side(work_side)
         style_index = self.style_index(style)
         work_side = self.work_side(style_index, work_side)
         single = not isinstance(images, (list, tuple))

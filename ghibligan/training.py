@@ -248,7 +248,9 @@ def lr_lambda(schedule: str, total_steps: int, decay_start: int | None):
 
 class StyleSelected(nn.Module):
     """A style-conditioned generator drawing one style: ``forward(x)`` is ``generator(x, style)`` for every image,
-    so the `Cartoonizer` (which passes images only) can run it.
+    so the `Cartoonizer` (which passes images only) can run it. It has no ``styles``, so the pipeline draws every
+    photo at its own size (the generator's ``work_sides`` are not passed on; give a `Cartoonizer` the generator and
+    ``style=`` for those).
 
     Args:
         generator (`nn.Module`): a generator with ``styles`` and ``style_indices`` (e.g. `GuidedFilterGenerator`).

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
+from ghibligan.models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE
 from ghibligan.onnx_export import export_onnx
 
 
@@ -175,8 +176,10 @@ STRENGTHS = {
 def side_item(value: str) -> tuple[str, int]:
     """One ``--work_side`` value, ``"ghibli=512"`` → ``("ghibli", 512)`` (argparse's ``type``)."""
     style, _, side = value.partition("=")
-    if not style or not side.isdigit():
-        raise argparse.ArgumentTypeError(f"expected STYLE=SIDE such as ghibli=512, got {value!r}")
+    if not style or not side.isdigit() or not MIN_WORK_SIDE <= int(side) <= MAX_WORK_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"expected STYLE=SIDE, a side in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}] px such as ghibli=512, got {value!r}"
+        )
     return style, int(side)
 
 
@@ -363,7 +366,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
     generator = load_styles_generator(args.model, args.strengths, args.work_sides)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
-    config = json.loads((Path(args.model) / "config.json").read_text())
+    config = generator.config  # the checkpoint's, with what the export changes (work_sides)
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
     parameters = sum(p.numel() for p in generator.parameters())
     rows = {

@@ -25,8 +25,8 @@ STYLES_DESPECKLE=(toon=1)
 # Photos larger than the pairs' 512 px are drawn at 512 px in `ghibli` and `toon` and the cartoon upsampled (the model's
 # work_sides): the ghibli teacher paints its regions at 512 px and upsamples them, and drawn at the photo's size the
 # model's features are half the teachers' size in pixels. Against the teachers run on 1024-px photos: ghibli 57.6 ->
-# 71.4 %, toon 59.0 -> 72.6 % of the error removed; painterly keeps the photo's own detail, which 512 px loses (86.5 ->
-# 65.3 %), so it is drawn at the photo's size (session 19).
+# 71.4 %, toon 59.0 -> 72.6 % of the error removed; painterly keeps the photo's own detail, which 512 px loses (86.4 ->
+# 66.4 %), so it is drawn at the photo's size (session 19).
 STYLES_WORK_SIDES=(ghibli=512 toon=512)
 STYLES_LAUNCH=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
     train_accelerate.py)

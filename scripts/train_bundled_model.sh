@@ -60,11 +60,12 @@ than the other styles' do.
 **Larger photos.** These numbers are at 512 px, the size it was trained at. On larger photos the model draws `ghibli`
 and `toon` at 512 px and upsamples the cartoon (`work_sides` in config.json; `work_side=0` draws at the photo's own
 size): the ghibli teacher paints its regions at 512 px itself, and drawn at full size the model's regions and levels
-are half its teachers' size in pixels. Against the teachers run on the same 8 photos at 1024 px, error removed /
-flat share / gradient energy: `ghibli` 71.4 % / 0.95x / 1.11x (57.6 % / 0.95x / 1.58x drawn at full size), `toon`
-72.6 % / 0.88x / 0.88x (59.0 % / 0.90x / 1.28x), `painterly`, drawn at full size as its teacher keeps the photo's own
-detail, 86.5 % / 0.90x / 1.12x. The toon teacher draws contour lines at 1024 px that it drops at 512 px (its texture
-filter is stricter at small sizes); the model, taught at 512 px, draws few of them (ink F-score 0.07 at 1024 px).
+are half its teachers' size in pixels. Against the teachers run on the same 8 photos at 1024 px (`dtype="auto"`),
+error removed / flat share / gradient energy: `ghibli` 71.4 % / 0.95x / 1.11x (57.6 % / 0.95x / 1.59x drawn at full
+size), `toon` 72.6 % / 0.88x / 0.88x (59.0 % / 0.90x / 1.28x), `painterly`, drawn at full size as its teacher keeps
+the photo's own detail, 86.4 % / 0.90x / 1.12x. The toon teacher draws contour lines at 1024 px that it drops at
+512 px (its texture filter is stricter at small sizes); the model, taught at 512 px, draws few of them (ink F-score
+0.06 at 1024 px).
 NOTES_END
     NOTES=${NOTES:-$STYLES_NOTES}
     python scripts/evaluate_fidelity.py --model "$WORK/model" --pairs "$WORK/pairs" --split validation \

@@ -81,7 +81,14 @@ def test_default_cartoonizer_is_the_three_style_model_in_the_auto_dtype():
     torch.testing.assert_close(np.asarray(cartoonizer(photo)[0], dtype=np.float32), cartoons["ghibli"])  # default
     # a larger photo: ghibli and toon are drawn at 512 px and upsampled, painterly at the photo's size
     assert [cartoonizer.work_side(index) for index in range(3)] == [512, 512, None]
-    assert cartoonizer(photo_like(700, 400), style="ghibli")[0].size == (700, 400)
+    shapes = []
+    hook = cartoonizer.generator.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    try:
+        sizes = [cartoonizer(photo_like(700, 400), style=style)[0].size for style in cartoonizer.styles]
+    finally:
+        hook.remove()
+    assert sizes == [(700, 400)] * 3
+    assert shapes == [(1, 3, 293, 512), (1, 3, 293, 512), (1, 3, 400, 700)]
 
 
 def test_cli_cartoonizes_with_the_bundled_model_by_default(tmp_path):

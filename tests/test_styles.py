@@ -227,7 +227,13 @@ def test_a_style_with_a_work_side_is_drawn_there_and_upsampled(work_side_dir):
 
     pipe = Cartoonizer.from_pretrained(work_side_dir, device="cpu", dtype="float32")
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.work_sides == {"ghibli": 64} and pipe.work_side(0) == 64 and pipe.work_side(1) is None
+    assert pipe.work_sides == {"ghibli": 64}
+    assert pipe.work_side() == pipe.work_side(0) == pipe.work_side("ghibli") == 64  # None: the first style
+    assert pipe.work_side("toon") is None and pipe.work_side("ghibli", 0) is None and pipe.work_side("toon", 80) == 80
+    with pytest.raises(ValueError, match=r"`style` 'anime' is not one of"):
+        pipe.work_side("anime")
+    with pytest.raises(ValueError, match=r"`work_side` must be None"):
+        pipe.work_side(0, -5)
     image = photo_like(160, 120)
     calls, hook = record_styles(pipe)
     try:
@@ -279,21 +285,54 @@ def test_a_config_with_bad_work_sides_is_refused(tmp_path, work_side_dir, work_s
         Cartoonizer.from_pretrained(hostile, device="cpu")
 
 
-def test_onnx_backend_draws_at_the_models_work_sides(tmp_path, work_side_dir):
-    """The ONNX export carries `work_sides` in its metadata: onnxruntime draws each style where torch does; a
-    hostile value in the metadata is refused when the pipeline is built."""
+@pytest.fixture(scope="module")
+def work_side_onnx(tmp_path_factory, work_side_dir):
     pytest.importorskip("onnxruntime")
     from ghibligan.onnx_export import export_onnx
+
+    return export_onnx(GuidedFilterGenerator.from_pretrained(work_side_dir), tmp_path_factory.mktemp("onnx"))
+
+
+def test_onnx_backend_draws_at_the_models_work_sides(work_side_dir, work_side_onnx):
+    """The ONNX export carries `work_sides` in its metadata: onnxruntime draws each style where torch does."""
     from ghibligan.onnx_generator import OnnxGenerator
 
     torch_pipe = Cartoonizer.from_pretrained(work_side_dir, device="cpu", dtype="float32")
-    generator = OnnxGenerator(export_onnx(GuidedFilterGenerator.from_pretrained(work_side_dir), tmp_path))
-    onnx_pipe = Cartoonizer(generator)
+    onnx_pipe = Cartoonizer(OnnxGenerator(work_side_onnx))
     assert onnx_pipe.work_sides == {"ghibli": 64}
     image = photo_like(160, 120)
     for style in ("ghibli", "toon"):
         expected, got = torch_pipe(image, style=style)[0], onnx_pipe(image, style=style)[0]
+        assert expected.size == got.size == (160, 120)
         assert np.abs(as_array(expected) - as_array(got)).max() <= 2, style
-    generator.work_sides = {"ghibli": 8}
-    with pytest.raises(ValueError, match=r"`work_sides` must map"):
-        Cartoonizer(generator)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("config", "[1, 2]", r"its ghibligan.config metadata is not a JSON object"),
+        ("config", '"abc"', r"its ghibligan.config metadata is not a JSON object"),
+        ("config", "null", r"its ghibligan.config metadata is not a JSON object"),
+        ("config", "{not json", r"Expecting property name"),
+        ("styles", "5", r"its ghibligan.styles metadata must be a list of 1 to 64 style names"),
+        ("styles", '"ghibli"', r"its ghibligan.styles metadata must be a list"),
+        ("styles", "[]", r"its ghibligan.styles metadata must be a list"),
+        ("styles", '["ghibli", 3]', r"its ghibligan.styles metadata must be a list"),
+        ("config", '{"work_sides": {"ghibli": 8}}', r"`work_sides` must map some of the styles"),
+        ("config", '{"work_sides": [512]}', r"`work_sides` must map some of the styles"),
+    ],
+)
+def test_hostile_onnx_metadata_is_one_value_error(tmp_path, work_side_onnx, key, value, message):
+    """An .onnx file may come from anywhere: metadata of the wrong shape is a `ValueError` (the CLI's one-line
+    error), not an AttributeError or TypeError deep in the pipeline."""
+    import onnx
+
+    from ghibligan.onnx_generator import OnnxGenerator, metadata_key
+
+    proto = onnx.load(str(work_side_onnx))
+    entry = next(e for e in proto.metadata_props if e.key == metadata_key(key))
+    entry.value = value
+    hostile = tmp_path / "model.onnx"
+    onnx.save(proto, str(hostile))
+    with pytest.raises(ValueError, match=message):
+        Cartoonizer(OnnxGenerator(hostile))

@@ -343,6 +343,6 @@ def test_export_work_sides_go_into_the_config_and_keep_the_weights(tmp_path):
     with pytest.raises(SystemExit, match=r"--work_side: .* has no style 'anime'"):
         script.load_styles_generator(str(tmp_path / "ckpt"), None, {"anime": 512})
     assert script.side_item("toon=512") == ("toon", 512)
-    for bad in ("toon", "toon=big", "=512", "toon=-1"):
+    for bad in ("toon", "toon=big", "=512", "toon=-1", "toon=10", "toon=20000"):
         with pytest.raises(argparse.ArgumentTypeError):
             script.side_item(bad)
