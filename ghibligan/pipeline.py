@@ -35,7 +35,7 @@ from .image_io import (
     resize_to_max_side,
 )
 from .models.auto import load_generator
-from .models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE, GuidedFilterGenerator, check_work_sides
+from .models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE, GuidedFilterGenerator, check_work_sides, is_work_side
 from .models.hub import GhibliganHubMixin
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .onnx_generator import OnnxGenerator
@@ -321,10 +321,8 @@ class Cartoonizer:
     @staticmethod
     def check_work_side(work_side: int | None) -> None:
         """Raise a `ValueError` unless ``work_side`` is None, 0 or a long side in [64, 16384] pixels."""
-        if work_side is not None and (
-            not isinstance(work_side, int) or isinstance(work_side, bool)
-            or (work_side != 0 and not MIN_WORK_SIDE <= work_side <= MAX_WORK_SIDE)
-        ):  # fmt: skip
+        zero = isinstance(work_side, int) and not isinstance(work_side, bool) and work_side == 0
+        if work_side is not None and not (zero or is_work_side(work_side)):
             raise ValueError(
                 f"`work_side` must be None (the model's choice for the style), 0 (the photo's own size) or an integer "
                 f"in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}], got {work_side!r}."

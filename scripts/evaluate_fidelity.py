@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
-from ghibligan.models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE
+from ghibligan.models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE, is_work_side
 from ghibligan.onnx_export import export_onnx
 
 
@@ -176,7 +176,7 @@ STRENGTHS = {
 def side_item(value: str) -> tuple[str, int]:
     """One ``--work_side`` value, ``"ghibli=512"`` → ``("ghibli", 512)`` (argparse's ``type``)."""
     style, _, side = value.partition("=")
-    if not style or not side.isdigit() or not MIN_WORK_SIDE <= int(side) <= MAX_WORK_SIDE:
+    if not style or not side.isdigit() or not is_work_side(int(side)):
         raise argparse.ArgumentTypeError(
             f"expected STYLE=SIDE, a side in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}] px such as ghibli=512, got {value!r}"
         )
@@ -391,13 +391,6 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         for flag, by_style in args.strengths.items()
         for style, value in by_style.items()
     )
-    work_note = (
-        "; on larger photos "
-        + ", ".join(f"`{style}` drawn at {side} px" for style, side in generator.work_sides.items())
-        + " and upsampled (`work_sides`)"
-        if generator.work_sides
-        else ""
-    )
     distribution = training.get("lambda_gradient_distribution", 0)  # runs from before the term have none
     distribution_note = (
         f" + {distribution:g}·L1 between sorted luma edge strengths (Sobel)" if distribution else ""
@@ -420,7 +413,7 @@ Held-out: {rows["validation"]} photos at 512 px never seen in training ({rows["t
 | generator | `{type(generator).__name__}({architecture})`, {parameters / 1e3:.1f} k parameters |
 | objective | L1 + {training["lambda_gradient"]:g}·L1 on image gradients{distribution_note}, no GAN (λ_adversarial = \
 {training["lambda_adversarial"]:g}); each sample trains on one style drawn from (seed, epoch, row); \
-{head_note}{levels_note}{strengths_note}{work_note} |
+{head_note}{levels_note}{strengths_note} |
 | steps | {training["max_train_steps"]} × batch {training["train_batch_size"]}, {training["resolution"]}² crops, \
 Adam {training["learning_rate"]:g}, {training["lr_scheduler"]} |
 {notes}

@@ -729,16 +729,20 @@ class FiLMResBlock(nn.Module):
         return x + self.conv2(F.leaky_relu(hidden, 0.2))
 
 
+def is_work_side(side) -> bool:
+    """Whether ``side`` is a long side a style can be drawn at: an integer (not a bool) in [`MIN_WORK_SIDE`,
+    `MAX_WORK_SIDE`] pixels."""
+    return isinstance(side, int) and not isinstance(side, bool) and MIN_WORK_SIDE <= side <= MAX_WORK_SIDE
+
+
 def check_work_sides(work_sides, styles: Sequence[str]) -> dict[str, int]:
     """``work_sides`` (None, or ``{style: long side}``) as a dict, or a `ValueError` naming what is wrong: it comes
     from a config.json, which may not be trusted."""
     if work_sides is None:
         return {}
     if not isinstance(work_sides, dict) or not all(
-        name in styles and isinstance(side, int) and not isinstance(side, bool)
-        and MIN_WORK_SIDE <= side <= MAX_WORK_SIDE
-        for name, side in work_sides.items()
-    ):  # fmt: skip
+        name in styles and is_work_side(side) for name, side in work_sides.items()
+    ):
         raise ValueError(
             f"`work_sides` must map some of the styles {list(styles)} to a long side in [{MIN_WORK_SIDE}, "
             f"{MAX_WORK_SIDE}] pixels, got {str(work_sides)[:200]}."
