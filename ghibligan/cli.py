@@ -123,7 +123,9 @@ def _make_pairs(args: argparse.Namespace) -> int:
     if args.photos is not None and not Path(args.photos).is_dir():
         raise FileNotFoundError(f"--photos {args.photos!r} is not a folder.")
     sizes = {"max_side": args.max_side, "shard_size": args.shard_size, "batch_size": args.batch_size}
-    check_make_pairs_args(args.output_dir, **sizes, validation_fraction=args.validation_fraction)  # before the teacher
+    check_make_pairs_args(  # before the teacher
+        args.output_dir, **sizes, validation_fraction=args.validation_fraction, photo_variants=args.photo_variants
+    )
     if args.photos is not None:
         photos = list(photos_from_folder(args.photos, recursive=True))
         total = len(photos)
@@ -140,6 +142,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         validation_fraction=args.validation_fraction,
         total=total,
+        photo_variants=args.photo_variants,
     )
     written = ", ".join(f"{n} {split}" for split, n in sorted(report.written.items())) or "none"
     print(f"pairs written: {written}; already done: {report.already_done}; failed: {len(report.failed)}")
@@ -370,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument("--max_side", type=int, default=1024, help="downscale photos to this longer side (1024)")
     output.add_argument("--validation_fraction", type=float, default=0.0, help="photos held out as validation (0)")
+    output.add_argument(
+        "--photo_variants",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the teachers on N photometric variants of every training photo (exposure, white balance, "
+        "haze, noise, JPEG; seeded by the photo's name), so a student learns the teachers on dark, noisy or hazy "
+        "photos too; held-out photos get none (0)",
+    )
     output.add_argument("--shard_size", type=int, default=16, help="pairs per parquet shard; the resume unit (16)")
     output.add_argument("--batch_size", type=int, default=1, help="photos per teacher call (1)")
     output.add_argument("--push_to_hub", default=None, metavar="ID", help="upload the dataset to this Hub repo id")

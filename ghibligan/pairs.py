@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .image_io import IMAGE_EXTENSIONS, ImageLoadError, load_image, resize_to_max_side
+from .photo_variants import PhotoVariation, variant_key, variant_seed, vary_photo
 
 FEATURES = datasets.Features(
     {
@@ -162,6 +163,7 @@ def check_make_pairs_args(
     shard_size: int = 16,
     batch_size: int = 1,
     validation_fraction: float = 0.0,
+    photo_variants: int = 0,
 ) -> Path:
     """Check `make_pairs`' arguments before any teacher work (creating nothing); returns ``output_dir`` as a `Path`.
 
@@ -174,6 +176,8 @@ def check_make_pairs_args(
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a whole number >= 1, got {value!r}.")
+    if isinstance(photo_variants, bool) or not isinstance(photo_variants, int) or not 0 <= photo_variants <= 64:
+        raise ValueError(f"`photo_variants` must be a whole number in [0, 64], got {photo_variants!r}.")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(
             f"`validation_fraction` must be in [0, 1) (0.1 holds out 10 % of the photos), got {validation_fraction!r}."
@@ -235,11 +239,17 @@ def make_pairs(
     batch_size: int = 1,
     validation_fraction: float = 0.0,
     total: int | None = None,
+    photo_variants: int = 0,
+    variation: PhotoVariation | None = None,
 ) -> PairsReport:
     """Run ``teacher`` on every photo not yet done and append the pairs to ``output_dir``'s shards.
 
     ``teacher`` may be a list: every photo then gets one target per teacher, in columns named by `style_name`
     (`pair_features`); ``teacher`` holds their names joined by commas, ``prompt`` and ``seed`` the first teacher's.
+
+    ``photo_variants`` adds that many photometric variants of every *training* photo (`ghibligan.photo_variants`:
+    exposure, white balance, haze, noise, JPEG drawn within ``variation``), each run through the teachers as a photo of
+    its own, under the key ``{key}#variant{i}``. Held-out photos get none, so validation stays the photos as they are.
 
     Arguments are checked (`check_make_pairs_args`) and leftovers of a killed run removed before any teacher work.
     """
@@ -249,6 +259,7 @@ def make_pairs(
         shard_size=shard_size,
         batch_size=batch_size,
         validation_fraction=validation_fraction,
+        photo_variants=photo_variants,
     )
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     if not teachers:
@@ -260,15 +271,14 @@ def make_pairs(
     done = done_sources(output_dir)
     report = PairsReport()
     pending: dict[str, list[dict]] = {"train": [], "validation": []}
-    batch: list[tuple[str, Image.Image]] = []
+    batch: list[tuple[str, Image.Image, str]] = []  # (key, photo, split)
 
     def flush_batch() -> None:
-        images, keys = [image for _, image in batch], [key for key, _ in batch]
+        images, keys = [image for _, image, _ in batch], [key for key, _, _ in batch]
         results = [teacher.generate(images, keys) for teacher in teachers]  # [(outputs, seeds)] per teacher
         target_columns = [name for name in features if name not in METADATA_FEATURES and name != "input_image"]
         prompt = getattr(teachers[0], "prompt", None)
-        for index, (key, image) in enumerate(batch):
-            split = split_of(key, validation_fraction)
+        for index, (key, image, split) in enumerate(batch):
             row = {"input_image": image, "teacher": names}
             row.update({column: outputs[index] for column, (outputs, _) in zip(target_columns, results, strict=True)})
             pending[split].append({**row, "prompt": prompt, "seed": results[0][1][index], "source": key})
@@ -280,17 +290,23 @@ def make_pairs(
 
     names = ",".join(teacher.name for teacher in teachers)
     for key, photo in tqdm(photos, total=total, desc=f"make-pairs ({names})", unit="photo"):
-        if key in done:
-            report.already_done += 1
+        split = split_of(key, validation_fraction)
+        variants = range(photo_variants if split == "train" else 0)
+        keys = [(None, key), *((index, variant_key(key, index)) for index in variants)]  # (variant index, pair key)
+        todo = [(index, pair_key) for index, pair_key in keys if pair_key not in done]
+        report.already_done += 1 + len(variants) - len(todo)
+        if not todo:
             continue
         try:
             image = resize_to_max_side(load_image(photo).rgb, max_side)
         except ImageLoadError as error:
             report.failed.append(str(error))
             continue
-        batch.append((key, image))
-        if len(batch) >= batch_size:
-            flush_batch()
+        for index, pair_key in todo:
+            varied = image if index is None else vary_photo(image, variant_seed(key, index), variation)
+            batch.append((pair_key, varied, split))
+            if len(batch) >= batch_size:
+                flush_batch()
     if batch:
         flush_batch()
     for split, rows in pending.items():
