@@ -93,7 +93,7 @@ GENERATOR_OVERRIDES = (
     "residual", "tone_head_channels", "n_blocks", "scale_factor", "channels", "num_levels", "num_blocks",
     "tone_channels", "upsampler", "line_channels", "flatten_iterations", "flatten_radius", "flatten_dilations",
     "photo_detail", "levels", "despeckle", "level_space", "detail_coring", "photo_smoothing", "smoothing_eps",
-    "surface_gate",
+    "smoothing_noise", "surface_gate",
 )  # fmt: skip
 
 
@@ -332,6 +332,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided, with --photo_smoothing: its initial ε (learned per style), in squared [-1, 1] units: texture of "
         "local variance well below it is flattened (default 0.01; --preset guided: 0.003).",
+    )
+    model.add_argument(
+        "--smoothing_noise",
+        type=float,
+        default=None,
+        help="guided, with --photo_smoothing: raise each photo's ε by this many times its estimated noise variance "
+        "(initial gain, learned per style), so noisy photos' grain is smoothed as a clean photo's texture is kept "
+        "(0 = off; the bundled model exports with 8).",
     )
     model.add_argument(
         "--surface_gate",

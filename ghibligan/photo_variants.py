@@ -36,14 +36,21 @@ class PhotoVariation:
     exposure: tuple[float, float] = (-1.8, 1.0)  # EV, a gain of 2**EV on linear light (sRGB as gamma 2.2)
     white_balance: float = 0.08  # each channel's linear gain drawn from [1 - x, 1 + x]
     haze_probability: float = 0.3
-    haze: tuple[float, float] = (0.15, 0.4)  # share of a light veil (grey level 0.6-0.9) blended over the photo
+    haze: tuple[float, float] = (0.15, 0.4)  # share of a light veil blended over the photo
+    veil: tuple[float, float] = (0.6, 0.9)  # the veil's grey level (0-1)
     noise_probability: float = 0.5
     noise: tuple[float, float] = (2.0, 10.0)  # σ of Gaussian noise, grey levels (0-255)
     jpeg_probability: float = 0.5
     jpeg_quality: tuple[int, int] = (25, 85)
 
     def __post_init__(self) -> None:
-        bounds = {"exposure": (-8, 8), "haze": (0, 1), "noise": (0, 64), "jpeg_quality": (1, 95)}  # name: (min, max)
+        bounds = {
+            "exposure": (-8, 8),
+            "haze": (0, 1),
+            "veil": (0, 1),
+            "noise": (0, 64),
+            "jpeg_quality": (1, 95),
+        }  # name: (min, max)
         for name, (minimum, maximum) in bounds.items():
             low, high = getattr(self, name)
             if not minimum <= low <= high <= maximum:
@@ -76,7 +83,7 @@ def vary_photo(image: Image.Image, rng: np.random.Generator, variation: PhotoVar
     varied = np.clip(linear, 0, 1) ** (1 / 2.2)
     if rng.random() < variation.haze_probability:
         share = rng.uniform(*variation.haze)
-        varied = (1 - share) * varied + share * rng.uniform(0.6, 0.9)
+        varied = (1 - share) * varied + share * rng.uniform(*variation.veil)
     if rng.random() < variation.noise_probability:
         varied = varied + rng.normal(0.0, rng.uniform(*variation.noise) / 255, varied.shape).astype(np.float32)
     result = Image.fromarray((np.clip(varied, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -85,3 +92,20 @@ def vary_photo(image: Image.Image, rng: np.random.Generator, variation: PhotoVar
         result.save(buffer, "JPEG", quality=int(rng.integers(variation.jpeg_quality[0], variation.jpeg_quality[1] + 1)))
         result = Image.open(buffer).convert("RGB")
     return result
+
+
+def _only(**effect) -> PhotoVariation:
+    """A variation with nothing but ``effect``, always applied at one value."""
+    none = {"exposure": (0.0, 0.0), "white_balance": 0.0, "haze_probability": 0.0, "noise_probability": 0.0}
+    return PhotoVariation(**{**none, "jpeg_probability": 0.0, **effect})
+
+
+# One hard condition each, at or past the edge of the default ranges: the held-out photos put through one of these
+# measure how a student holds up on photos unlike its training ones (`scripts/photo_conditions.py`).
+CONDITIONS: dict[str, PhotoVariation] = {
+    "dark": _only(exposure=(-2.0, -2.0)),  # a quarter of the light
+    "bright": _only(exposure=(1.0, 1.0)),  # twice the light, highlights clipped
+    "noisy": _only(noise_probability=1.0, noise=(10.0, 10.0)),  # high-ISO grain
+    "hazy": _only(haze_probability=1.0, haze=(0.4, 0.4), veil=(0.8, 0.8)),  # backlit, low contrast
+    "jpeg": _only(jpeg_probability=1.0, jpeg_quality=(20, 20)),  # a messenger app's recompression
+}

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
-from ghibligan.models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE, is_work_side
+from ghibligan.models.guided import MAX_SMOOTHING_NOISE, MAX_WORK_SIDE, MIN_WORK_SIDE, is_work_side
 from ghibligan.onnx_export import export_onnx
 
 
@@ -184,18 +184,32 @@ def side_item(value: str) -> tuple[str, int]:
 
 
 def load_styles_generator(
-    model: str, strengths: dict[str, dict[str, float]] | None = None, work_sides: dict[str, int] | None = None
+    model: str,
+    strengths: dict[str, dict[str, float]] | None = None,
+    work_sides: dict[str, int] | None = None,
+    smoothing_noise: float | None = None,
 ):
     """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
-    flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, and the styles of
-    ``work_sides`` drawn at those long sides (rebuilt with them in its config: they are the pipeline's metadata)."""
+    flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, the styles of
+    ``work_sides`` drawn at those long sides (they are the pipeline's metadata), and every style's photo smoothing
+    raised by ``smoothing_noise`` times each photo's noise variance (0: not at all); both rebuilt into its config."""
     generator = load_generator(model)
+    changes = {}
     if work_sides:
         unknown = sorted(set(work_sides) - set(generator.styles))
         if unknown:
             raise SystemExit(f"--work_side: {model} has no style {unknown[0]!r} (styles {generator.styles})")
-        rebuilt = type(generator)(**{**generator.config, "work_sides": {**generator.work_sides, **work_sides}})
-        rebuilt.load_state_dict(generator.state_dict())
+        changes["work_sides"] = {**generator.work_sides, **work_sides}
+    if smoothing_noise is not None:
+        if getattr(generator, "photo_smoother", None) is None:
+            raise SystemExit(f"--smoothing_noise: {model} has no photo smoothing (built without `photo_smoothing`)")
+        changes["smoothing_noise"] = smoothing_noise
+    if changes:
+        rebuilt = type(generator)(**{**generator.config, **changes})
+        state = rebuilt.state_dict()
+        gain = "photo_smoother.noise_gain.weight"  # new, or gone, with smoothing_noise; the rest is the checkpoint's
+        rebuilt.load_state_dict({k: v for k, v in generator.state_dict().items() if k in state and k != gain}
+                                | ({gain: state[gain]} if gain in state else {}))  # fmt: skip
         generator = rebuilt.to(next(generator.parameters()).dtype).eval()
     for flag, by_style in (strengths or {}).items():
         attribute, what, key = STRENGTHS[flag]
@@ -216,14 +230,15 @@ def evaluate_checkpoint(
     target_column="target_image",
     strengths=None,
     work_sides=None,
+    smoothing_noise=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
-    export-time ``strengths`` and ``work_sides`` of `load_styles_generator` set), evaluate it on ``rows`` against
-    ``target_column`` and print the summary."""
+    export-time ``strengths``, ``work_sides`` and ``smoothing_noise`` of `load_styles_generator` set), evaluate it
+    on ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(model, strengths, work_sides)
+        generator = load_styles_generator(model, strengths, work_sides, smoothing_noise)
         cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column, style)
@@ -281,8 +296,18 @@ def main() -> None:
         help="a style-conditioned model: draw these styles at this long side (px) on larger photos and upsample, as "
         "the model's `work_sides` (written to the exported config), e.g. ghibli=512 toon=512 (the pairs' --max_side)",
     )
+    parser.add_argument(
+        "--smoothing_noise",
+        type=float,
+        default=None,
+        metavar="GAIN",
+        help="a model with photo smoothing: raise its ε by GAIN times each photo's estimated noise variance, for every "
+        "style (written to the exported config; 0 removes it), e.g. 8: noisy photos' grain smoothed as the teachers do",
+    )
     args = parser.parse_args()
     args.work_sides = dict(args.work_side)
+    if args.smoothing_noise is not None and not 0 <= args.smoothing_noise <= MAX_SMOOTHING_NOISE:
+        parser.error(f"--smoothing_noise must be in [0, {MAX_SMOOTHING_NOISE:g}], got {args.smoothing_noise}")
     if args.teacher_noise and not args.teacher:
         parser.error("--teacher_noise needs --teacher: the teacher(s) the pairs were made with")
 
@@ -295,13 +320,16 @@ def main() -> None:
     )
     # {flag: {style: strength}}, for the evaluation and the export
     strengths = args.strengths = {flag: dict(getattr(args, flag)) for flag in STRENGTHS if getattr(args, flag)}
-    for flag in [*strengths, *(["work_side"] if args.work_sides else [])]:
+    changed = {"work_side": bool(args.work_sides), "smoothing_noise": args.smoothing_noise is not None}
+    for flag in [*strengths, *(flag for flag, given in changed.items() if given)]:
         if not (styles and len(styles) > 1):
             parser.error(f"--{flag} needs a style-conditioned model (styles in its config.json)")
     if styles and len(styles) > 1:
         metrics = {
             "styles": {
-                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, strengths, args.work_sides)
+                style: evaluate_checkpoint(
+                    args.model, args.dtype, rows, style, style, strengths, args.work_sides, args.smoothing_noise
+                )
                 for style in styles
             }
         }
@@ -364,9 +392,9 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    generator = load_styles_generator(args.model, args.strengths, args.work_sides)
+    generator = load_styles_generator(args.model, args.strengths, args.work_sides, args.smoothing_noise)
     training = json.loads((Path(args.model) / "training_args.json").read_text())
-    config = generator.config  # the checkpoint's, with what the export changes (work_sides)
+    config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise)
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
     parameters = sum(p.numel() for p in generator.parameters())
     rows = {

@@ -169,6 +169,7 @@ def test_a_bf16_model_takes_a_float32_photo(kernels):
         {**FUSED, "level_space": "lab", "photo_smoothing": 1},  # the detail from the smoothed photo
         {**FUSED, "photo_smoothing": 2, "scale_factor": 3},
         {**FUSED, "level_space": "lab", "photo_smoothing": 1, "surface_gate": True},  # a gate per style
+        {**FUSED, "level_space": "lab", "photo_smoothing": 1, "smoothing_noise": 50.0},  # ε raised by the noise
     ],
 )
 @pytest.mark.parametrize("size", [(64, 64), (37, 81), (5, 7), (1, 1), (2, 300)])

@@ -25,6 +25,7 @@ from ghibligan.models.guided import (
     core,
     guided_filter_coefficients,
     median9,
+    noise_variance,
     row_slices,
 )
 
@@ -797,6 +798,58 @@ def test_photo_smoothing_starts_as_the_smoothed_photo_and_learns():
             GuidedFilterGenerator(styles=STYLES, **kwargs)
     with pytest.raises(ValueError, match="photo_smoothing"):
         GuidedFilterGenerator(styles=STYLES, photo_detail=True, photo_smoothing=-1)
+
+
+def test_noise_variance_measures_noise_and_not_texture_or_edges():
+    """Immerkær's estimate in the flattest tenth of the blocks: Gaussian noise of σ in the luma of a photo of smooth
+    ramps, a sharp edge and fine stripes comes out as σ², and the same photo without the noise as nearly nothing;
+    colour noise independent per channel as its luma's, 0.67σ."""
+    generator = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.linspace(-0.6, 0.6, 160), torch.linspace(-0.5, 0.5, 240), indexing="ij")
+    clean = (x + 0.3 * y).expand(2, 3, -1, -1).clone()  # smooth ramps
+    clean[..., 100:, :] -= 0.4  # a step edge
+    clean[..., :60, :80] += 0.3 * torch.sign(torch.sin(torch.arange(80.0) * 2.0))  # stripes two pixels wide
+    for sigma in (0.01, 0.02, 0.05):
+        noisy = clean + sigma * torch.randn((2, 1, 160, 240), generator=generator)  # grey noise
+        assert noise_variance(noisy).sqrt().tolist() == pytest.approx([sigma, sigma], rel=0.1)
+        noisy = clean + sigma * torch.randn(clean.shape, generator=generator)  # colour noise
+        assert noise_variance(noisy).sqrt().tolist() == pytest.approx([0.67 * sigma] * 2, rel=0.1)
+    assert noise_variance(clean).max().sqrt() < 0.002  # a tenth of a grey level
+    small = noise_variance(0.05 * torch.randn(3, 3, 5, 7))  # smaller than one block: one block
+    assert small.shape == (3,) and (small > (0.3 * 0.05) ** 2).all() and (small < (3 * 0.05) ** 2).all()
+    assert noise_variance(torch.zeros(1, 3, 1, 1)).tolist() == [0.0]
+
+
+def test_smoothing_noise_flattens_a_noisy_photos_grain_and_leaves_a_clean_photo():
+    """``smoothing_noise``: ε grows with each photo's own noise, so the styles that keep the photo's detail draw a
+    noisy photo's grain smoothed away and a clean photo as without it; the gain is learned per style and refused
+    where it cannot apply."""
+    torch.manual_seed(0)
+    kwargs = {"styles": STYLES, "upsampler": "joint_bilateral", "photo_detail": True, "photo_smoothing": 1}
+    plain = GuidedFilterGenerator(**kwargs, smoothing_eps=1e-3).eval()  # as initialised: the smoothed photo
+    adaptive = GuidedFilterGenerator(**kwargs, smoothing_eps=1e-3, smoothing_noise=5.0).eval()
+    adaptive.load_state_dict(plain.state_dict(), strict=False)  # the same weights + the gain
+    assert adaptive.config["smoothing_noise"] == 5.0
+    torch.testing.assert_close(adaptive.photo_smoother.noise_gain.weight, torch.full((2, 1), 5.0))
+    y, x = torch.meshgrid(torch.linspace(-0.5, 0.5, 96), torch.linspace(-0.5, 0.5, 128), indexing="ij")
+    clean = (x + 0.5 * y).expand(1, 3, -1, -1).clone()
+    clean[..., 48:, :] -= 0.5
+    noisy = clean + 0.06 * torch.randn(clean.shape)
+    style = torch.tensor([1])
+    with torch.no_grad():
+        torch.testing.assert_close(adaptive(clean, style), plain(clean, style), atol=2e-3, rtol=0)
+
+        def grain(model):  # what is left of the noise: the output's difference from the clean photo's output
+            return (model(noisy, style) - model(clean, style))[..., 8:40, 8:-8].std()
+
+        assert grain(adaptive) < 0.65 * grain(plain)  # (0.56: the rest is A · the full-resolution noise)
+    trained_like(adaptive).train()(noisy.expand(2, -1, -1, -1), torch.tensor([0, 1])).square().mean().backward()
+    assert (adaptive.photo_smoother.noise_gain.weight.grad != 0).all()  # learned, per style
+    for bad in (-1.0, float("nan"), float("inf"), 2000.0, True, "8"):
+        with pytest.raises(ValueError, match="smoothing_noise"):
+            GuidedFilterGenerator(**kwargs, smoothing_noise=bad)
+    with pytest.raises(ValueError, match="smoothing_noise"):
+        GuidedFilterGenerator(styles=STYLES, photo_detail=True, smoothing_noise=8.0)  # no photo smoothing
 
 
 def test_lab_stages_in_row_slices_equal_one_pass():

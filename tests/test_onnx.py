@@ -101,6 +101,9 @@ MODELS = {
         levels=5,
         despeckle=1,
         surface_gate=True,
+        photo_detail=True,
+        photo_smoothing=1,
+        smoothing_noise=50.0,  # ε raised by each photo's noise: a sort of its blocks in the graph
     ),
 }
 

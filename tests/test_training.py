@@ -323,6 +323,30 @@ def test_export_strengths_set_one_style_and_refuse_what_the_model_lacks(tmp_path
         script.strength_item("toon=2")
 
 
+def test_export_smoothing_noise_goes_into_the_config_and_keeps_the_weights(tmp_path):
+    """evaluate_fidelity.py --smoothing_noise 8: a checkpoint trained without it is rebuilt with the gain in its
+    config and on every style, the trained weights unchanged; 0 takes it out again."""
+    spec = importlib.util.spec_from_file_location("evaluate_fidelity", ROOT / "scripts" / "evaluate_fidelity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    kwargs = {"channels": 4, "num_levels": 2, "num_blocks": 1, "photo_detail": True, "photo_smoothing": 1}
+    model = GuidedFilterGenerator(styles=["ghibli", "toon"], **kwargs)
+    with torch.no_grad():
+        model.photo_smoother.log_eps.weight.normal_(-5, 0.5)
+    model.save_pretrained(tmp_path / "ckpt")
+    generator = script.load_styles_generator(str(tmp_path / "ckpt"), None, {"toon": 512}, 8.0)
+    assert generator.config["smoothing_noise"] == 8.0 and generator.work_sides == {"toon": 512}
+    torch.testing.assert_close(generator.photo_smoother.noise_gain.weight, torch.full((2, 1), 8.0))
+    trained = model.state_dict()
+    assert all(torch.equal(trained[key], value) for key, value in generator.state_dict().items() if key in trained)
+    generator.save_pretrained(tmp_path / "export")
+    reloaded = GuidedFilterGenerator.from_pretrained(tmp_path / "export")
+    torch.testing.assert_close(reloaded.photo_smoother.noise_gain.weight, torch.full((2, 1), 8.0))
+    removed = script.load_styles_generator(str(tmp_path / "export"), None, None, 0.0)
+    assert removed.photo_smoother.noise_gain is None and removed.config["smoothing_noise"] == 0.0
+
+
 def test_export_work_sides_go_into_the_config_and_keep_the_weights(tmp_path):
     """evaluate_fidelity.py --work_side ghibli=512: the generator is rebuilt with ``work_sides`` in its config (what
     the exported config.json and ONNX metadata carry), with the same weights; an unknown style is one clear line."""
@@ -342,6 +366,8 @@ def test_export_work_sides_go_into_the_config_and_keep_the_weights(tmp_path):
     assert GuidedFilterGenerator.from_pretrained(tmp_path / "export").work_sides == {"ghibli": 512}
     with pytest.raises(SystemExit, match=r"--work_side: .* has no style 'anime'"):
         script.load_styles_generator(str(tmp_path / "ckpt"), None, {"anime": 512})
+    with pytest.raises(SystemExit, match=r"--smoothing_noise: .* has no photo smoothing"):
+        script.load_styles_generator(str(tmp_path / "ckpt"), None, None, 8.0)
     assert script.side_item("toon=512") == ("toon", 512)
     for bad in ("toon", "toon=big", "=512", "toon=-1", "toon=10", "toon=20000"):
         with pytest.raises(argparse.ArgumentTypeError):

@@ -125,6 +125,36 @@ def guided_filter_coefficients(
     return box_filter(a, radius), box_filter(b, radius)
 
 
+NOISE_BLOCK = 8  # pixels (of the low-resolution photo) per side of the blocks `noise_variance` measures
+NOISE_PERCENTILE = 10  # which of the blocks' noise levels `noise_variance` takes: the flattest tenth, not texture
+NOISE_PERCENTILE_SCALE = 0.8  # that tenth of the blocks' estimates, for Gaussian noise of σ: 0.8σ (measured)
+MAX_SMOOTHING_NOISE = 1000.0  # bound on `smoothing_noise` from a config (5 is the bundled model's)
+# Immerkær (1996): I * [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] cancels every plane and ramp; for Gaussian noise of σ,
+# E|response| = 6σ·sqrt(2/π)
+_NOISE_KERNEL = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+
+
+def noise_variance(photo: torch.Tensor) -> torch.Tensor:
+    """The variance (B,) of the noise in each photo's luma, (B, 3, h, w) in [-1, 1] → float32: Immerkær's (1996)
+    estimate in each whole `NOISE_BLOCK`-square block, then the `NOISE_PERCENTILE` of the blocks (scaled to be
+    unbiased for Gaussian noise). Texture and edges raise a block's estimate, so the flattest tenth of the photo (sky,
+    walls, skin) measures its sensor noise and JPEG grain. A photo smaller than one block is one block.
+
+    No Python branch on the size: the ONNX export takes it as it is, at any size."""
+    y = F.pad(luma(photo.float()), (1, 1, 1, 1), mode="replicate")
+    kernel = torch.tensor(_NOISE_KERNEL, dtype=torch.float32, device=y.device)[None, None]
+    response = F.conv2d(y, kernel).abs()  # (B, 1, h, w)
+    height, width = response.shape[-2:]
+    pad = (0, (NOISE_BLOCK - width % NOISE_BLOCK) % NOISE_BLOCK, 0, (NOISE_BLOCK - height % NOISE_BLOCK) % NOISE_BLOCK)
+    share = F.avg_pool2d(F.pad(torch.ones_like(response), pad), NOISE_BLOCK).flatten(1)  # of each block inside
+    mean = F.avg_pool2d(F.pad(response, pad), NOISE_BLOCK).flatten(1) / share  # (B, blocks)
+    whole = share == 1
+    usable = whole | ~whole.any(dim=1, keepdim=True)  # the whole blocks, or every block if there is none
+    sigma = torch.where(usable, mean * (math.sqrt(math.pi / 2) / 6), torch.inf)
+    rank = usable.sum(dim=1, keepdim=True) * NOISE_PERCENTILE // 100  # (B, 1), a tensor: no size-dependent branch
+    return (torch.sort(sigma, dim=1).values.gather(1, rank)[:, 0] / NOISE_PERCENTILE_SCALE).square()
+
+
 class PhotoSmoother(nn.Module):
     """An edge-preserving smoothing of the photo at full resolution for the price of a low-resolution one: the fast
     guided filter (He & Sun, 2015) of the photo by itself, its linear models fitted on the downsampled photo with a
@@ -135,27 +165,40 @@ class PhotoSmoother(nn.Module):
     source that the teachers' own stages are fed (a guided filter + bilateral passes), which a half-resolution
     network surface cannot give.
 
+    With ``noise_gain`` > 0, ε also grows with each photo's own noise: ``ε + gain · noise_variance(photo_low)``
+    (gain learned per style). A fixed ε that keeps a clean photo's fine texture takes a noisy photo's grain for
+    texture too, and the styles that keep the photo's detail (toon, painterly) draw it as speckles; the teachers'
+    smoothing removes it.
+
     ``coefficients(photo_low, style)`` → ``A``, ``b`` (B, 3, h, w) float32; the smoothed photo is
     ``bilinear(A) · photo + bilinear(b)``.
     """
 
-    def __init__(self, num_styles: int, radius: int = 1, eps: float = 1e-2):
+    def __init__(self, num_styles: int, radius: int = 1, eps: float = 1e-2, noise_gain: float = 0.0):
         super().__init__()
         self.radius = radius
         self.log_eps = nn.Embedding(num_styles, 3)  # log ε per style and channel
         nn.init.constant_(self.log_eps.weight, math.log(eps))
+        self.noise_gain = nn.Embedding(num_styles, 1) if noise_gain else None  # ε's share of the noise, per style
+        if self.noise_gain is not None:
+            nn.init.constant_(self.noise_gain.weight, noise_gain)
 
-    def eps(self, style: torch.Tensor) -> torch.Tensor:
-        """ε (B, 3, 1, 1) float32 of each image's style, at least `MIN_EPS`."""
-        return self.log_eps(style).float().exp().clamp_min(MIN_EPS)[:, :, None, None]
+    def eps(self, style: torch.Tensor, photo_low: torch.Tensor | None = None) -> torch.Tensor:
+        """ε (B, 3, 1, 1) float32 of each image's style, at least `MIN_EPS`; raised by each photo's noise when the
+        smoother has a ``noise_gain`` and ``photo_low`` is given."""
+        eps = self.log_eps(style).float().exp().clamp_min(MIN_EPS)
+        if self.noise_gain is not None and photo_low is not None:
+            gain = self.noise_gain(style).float().clamp_min(0)  # (B, 1)
+            eps = eps + gain * noise_variance(photo_low).to(eps.device)[:, None]
+        return eps[:, :, None, None]
 
     def coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style))
+        return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style, photo_low))
 
     def fused_coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """``A`` and ``b`` as one (B, 6, h, w) tensor, by `cpu_kernels.self_guided_coefficients` (float32 on the CPU,
         no autograd), for `cpu_kernels.output_stage`."""
-        return cpu_kernels.self_guided_coefficients(photo_low, self.eps(style)[:, :, 0, 0], self.radius)
+        return cpu_kernels.self_guided_coefficients(photo_low, self.eps(style, photo_low)[:, :, 0, 0], self.radius)
 
     def forward(self, photo_low: torch.Tensor, photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         a, b = self.coefficients(photo_low, style)
@@ -807,6 +850,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             detail ``photo - bilinear(low)``.
         smoothing_eps (`float`, *optional*, defaults to 1e-2): the initial ε of `photo_smoothing` (learned per style
             and channel), in squared [-1, 1] units: texture whose local variance is well below it is flattened.
+        smoothing_noise (`float`, *optional*, defaults to 0): with `photo_smoothing`, raise each photo's ε by this
+            many times its estimated noise variance (`noise_variance`, the initial gain; learned per style), so a
+            noisy photo's grain is smoothed away as the teachers do while a clean photo's fine texture stays. 0
+            disables it.
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
@@ -861,6 +908,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         detail_coring: float = 0.0,
         photo_smoothing: int = 0,
         smoothing_eps: float = 1e-2,
+        smoothing_noise: float = 0.0,
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
@@ -961,9 +1009,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             raise ValueError(
                 "`photo_smoothing` needs `photo_detail` (and replaces `detail_coring`: it smooths by itself)."
             )
-        self.photo_smoother = (
-            PhotoSmoother(len(self.styles), photo_smoothing, smoothing_eps) if photo_smoothing else None
-        )
+        noise_ok = isinstance(smoothing_noise, (int, float)) and not isinstance(smoothing_noise, bool)
+        if not (noise_ok and 0 <= smoothing_noise <= MAX_SMOOTHING_NOISE) or (smoothing_noise and not photo_smoothing):
+            raise ValueError(
+                f"`smoothing_noise` must be a gain in [0, {MAX_SMOOTHING_NOISE:g}] (> 0 only with `photo_smoothing`), "
+                f"got {smoothing_noise!r}."
+            )
+        self.photo_smoother = None
+        if photo_smoothing:
+            self.photo_smoother = PhotoSmoother(len(self.styles), photo_smoothing, smoothing_eps, smoothing_noise)
         if self.photo_smoother is not None:
             nn.init.ones_(self.style_detail.weight)  # start as the smoothed photo
         if not isinstance(surface_gate, bool):
