@@ -104,3 +104,38 @@ def test_cli_photo_variants(tmp_path, capsys):
     assert "photo_variants" in capsys.readouterr().err and not (tmp_path / "pairs").exists()
     assert main([*argv, "--photo_variants", "1"]) == 0
     assert len(load_pairs(tmp_path / "pairs")) == 4
+
+
+def test_photo_conditions_script_writes_held_out_pairs_under_each_condition(tmp_path, capsys):
+    """scripts/photo_conditions.py: the held-out photos of a make-pairs dataset, each condition applied (seeded by
+    the photo's key), run through the teachers again and written as a make-pairs dataset per condition."""
+    import importlib.util
+    from pathlib import Path
+
+    from ghibligan.photo_variants import CONDITIONS
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "photo_conditions.py"
+    spec = importlib.util.spec_from_file_location("photo_conditions", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    photos = list(photos_from_folder(make_photos(tmp_path / "photos", 8)))
+    teachers = [ToonTeacher("toon"), ToonTeacher("painterly")]
+    make_pairs(photos, teachers, tmp_path / "pairs", validation_fraction=0.3)
+    held_out = load_pairs(tmp_path / "pairs", "validation")
+    argv = ["--pairs", str(tmp_path / "pairs"), "--teacher", "toon:toon", "toon:painterly", "--conditions", "dark",
+            "noisy", "--output_dir", str(tmp_path / "conditions")]  # fmt: skip
+    assert script.main(argv) == 0
+    for name in ("dark", "noisy"):
+        pairs = load_pairs(tmp_path / "conditions" / name)
+        assert sorted(pairs["source"]) == sorted(held_out["source"])
+        row = pairs[0]
+        original = held_out[held_out["source"].index(row["source"])]["input_image"]
+        varied = vary_photo(original, variant_seed(row["source"], 0), CONDITIONS[name])
+        assert np.array_equal(np.asarray(row["input_image"]), np.asarray(varied))
+        assert np.array_equal(np.asarray(row["painterly"]), np.asarray(teachers[1](varied)))
+    dark = np.mean(
+        [np.asarray(image, dtype=float).mean() for image in load_pairs(tmp_path / "conditions/dark")["input_image"]]
+    )
+    assert dark < 0.65 * np.mean([np.asarray(image, dtype=float).mean() for image in held_out["input_image"]])
+    assert script.main(argv) == 0  # a re-run has nothing left to do
+    assert "0 pairs written, " in capsys.readouterr().out
