@@ -339,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="guided, with --photo_smoothing: raise each photo's ε by this many times its estimated noise variance "
         "(initial gain, learned per style), so noisy photos' grain is smoothed as a clean photo's texture is kept "
-        "(0 = off; the bundled model exports with 8).",
+        "(0 = off; the bundled model is exported with 5).",
     )
     model.add_argument(
         "--surface_gate",

@@ -6,8 +6,9 @@ are the teachers' real answers to the varied photo (an augmentation at training 
 the target). `CONDITIONS` are single hard conditions (2 stops darker, σ 10 noise, ...) for measuring a student on
 held-out photos unlike its training ones (``scripts/photo_conditions.py``). For the bundled model's recipe, two
 variants per photo moved `toon` and `painterly` by -0.7 to +2.2 points under these conditions and cost `ghibli`
-0.8-2 points everywhere (docs/experiments.md, session 20); its noise-adaptive smoothing
-(`GuidedFilterGenerator(smoothing_noise=...)`) helped noisy photos more, at no cost, and ships instead.
+0.4-2 points everywhere (docs/experiments.md, session 20); its noise-adaptive smoothing
+(`GuidedFilterGenerator(smoothing_noise=...)`) helped noisy photos more, for at most 0.6 points elsewhere, and ships
+instead.
 
 Each variant is drawn from a generator seeded by the photo's key and the variant's index (`variant_seed`): the same
 photo gets the same variants in every run and whatever the order, so an interrupted make-pairs resumes exactly.
@@ -97,10 +98,11 @@ def vary_photo(image: Image.Image, rng: np.random.Generator, variation: PhotoVar
     return result
 
 
-def _only(**effect) -> PhotoVariation:
+def _only(**effect: float | tuple[float, float]) -> PhotoVariation:
     """A variation with nothing but ``effect``, always applied at one value."""
-    none = {"exposure": (0.0, 0.0), "white_balance": 0.0, "haze_probability": 0.0, "noise_probability": 0.0}
-    return PhotoVariation(**{**none, "jpeg_probability": 0.0, **effect})
+    none = {"exposure": (0.0, 0.0), "white_balance": 0.0, "haze_probability": 0.0, "noise_probability": 0.0,
+            "jpeg_probability": 0.0}  # fmt: skip
+    return PhotoVariation(**{**none, **effect})
 
 
 # One hard condition each, at or past the edge of the default ranges: the held-out photos put through one of these

@@ -206,10 +206,13 @@ def load_styles_generator(
         changes["smoothing_noise"] = smoothing_noise
     if changes:
         rebuilt = type(generator)(**{**generator.config, **changes})
-        state = rebuilt.state_dict()
-        gain = "photo_smoother.noise_gain.weight"  # new, or gone, with smoothing_noise; the rest is the checkpoint's
-        rebuilt.load_state_dict({k: v for k, v in generator.state_dict().items() if k in state and k != gain}
-                                | ({gain: state[gain]} if gain in state else {}))  # fmt: skip
+        state = {**generator.state_dict()}  # the checkpoint's weights...
+        gain = "photo_smoother.noise_gain.weight"
+        if "smoothing_noise" in changes:  # ...but the noise gain as asked: every style's, or none
+            state.pop(gain, None)
+            if rebuilt.photo_smoother.noise_gain is not None:
+                state[gain] = rebuilt.photo_smoother.noise_gain.weight.detach()
+        rebuilt.load_state_dict(state)
         generator = rebuilt.to(next(generator.parameters()).dtype).eval()
     for flag, by_style in (strengths or {}).items():
         attribute, what, key = STRENGTHS[flag]
@@ -302,7 +305,7 @@ def main() -> None:
         default=None,
         metavar="GAIN",
         help="a model with photo smoothing: raise its ε by GAIN times each photo's estimated noise variance, for every "
-        "style (written to the exported config; 0 removes it), e.g. 8: noisy photos' grain smoothed as the teachers do",
+        "style (written to the exported config; 0 removes it), e.g. 5: noisy photos' grain smoothed as the teachers do",
     )
     args = parser.parse_args()
     args.work_sides = dict(args.work_side)

@@ -40,15 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_pairs_dataset(train_data_dir=args.pairs, split=args.split)[args.split]
     photos = [(row["source"], row["input_image"].convert("RGB")) for row in rows]
     teachers = [make_teacher(spec) for spec in args.teacher]
+    failed = False
     for name in args.conditions:
         changed = [(key, vary_photo(image, variant_seed(key, 0), CONDITIONS[name])) for key, image in photos]
         out = Path(args.output_dir) / name
         report = make_pairs(changed, teachers if len(teachers) > 1 else teachers[0], out, max_side=None)
         print(f"{name}: {out} ({sum(report.written.values())} pairs written, {report.already_done} already done)")
-        if report.failed:
+        if report.failed:  # reported; the other photos and conditions are written
             print("\n".join(report.failed), file=sys.stderr)
-            return 1
-    return 0
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -121,3 +121,17 @@ def test_bundled_model_smooths_a_noisy_photos_grain_and_not_a_clean_photo():
             np.asarray(with_gain(clean, style=style)[0], dtype=float) - np.asarray(without(clean, style=style)[0])
         )
         assert difference.mean() < 1.0, style  # grey levels
+
+
+def test_bundled_model_tiled_like_untiled_on_a_noisy_photo():
+    """The noise estimate is a statistic of the whole input, so a tiled photo is measured tile by tile: the tiles
+    still agree with the untiled drawing as closely as the model's other stages let them (measured 0.05 and 0.13 grey
+    levels on average, 0.04 and 0.10 without the estimate)."""
+    cartoonizer = Cartoonizer(load_generator(bundled_model_path()), dtype="float32")
+    clean = photo_like(640, 480, seed=4)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
+    for style in ("toon", "painterly"):
+        tiled = np.asarray(cartoonizer(noisy, style=style, tile=256)[0], dtype=float)
+        whole = np.asarray(cartoonizer(noisy, style=style, tile=0)[0], dtype=float)
+        assert np.abs(tiled - whole).mean() < 0.3, style
+        assert np.percentile(np.abs(tiled - whole), 99) <= 2, style

@@ -25,9 +25,9 @@ from ghibligan.models.guided import (
     core,
     guided_filter_coefficients,
     median9,
-    noise_variance,
     row_slices,
 )
+from ghibligan.models.noise import noise_variance
 
 STYLES = ["toon", "painterly"]
 

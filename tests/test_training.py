@@ -345,6 +345,11 @@ def test_export_smoothing_noise_goes_into_the_config_and_keeps_the_weights(tmp_p
     torch.testing.assert_close(reloaded.photo_smoother.noise_gain.weight, torch.full((2, 1), 8.0))
     removed = script.load_styles_generator(str(tmp_path / "export"), None, None, 0.0)
     assert removed.photo_smoother.noise_gain is None and removed.config["smoothing_noise"] == 0.0
+    with torch.no_grad():  # gains a training run learned survive an export that changes something else
+        reloaded.photo_smoother.noise_gain.weight.copy_(torch.tensor([[1.0], [9.0]]))
+    reloaded.save_pretrained(tmp_path / "trained")
+    kept = script.load_styles_generator(str(tmp_path / "trained"), None, {"ghibli": 512})
+    torch.testing.assert_close(kept.photo_smoother.noise_gain.weight, torch.tensor([[1.0], [9.0]]))
 
 
 def test_export_work_sides_go_into_the_config_and_keep_the_weights(tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights, the luma of `ghibligan.metrics` (not L*: above)
+
 # sRGB (linear) → XYZ, D65, and the D65 white point (OpenCV's constants)
 _RGB_TO_XYZ = (
     (0.412453, 0.357580, 0.180423),

@@ -32,15 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-from .color import lab_to_rgb, rgb_to_lab
+from .color import LUMA, lab_to_rgb, rgb_to_lab
 from .hub import GhibliganHubMixin
 from .layers import check_positive_int, inference_slice_rows, map_row_slices, row_slices
+from .noise import noise_variance
 
 UPSAMPLERS = ("guided_filter", "joint_bilateral")
 LEVEL_SPACES = ("luma", "lab")  # what `LevelQuantizer` cuts its levels in and `LumaDespeckle` takes the median of
 MAX_FLATTEN_DILATIONS, MAX_FLATTEN_DILATION = 8, 64  # dilated flattening passes, and their tap spacing
 MIN_WORK_SIDE, MAX_WORK_SIDE = 64, 16384  # bounds of a style's `work_sides` entry (pixels, the photo's long side)
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, the luma of `ghibligan.metrics`
 
 
 def luma(image: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -125,34 +125,7 @@ def guided_filter_coefficients(
     return box_filter(a, radius), box_filter(b, radius)
 
 
-NOISE_BLOCK = 8  # pixels (of the low-resolution photo) per side of the blocks `noise_variance` measures
-NOISE_PERCENTILE = 10  # which of the blocks' noise levels `noise_variance` takes: the flattest tenth, not texture
-NOISE_PERCENTILE_SCALE = 0.8  # that tenth of the blocks' estimates, for Gaussian noise of σ: 0.8σ (measured)
 MAX_SMOOTHING_NOISE = 1000.0  # bound on `smoothing_noise` from a config (5 is the bundled model's)
-
-
-def noise_variance(photo: torch.Tensor) -> torch.Tensor:
-    """The variance (B,) of the noise in each photo's luma, (B, 3, h, w) in [-1, 1] → float32: Immerkær's (1996)
-    estimate in each whole `NOISE_BLOCK`-square block, then the `NOISE_PERCENTILE` of the blocks (scaled to be
-    unbiased for Gaussian noise). Texture and edges raise a block's estimate, so the flattest tenth of the photo (sky,
-    walls, skin) measures its sensor noise and JPEG grain. A photo smaller than one block is one block.
-
-    No Python branch on the size: the ONNX export takes it as it is, at any size."""
-    y = F.pad(luma(photo.float()), (1, 1, 1, 1), mode="replicate")
-    # Immerkær's kernel [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] (it cancels every plane and ramp) is the outer product of
-    # two second differences: as slices, 10x faster than a one-channel conv2d on the CPU. For Gaussian noise of σ,
-    # E|response| = 6σ·sqrt(2/π).
-    rows = y[..., :-2, :] - 2 * y[..., 1:-1, :] + y[..., 2:, :]
-    response = (rows[..., :-2] - 2 * rows[..., 1:-1] + rows[..., 2:]).abs()  # (B, 1, h, w)
-    height, width = response.shape[-2:]
-    pad = (0, (NOISE_BLOCK - width % NOISE_BLOCK) % NOISE_BLOCK, 0, (NOISE_BLOCK - height % NOISE_BLOCK) % NOISE_BLOCK)
-    share = F.avg_pool2d(F.pad(torch.ones_like(response), pad), NOISE_BLOCK).flatten(1)  # of each block inside
-    mean = F.avg_pool2d(F.pad(response, pad), NOISE_BLOCK).flatten(1) / share  # (B, blocks)
-    whole = share == 1
-    usable = whole | ~whole.any(dim=1, keepdim=True)  # the whole blocks, or every block if there is none
-    sigma = torch.where(usable, mean * (math.sqrt(math.pi / 2) / 6), torch.inf)
-    rank = usable.sum(dim=1, keepdim=True) * NOISE_PERCENTILE // 100  # (B, 1), a tensor: no size-dependent branch
-    return (torch.sort(sigma, dim=1).values.gather(1, rank)[:, 0] / NOISE_PERCENTILE_SCALE).square()
 
 
 class PhotoSmoother(nn.Module):
@@ -188,8 +161,8 @@ class PhotoSmoother(nn.Module):
         smoother has a ``noise_gain`` and ``photo_low`` is given."""
         eps = self.log_eps(style).float().exp().clamp_min(MIN_EPS)
         if self.noise_gain is not None and photo_low is not None:
-            gain = self.noise_gain(style).float().clamp_min(0)  # (B, 1)
-            eps = eps + gain * noise_variance(photo_low).to(eps.device)[:, None]
+            gain = self.noise_gain(style).float().clamp_min(0.0).clamp_max(MAX_SMOOTHING_NOISE)  # (B, 1)
+            eps = eps + gain * noise_variance(photo_low)[:, None]
         return eps[:, :, None, None]
 
     def coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
