@@ -44,12 +44,14 @@ def _cartoonize(args: argparse.Namespace) -> int:
     cartoonizer.style_index(args.style)  # an unknown style is refused now, with the model's styles, before any work
     cartoonizer.check_posterize(args.posterize)  # so is a posterizer strength the model cannot take
     cartoonizer.check_work_side(args.work_side)  # and a work side out of range
+    cartoonizer.exposure_target(args.style, args.exposure_target)  # and an exposure target
     report = cartoonize_files(
         cartoonizer,
         jobs,
         style=args.style,
         posterize=args.posterize,
         work_side=args.work_side,
+        exposure_target=args.exposure_target,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -254,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw photos whose long side is larger than this at this side and upsample the cartoon to their size; 0 "
         "draws every photo at its own size; default: the model's choice per style (the bundled model draws ghibli "
         "and toon at 512 px, the size their teachers' look is defined at, painterly at the photo's size)",
+    )
+    cartoonize.add_argument(
+        "--exposure_target",
+        type=float,
+        default=None,
+        metavar="LUMINANCE",
+        help="brighten a photo whose 99th-percentile luminance (linear light, 0-1) is below this to it (at most 4x), "
+        "draw it and darken the cartoon back, so a dark photo gets the regions of a normal exposure; 0 draws every "
+        "photo as it is; default: the model's choice per style (the bundled model: ghibli 0.45, as its teacher)",
     )
     cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     cartoonize.add_argument(

@@ -110,6 +110,7 @@ class OnnxGenerator:
                 "names of 1 to 64 characters."
             )
         self.work_sides = self.config.get("work_sides")  # the style → long side the pipeline draws at (it checks them)
+        self.exposure_targets = self.config.get("exposure_targets")  # style → exposure target (the pipeline checks)
         inputs = self.session.get_inputs()
         self.input_names = [node.name for node in inputs]
         self.in_channels = int(inputs[0].shape[1]) if isinstance(inputs[0].shape[1], int) else 3

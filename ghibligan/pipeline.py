@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .exposure import check_exposure_target, expose, exposure_gain
 from .image_io import (
     DEFAULT_MAX_PIXELS,
     ImageInput,
@@ -35,7 +36,14 @@ from .image_io import (
     resize_to_max_side,
 )
 from .models.auto import load_generator
-from .models.guided import MAX_WORK_SIDE, MIN_WORK_SIDE, GuidedFilterGenerator, check_work_sides, is_work_side
+from .models.guided import (
+    MAX_WORK_SIDE,
+    MIN_WORK_SIDE,
+    GuidedFilterGenerator,
+    check_exposure_targets,
+    check_work_sides,
+    is_work_side,
+)
 from .models.hub import GhibliganHubMixin
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .onnx_generator import OnnxGenerator
@@ -208,6 +216,8 @@ class Cartoonizer:
         self.generator = generator.eval()
         # the styles drawn at a fixed long side (the model's config, which may not be trusted: checked here)
         self.work_sides = check_work_sides(getattr(generator, "work_sides", None), self.styles)
+        # the styles that draw a dark photo at a normal exposure (`ghibligan.exposure`), checked the same way
+        self.exposure_targets = check_exposure_targets(getattr(generator, "exposure_targets", None), self.styles)
         self.tile_size = tile_size
         self.auto_tile_bytes = auto_tile_bytes
         self.auto_tile_pixels = auto_tile_pixels
@@ -338,6 +348,21 @@ class Cartoonizer:
             return work_side or None
         styles = self.styles
         return self.work_sides.get(styles[index or 0]) if styles else None
+
+    def exposure_target(self, style: str | int | None = None, exposure_target: float | None = None) -> float:
+        """The 99th-percentile luminance (linear light) a darker photo is brightened to before it is drawn in
+        ``style`` (`ghibligan.exposure`), 0 for none: ``exposure_target`` if given, else the model's
+        `exposure_targets` entry for the style. Raises a `ValueError` for an unknown style or a bad target."""
+        if exposure_target is not None:
+            try:
+                exposure_target = check_exposure_target(exposure_target)
+            except ValueError as error:
+                raise ValueError(f"`exposure_target`: {error} None takes the model's choice for the style.") from None
+        index = self.style_index(style)
+        if exposure_target is not None:
+            return exposure_target
+        styles = self.styles
+        return self.exposure_targets.get(styles[index or 0], 0.0) if styles else 0.0
 
     def check_inputs(
         self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size=None
@@ -534,6 +559,7 @@ class Cartoonizer:
         tile_batch_size: int | None = None,
         posterize: float | None = None,
         work_side: int | None = None,
+        exposure_target: float | None = None,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
@@ -564,6 +590,11 @@ class Cartoonizer:
                 the cartoon (bilinear) to the photo's size. ``None`` (default) takes the model's choice for the style
                 (`work_sides`: the bundled model draws `ghibli` and `toon` at 512 px, the resolution their teachers'
                 look is defined at, and `painterly` at the photo's size), ``0`` draws every photo at its own size.
+            exposure_target (`float`, *optional*): brighten a photo whose 99th-percentile luminance (linear light,
+                0-1) is below this to it, at most 4x, draw it, and darken the cartoon back by the same gain
+                (`ghibligan.exposure`). ``None`` (default) takes the model's choice for the style (`exposure_targets`:
+                the bundled model's `ghibli` 0.45, as its teacher, whose regions would merge into a few grey ones on
+                a dark photo), ``0`` draws every photo at its own exposure.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
@@ -573,6 +604,7 @@ class Cartoonizer:
         self.check_posterize(posterize)
         style_index = self.style_index(style)
         work_side = self.work_side(style_index, work_side)
+        exposure_target = self.exposure_target(style_index, exposure_target)
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         loaded: list[LoadedImage] = [
@@ -583,6 +615,11 @@ class Cartoonizer:
         pending: dict[tuple[int, int], list[int]] = {}  # size → indices of untiled images, batched together
         rgbs = [resize_to_max_side(item.rgb, max_side) for item in loaded]  # the cartoons' sizes
         drawn = [resize_to_max_side(rgb, work_side) for rgb in rgbs]  # what the generator sees
+        gains = [exposure_gain(np.asarray(rgb), exposure_target) for rgb in drawn]  # 1: exposed well enough
+        drawn = [
+            rgb if gain == 1 else Image.fromarray(expose(np.asarray(rgb), gain))
+            for rgb, gain in zip(drawn, gains, strict=True)
+        ]
         tile_sides = [self._tile_side(rgb.height, rgb.width, tile) for rgb in drawn]
         fitting: dict[tuple[int, int], int] = {}  # pass shape → how many fit in memory at once; refuse before work
         for rgb, side in zip(drawn, tile_sides, strict=True):
@@ -616,7 +653,8 @@ class Cartoonizer:
         progress.close()
 
         cartoons = []
-        for item, rgb, array in zip(loaded, rgbs, outputs, strict=True):
+        for item, rgb, array, gain in zip(loaded, rgbs, outputs, gains, strict=True):
+            array = expose(array, 1 / gain)  # back to the photo's own exposure (none for most photos)
             if array.shape[:2] != (rgb.height, rgb.width):  # drawn at the work side: bilinear, as the ghibli teacher
                 array = cv2.resize(array, rgb.size, interpolation=cv2.INTER_LINEAR)
             if smoothing:

@@ -183,23 +183,43 @@ def side_item(value: str) -> tuple[str, int]:
     return style, int(side)
 
 
+def exposure_item(value: str) -> tuple[str, float]:
+    """One ``--exposure_target`` value, ``"ghibli=0.45"`` → ``("ghibli", 0.45)`` (argparse's ``type``)."""
+    style, _, target = value.partition("=")
+    try:
+        number = float(target)
+    except ValueError:
+        number = math.nan
+    if not style or not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected STYLE=TARGET, a target in (0, 1] such as ghibli=0.45, got {value!r}"
+        )
+    return style, number
+
+
 def load_styles_generator(
     model: str,
     strengths: dict[str, dict[str, float]] | None = None,
     work_sides: dict[str, int] | None = None,
     smoothing_noise: float | None = None,
+    exposure_targets: dict[str, float] | None = None,
 ):
     """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
     flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, the styles of
-    ``work_sides`` drawn at those long sides (they are the pipeline's metadata), and every style's photo smoothing
-    raised by ``smoothing_noise`` times each photo's noise variance (0: not at all); both rebuilt into its config."""
+    ``work_sides`` drawn at those long sides and the styles of ``exposure_targets`` at that exposure (both the
+    pipeline's metadata), and every style's photo smoothing raised by ``smoothing_noise`` times each photo's noise
+    variance (0: not at all); all rebuilt into its config."""
     generator = load_generator(model)
     changes = {}
-    if work_sides:
-        unknown = sorted(set(work_sides) - set(generator.styles))
-        if unknown:
-            raise SystemExit(f"--work_side: {model} has no style {unknown[0]!r} (styles {generator.styles})")
-        changes["work_sides"] = {**generator.work_sides, **work_sides}
+    for flag, key, given in (
+        ("work_side", "work_sides", work_sides),
+        ("exposure_target", "exposure_targets", exposure_targets),
+    ):
+        if given:
+            unknown = sorted(set(given) - set(generator.styles))
+            if unknown:
+                raise SystemExit(f"--{flag}: {model} has no style {unknown[0]!r} (styles {generator.styles})")
+            changes[key] = {**getattr(generator, key), **given}
     if smoothing_noise is not None:
         if getattr(generator, "photo_smoother", None) is None:
             raise SystemExit(f"--smoothing_noise: {model} has no photo smoothing (built without `photo_smoothing`)")
@@ -234,14 +254,15 @@ def evaluate_checkpoint(
     strengths=None,
     work_sides=None,
     smoothing_noise=None,
+    exposure_targets=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
-    export-time ``strengths``, ``work_sides`` and ``smoothing_noise`` of `load_styles_generator` set), evaluate it
-    on ``rows`` against ``target_column`` and print the summary."""
+    export-time ``strengths``, ``work_sides``, ``smoothing_noise`` and ``exposure_targets`` of
+    `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(model, strengths, work_sides, smoothing_noise)
+        generator = load_styles_generator(model, strengths, work_sides, smoothing_noise, exposure_targets)
         cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column, style)
@@ -300,6 +321,16 @@ def main() -> None:
         "the model's `work_sides` (written to the exported config), e.g. ghibli=512 toon=512 (the pairs' --max_side)",
     )
     parser.add_argument(
+        "--exposure_target",
+        nargs="+",
+        type=exposure_item,
+        default=[],
+        metavar="STYLE=TARGET",
+        help="a style-conditioned model: brighten a darker photo to this 99th-percentile luminance before drawing it "
+        "in these styles, and darken the cartoon back, as the model's `exposure_targets` (written to the exported "
+        "config), e.g. ghibli=0.45 (the ghibli teacher's exposure_target)",
+    )
+    parser.add_argument(
         "--smoothing_noise",
         type=float,
         default=None,
@@ -309,6 +340,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.work_sides = dict(args.work_side)
+    args.exposure_targets = dict(args.exposure_target)
     if args.smoothing_noise is not None and not 0 <= args.smoothing_noise <= MAX_SMOOTHING_NOISE:
         parser.error(f"--smoothing_noise must be in [0, {MAX_SMOOTHING_NOISE:g}], got {args.smoothing_noise}")
     if args.teacher_noise and not args.teacher:
@@ -323,7 +355,11 @@ def main() -> None:
     )
     # {flag: {style: strength}}, for the evaluation and the export
     strengths = args.strengths = {flag: dict(getattr(args, flag)) for flag in STRENGTHS if getattr(args, flag)}
-    changed = {"work_side": bool(args.work_sides), "smoothing_noise": args.smoothing_noise is not None}
+    changed = {
+        "work_side": bool(args.work_sides),
+        "exposure_target": bool(args.exposure_targets),
+        "smoothing_noise": args.smoothing_noise is not None,
+    }
     for flag in [*strengths, *(flag for flag, given in changed.items() if given)]:
         if not (styles and len(styles) > 1):
             parser.error(f"--{flag} needs a style-conditioned model (styles in its config.json)")
@@ -331,7 +367,15 @@ def main() -> None:
         metrics = {
             "styles": {
                 style: evaluate_checkpoint(
-                    args.model, args.dtype, rows, style, style, strengths, args.work_sides, args.smoothing_noise
+                    args.model,
+                    args.dtype,
+                    rows,
+                    style,
+                    style,
+                    strengths,
+                    args.work_sides,
+                    args.smoothing_noise,
+                    args.exposure_targets,
                 )
                 for style in styles
             }
@@ -395,9 +439,11 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    generator = load_styles_generator(args.model, args.strengths, args.work_sides, args.smoothing_noise)
+    generator = load_styles_generator(
+        args.model, args.strengths, args.work_sides, args.smoothing_noise, args.exposure_targets
+    )
     training = json.loads((Path(args.model) / "training_args.json").read_text())
-    config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise)
+    config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise, ...)
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))
     parameters = sum(p.numel() for p in generator.parameters())
     rows = {

@@ -68,7 +68,12 @@ STYLES = ["ghibli", "toon", "painterly"]
 
 
 def save_tiny_style_model(
-    path: Path, styles: list[str] = STYLES, seed: int = 0, scale: float = 0.3, work_sides: dict | None = None
+    path: Path,
+    styles: list[str] = STYLES,
+    seed: int = 0,
+    scale: float = 0.3,
+    work_sides: dict | None = None,
+    exposure_targets: dict | None = None,
 ) -> Path:
     """A tiny `GuidedFilterGenerator` with random weights. Its per-style tables and output layers start at zero (every
     style the same, the output close to the photo); here they are random too, so styles differ."""
@@ -78,7 +83,13 @@ def save_tiny_style_model(
 
     torch.manual_seed(seed)
     model = GuidedFilterGenerator(
-        styles=styles, channels=4, num_levels=2, num_blocks=1, tone_channels=8, work_sides=work_sides
+        styles=styles,
+        channels=4,
+        num_levels=2,
+        num_blocks=1,
+        tone_channels=8,
+        work_sides=work_sides,
+        exposure_targets=exposure_targets,
     )
     with torch.no_grad():
         for parameter in model.parameters():

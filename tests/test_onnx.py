@@ -16,6 +16,7 @@ from torch import nn
 
 from ghibligan import Cartoonizer, PatchDiscriminator, ResNetGenerator, UNetGenerator
 from ghibligan.cli import main
+from ghibligan.exposure import expose
 from ghibligan.image_io import tensor_to_uint8
 from ghibligan.models.guided import GuidedFilterGenerator
 from ghibligan.models.layers import crop_padding, pad_to_multiple
@@ -338,6 +339,12 @@ def test_bundled_model_runs_on_onnxruntime_like_torch(caplog):
     assert "exporting" not in caplog.text
     torch_pipe = Cartoonizer.from_pretrained(device="cpu", dtype="float32")
     assert onnx_pipe.styles == torch_pipe.styles == ["ghibli", "toon", "painterly"]
+    # the pipeline's metadata travels in the file: ghibli drawn at 512 px, and a dark photo at a normal exposure
+    assert onnx_pipe.work_sides == torch_pipe.work_sides and onnx_pipe.exposure_targets == {"ghibli": 0.45}
+    dark = expose(image, 0.25)
+    got = np.asarray(onnx_pipe(dark, style="ghibli")[0], dtype=int)
+    assert np.abs(got - np.asarray(torch_pipe(dark, style="ghibli")[0], dtype=int)).max() <= 2
+    assert np.abs(got - np.asarray(onnx_pipe(dark, style="ghibli", exposure_target=0)[0], dtype=int)).mean() > 1
     for style in onnx_pipe.styles:
         got = np.asarray(onnx_pipe(image, style=style)[0], dtype=int)
         expected = np.asarray(torch_pipe(image, style=style)[0], dtype=int)

@@ -766,6 +766,22 @@ def check_work_sides(work_sides, styles: Sequence[str]) -> dict[str, int]:
     return dict(work_sides)
 
 
+def check_exposure_targets(exposure_targets, styles: Sequence[str]) -> dict[str, float]:
+    """``exposure_targets`` (None, or ``{style: target}``, each in (0, 1]) as a dict, or a `ValueError` naming what is
+    wrong: it comes from a config.json, which may not be trusted."""
+    if exposure_targets is None:
+        return {}
+    if not isinstance(exposure_targets, dict) or not all(
+        name in styles and not isinstance(target, bool) and isinstance(target, (int, float)) and 0 < target <= 1
+        for name, target in exposure_targets.items()
+    ):
+        raise ValueError(
+            f"`exposure_targets` must map some of the styles {list(styles)} to a luminance in (0, 1], got "
+            f"{str(exposure_targets)[:200]}."
+        )
+    return {name: float(target) for name, target in exposure_targets.items()}
+
+
 class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
     r"""Style-conditioned photo → cartoon generator: a network at ``1/scale_factor`` resolution, a trainable guided
     filter that brings its output to full resolution edge-aware by construction (Deep Guided Filter, Wu et al. 2018),
@@ -843,6 +859,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             upsamples the cartoon (bilinear) to the photo's size, as the `ghibli` teacher paints its regions at 512 px
             and upsamples them. A style not named is drawn at the photo's own size. Metadata for the pipeline, like
             diffusers' ``sample_size``: `forward` does not read it.
+        exposure_targets (`dict[str, float]`, *optional*): for styles whose teacher normalizes a dark photo's exposure
+            (`ghibligan.exposure`: the `ghibli` teacher's ``exposure_target``), the same 99th-percentile luminance
+            target: `Cartoonizer` brightens a darker photo to it in linear light (at most 4x), draws it and darkens the
+            cartoon back. Metadata for the pipeline, like ``work_sides``.
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.
@@ -887,6 +907,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         level_space: str = "luma",
         surface_gate: bool = False,
         work_sides: dict[str, int] | None = None,
+        exposure_targets: dict[str, float] | None = None,
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -928,6 +949,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             raise ValueError(f"`level_space` must be one of {LEVEL_SPACES}, got {level_space!r}.")
         self.styles = list(styles)
         self.work_sides = check_work_sides(work_sides, self.styles)
+        self.exposure_targets = check_exposure_targets(exposure_targets, self.styles)
         self.scale_factor = scale_factor
         widths = [channels * 2**level for level in range(num_levels + 1)]
 

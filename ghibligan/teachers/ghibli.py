@@ -22,7 +22,11 @@ Designed from the non-photorealistic rendering literature rather than from lumin
    threshold): it only sees region contours, never the photo's texture; pieces shorter than ``ink_min_length`` go.
 
 The regions are computed at ``work_side`` pixels at most and the painted image upsampled, so a 1024-px photo costs
-about the same as a 512-px one. Everything is deterministic (the segmentations' noise has fixed seeds).
+about the same as a 512-px one. The colour windows, the segmentation and the ink have thresholds in grey levels, so a
+dark photo (its brightest tones under ``exposure_target`` in linear light) is brightened for them, in linear light,
+and its painting darkened back by the same gain: a photo taken 2 stops under gets the regions it would have at a
+normal exposure instead of a few merged grey ones. Everything is deterministic (the segmentations' noise has fixed
+seeds).
 
     >>> from ghibligan.teachers import make_teacher
     >>> cartoon = make_teacher("toon:ghibli")(Image.open("photo.jpg"))
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from ..exposure import MAX_EXPOSURE_GAIN, check_exposure_target, expose, exposure_gain
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class GhibliConfig:
     ink_strength: float = 0.85  # 0 = no ink lines
     ink_threshold: float = 0.02  # DoG response (0-1 intensity) that starts a line
     ink_min_length: int = 12  # ink pieces whose bounding box is shorter than this are dropped (at 512 px)
+    # a photo whose 99th-percentile luminance (linear light, 0-1) is below this is brightened to it for the stages
+    # with thresholds, by at most `max_exposure_gain`, and the painting darkened back (`ghibligan.exposure`); 0 = off
+    exposure_target: float = 0.45
+    max_exposure_gain: float = MAX_EXPOSURE_GAIN
 
     def __post_init__(self) -> None:
         if self.work_side < 64 or self.mean_shift_radius < 1 or self.region_scale <= 0 or self.region_min_size < 1:
@@ -72,6 +82,9 @@ class GhibliConfig:
             raise ValueError(f"GhibliConfig: region_runs must be in [1, 64] and region_jitter in [0, 32]: {self}")
         if not 0 <= self.ink_strength <= 1 or not 0 <= self.shading_keep <= 1 or not 0 <= self.shadow_lift <= 1:
             raise ValueError(f"GhibliConfig: ink_strength, shading_keep and shadow_lift must be in [0, 1]: {self}")
+        check_exposure_target(self.exposure_target)
+        if not 1 <= self.max_exposure_gain <= 64:
+            raise ValueError(f"GhibliConfig: max_exposure_gain must be in [1, 64]: {self}")
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -182,6 +195,9 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     scale = min(1.0, config.work_side / max(height, width))
     size = (round(width * scale), round(height * scale))
     work = rgb if scale == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    # a dark photo: the thresholds below see it as if it were normally exposed (`ghibligan.exposure`)
+    gain = exposure_gain(work, config.exposure_target, config.max_exposure_gain)
+    work = expose(work, gain)
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
     gentle = cv2.cvtColor(cv2.bilateralFilter(work, 9, 30, 6).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
@@ -198,7 +214,8 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     painted = np.clip(cv2.cvtColor(graded, cv2.COLOR_LAB2RGB), 0, 1)
     if scale != 1:
         painted = cv2.resize(painted, (width, height), interpolation=cv2.INTER_LINEAR)
-    if config.ink_strength:
-        ink = _ink(painted, config)[..., None] * config.ink_strength
+    ink = _ink(painted, config)[..., None] * config.ink_strength if config.ink_strength else None
+    painted = expose(painted, 1 / gain)  # back to the photo's own exposure
+    if ink is not None:
         painted = painted * (1 - ink) + 0.1 * ink  # near-black ink, blended
     return (np.clip(painted, 0, 1) * 255 + 0.5).astype(np.uint8)
