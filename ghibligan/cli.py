@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LUMINANCE",
         help="brighten a photo whose 99th-percentile luminance (linear light, 0-1) is below this to it (at most 4x), "
         "draw it and darken the cartoon back, so a dark photo gets the regions of a normal exposure; 0 draws every "
-        "photo as it is; default: the model's choice per style (the bundled model: ghibli 0.45, as its teacher)",
+        "photo as it is; default: the model's choice per style (the bundled model: ghibli 0.39, as its teacher)",
     )
     cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     cartoonize.add_argument(

@@ -2,13 +2,17 @@
 
 The `ghibli` teacher's colour windows, segmentation and ink thresholds are in grey levels, so a photo taken two stops
 under merges into a few grey regions. Both the teacher and the student that learned it therefore brighten a dark
-photo, in linear light, until its 99th-percentile luminance reaches a target, draw it, and darken the drawing back by
-the same gain: the cartoon keeps the photo's own exposure and gets the regions of a normal one. A photo already bright
-enough gets a gain of 1 and is not touched. The teacher (`ghibligan.teachers.ghibli`) and the pipeline
-(`Cartoonizer`, from a model's ``exposure_targets``) share these functions, so they agree on every photo.
+photo until its 99th-percentile luminance reaches a target, draw it, and darken the drawing back exactly: the cartoon
+keeps the photo's own exposure and gets the regions of a normal one. The curve, in linear light, is
+``y = g·x / (1 + (g - 1)·x)``: a gain of ``g`` on the shadows and mid-tones, 1 stays 1, so no highlight clips (a
+street lamp in a night photo comes back as bright as it was) and `darken` inverts `brighten`. A photo already bright
+enough gets a gain of 1 and is not touched. The gain is measured on the photo area-downsampled to a fixed size, so it
+does not depend on the resolution the caller draws at; the teacher (`ghibligan.teachers.ghibli`) and the pipeline
+(`Cartoonizer`, from a model's ``exposure_targets``) share these functions.
 
-    >>> gain = exposure_gain(rgb, target=0.45)  # 1.0 for a normally exposed photo
-    >>> bright = expose(rgb, gain)              # uint8 in, uint8 out
+    >>> gain = exposure_gain(rgb, target=0.39)  # 1.0 for a normally exposed photo
+    >>> bright = brighten(rgb, gain)            # uint8 in, uint8 out
+    >>> cartoon = darken(draw(bright), gain)
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import cv2
 import numpy as np
 
 MAX_EXPOSURE_GAIN = 4.0  # two stops: a darker photo is brightened only this much
-SAMPLE_STEP = 4  # the percentile is taken over every 4th pixel of every 4th row: ~11 k samples at 512 px
+MEASURE_SIDE = 128  # the percentile is taken on the photo area-downsampled to this long side
 LINEAR_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709 luminance of linear RGB
 
 
@@ -45,25 +49,63 @@ def check_exposure_target(target) -> float:
     return float(target)
 
 
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"expected a uint8 RGB array (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} of shape "
+            f"{getattr(rgb, 'shape', None)}."
+        )
+
+
 def exposure_gain(rgb: np.ndarray, target: float, max_gain: float = MAX_EXPOSURE_GAIN) -> float:
-    """The gain in linear light that brings the 99th-percentile luminance of a uint8 RGB image (H, W, 3) to
-    ``target`` (0-1): 1 for a photo already that bright (or ``target`` 0), at most ``max_gain``."""
+    """The gain of `brighten` that brings the 99th-percentile luminance (linear light) of a uint8 RGB image (H, W, 3)
+    to ``target`` (0-1): 1 for a photo already that bright (or ``target`` 0), at most ``max_gain``. Measured on the
+    image area-downsampled to `MEASURE_SIDE`, so a photo and its downscaled copy get (nearly) the same gain."""
+    _check_rgb(rgb)
     if not target or rgb.size == 0:
         return 1.0
-    sample = rgb[::SAMPLE_STEP, ::SAMPLE_STEP].reshape(-1, 3)
-    luminance = _LINEAR_OF_UINT8[sample] @ LINEAR_LUMA
+    height, width = rgb.shape[:2]
+    scale = min(1.0, MEASURE_SIDE / max(height, width))
+    small = rgb if scale == 1 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                                              interpolation=cv2.INTER_AREA)  # fmt: skip
+    luminance = _LINEAR_OF_UINT8[small.reshape(-1, 3)] @ LINEAR_LUMA
     brightest = float(np.percentile(luminance, 99))
-    return float(min(max(target / max(brightest, 1e-6), 1.0), max_gain))
+    if brightest >= target:
+        return 1.0
+    # the gain g of y = g·x / (1 + (g - 1)·x) that takes x = brightest to y = target
+    gain = target * (1 - brightest) / max(brightest * (1 - target), 1e-12)
+    return float(min(gain, max_gain))
 
 
-def expose(image: np.ndarray, gain: float) -> np.ndarray:
-    """``image`` times ``gain`` in linear light, clipped: uint8 (H, W, C) in → uint8 out (a lookup table), or float
-    sRGB in [0, 1] → float32 sRGB in [0, 1]. A gain of 1 returns ``image`` itself."""
-    if gain == 1:
-        return image
-    if not math.isfinite(gain) or gain <= 0:
-        raise ValueError(f"`gain` must be a finite number > 0, got {gain!r}.")
+def _check_gain(gain: float) -> None:
+    if not math.isfinite(gain) or gain < 1:
+        raise ValueError(f"`gain` must be a finite number >= 1, got {gain!r}.")
+
+
+def _brighten_linear(x: np.ndarray, gain: float) -> np.ndarray:
+    return gain * x / (1 + (gain - 1) * x)
+
+
+def _darken_linear(y: np.ndarray, gain: float) -> np.ndarray:
+    return y / (gain - (gain - 1) * y)
+
+
+def _apply(image: np.ndarray, curve) -> np.ndarray:
+    """``curve`` (on linear light) applied to uint8 RGB (a lookup table: uint8 out) or float sRGB in [0, 1]."""
     if image.dtype == np.uint8:
-        table = np.round(to_srgb(_LINEAR_OF_UINT8 * gain) * 255).astype(np.uint8)
-        return cv2.LUT(image, table)
-    return to_srgb(to_linear(image) * gain)
+        return cv2.LUT(image, np.round(to_srgb(curve(_LINEAR_OF_UINT8)) * 255).astype(np.uint8))
+    return to_srgb(curve(to_linear(image)))
+
+
+def brighten(image: np.ndarray, gain: float) -> np.ndarray:
+    """An RGB image (uint8, or float sRGB in [0, 1]) brightened by ``gain`` ≥ 1 in linear light, highlights rolled
+    off (1 stays 1); the same dtype out (float: float32). A gain of 1 returns ``image`` itself."""
+    _check_gain(gain)
+    return image if gain == 1 else _apply(image, lambda x: _brighten_linear(x, gain))
+
+
+def darken(image: np.ndarray, gain: float) -> np.ndarray:
+    """The inverse of `brighten` with the same ``gain``: the drawing of a brightened photo back at the photo's own
+    exposure."""
+    _check_gain(gain)
+    return image if gain == 1 else _apply(image, lambda y: _darken_linear(y, gain))

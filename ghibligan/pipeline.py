@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .exposure import check_exposure_target, expose, exposure_gain
+from .exposure import brighten, check_exposure_target, darken, exposure_gain
 from .image_io import (
     DEFAULT_MAX_PIXELS,
     ImageInput,
@@ -356,8 +356,11 @@ class Cartoonizer:
         if exposure_target is not None:
             try:
                 exposure_target = check_exposure_target(exposure_target)
-            except ValueError as error:
-                raise ValueError(f"`exposure_target`: {error} None takes the model's choice for the style.") from None
+            except ValueError:
+                raise ValueError(
+                    f"`exposure_target` must be None (the model's choice for the style), 0 (off) or a luminance in "
+                    f"(0, 1], got {exposure_target!r}."
+                ) from None
         index = self.style_index(style)
         if exposure_target is not None:
             return exposure_target
@@ -593,7 +596,7 @@ class Cartoonizer:
             exposure_target (`float`, *optional*): brighten a photo whose 99th-percentile luminance (linear light,
                 0-1) is below this to it, at most 4x, draw it, and darken the cartoon back by the same gain
                 (`ghibligan.exposure`). ``None`` (default) takes the model's choice for the style (`exposure_targets`:
-                the bundled model's `ghibli` 0.45, as its teacher, whose regions would merge into a few grey ones on
+                the bundled model's `ghibli` 0.39, as its teacher, whose regions would merge into a few grey ones on
                 a dark photo), ``0`` draws every photo at its own exposure.
 
         Returns:
@@ -617,7 +620,7 @@ class Cartoonizer:
         drawn = [resize_to_max_side(rgb, work_side) for rgb in rgbs]  # what the generator sees
         gains = [exposure_gain(np.asarray(rgb), exposure_target) for rgb in drawn]  # 1: exposed well enough
         drawn = [
-            rgb if gain == 1 else Image.fromarray(expose(np.asarray(rgb), gain))
+            rgb if gain == 1 else Image.fromarray(brighten(np.asarray(rgb), gain))
             for rgb, gain in zip(drawn, gains, strict=True)
         ]
         tile_sides = [self._tile_side(rgb.height, rgb.width, tile) for rgb in drawn]
@@ -654,9 +657,9 @@ class Cartoonizer:
 
         cartoons = []
         for item, rgb, array, gain in zip(loaded, rgbs, outputs, gains, strict=True):
-            array = expose(array, 1 / gain)  # back to the photo's own exposure (none for most photos)
             if array.shape[:2] != (rgb.height, rgb.width):  # drawn at the work side: bilinear, as the ghibli teacher
                 array = cv2.resize(array, rgb.size, interpolation=cv2.INTER_LINEAR)
+            array = darken(array, gain)  # back to the photo's own exposure, after the upsampling as the teacher
             if smoothing:
                 array = smooth(array, smoothing, smoothing_method)
             cartoon = Image.fromarray(array, "RGB")

@@ -184,15 +184,16 @@ def side_item(value: str) -> tuple[str, int]:
 
 
 def exposure_item(value: str) -> tuple[str, float]:
-    """One ``--exposure_target`` value, ``"ghibli=0.45"`` → ``("ghibli", 0.45)`` (argparse's ``type``)."""
+    """One ``--exposure_target`` value, ``"ghibli=0.39"`` → ``("ghibli", 0.39)`` (argparse's ``type``; 0 removes the
+    style's target)."""
     style, _, target = value.partition("=")
     try:
         number = float(target)
     except ValueError:
         number = math.nan
-    if not style or not 0 < number <= 1:
+    if not style or not 0 <= number <= 1:
         raise argparse.ArgumentTypeError(
-            f"expected STYLE=TARGET, a target in (0, 1] such as ghibli=0.45, got {value!r}"
+            f"expected STYLE=TARGET, a target in [0, 1] such as ghibli=0.39, got {value!r}"
         )
     return style, number
 
@@ -219,7 +220,7 @@ def load_styles_generator(
             unknown = sorted(set(given) - set(generator.styles))
             if unknown:
                 raise SystemExit(f"--{flag}: {model} has no style {unknown[0]!r} (styles {generator.styles})")
-            changes[key] = {**getattr(generator, key), **given}
+            changes[key] = {name: value for name, value in {**getattr(generator, key), **given}.items() if value}
     if smoothing_noise is not None:
         if getattr(generator, "photo_smoother", None) is None:
             raise SystemExit(f"--smoothing_noise: {model} has no photo smoothing (built without `photo_smoothing`)")
@@ -328,7 +329,7 @@ def main() -> None:
         metavar="STYLE=TARGET",
         help="a style-conditioned model: brighten a darker photo to this 99th-percentile luminance before drawing it "
         "in these styles, and darken the cartoon back, as the model's `exposure_targets` (written to the exported "
-        "config), e.g. ghibli=0.45 (the ghibli teacher's exposure_target)",
+        "config), e.g. ghibli=0.39 (the ghibli teacher's exposure_target; 0 removes it)",
     )
     parser.add_argument(
         "--smoothing_noise",

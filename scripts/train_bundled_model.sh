@@ -71,9 +71,9 @@ the photo's own detail, 86.9 % / 0.91x / 1.11x. The toon teacher draws contour l
 config.json), so high-ISO grain is smoothed away as the teachers do instead of drawn as speckles: on the same 8 photos
 with noise of σ 10 grey levels, `toon` 84.3 % / 0.92x / 0.95x and `painterly` 81.7 % / 0.87x / 0.97x (83.6 % / 0.84x
 and 78.1 % / 0.66x without it). Other conditions, error removed for ghibli / toon / painterly
-(`scripts/photo_conditions.py`): 2 stops darker 60.1 / 89.2 / 90.5 %, 1 stop brighter 58.8 / 86.5 / 79.7 %, a 40 %
+(`scripts/photo_conditions.py`): 2 stops darker 58.7 / 89.2 / 90.5 %, 1 stop brighter 58.8 / 86.5 / 79.7 %, a 40 %
 haze 59.1 / 81.8 / 92.6 %, JPEG quality 20 62.2 / 88.0 / 87.6 %. A photo darker than any it was trained on (its
-99th-percentile luminance under 0.45 in linear light) is drawn in `ghibli` as its teacher draws it: brightened, at
+99th-percentile luminance under 0.39 in linear light) is drawn in `ghibli` as its teacher draws it: brightened, at
 most 4x, drawn, and the cartoon darkened back (`exposure_targets` in config.json; `exposure_target=0` turns it off).
 Without it the teacher's fixed colour thresholds merged a dark photo into a few grey regions and the model scored
 49.1 %.

@@ -28,6 +28,13 @@ def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
+def underexposed(rgb: np.ndarray, stops: float) -> np.ndarray:
+    """A uint8 RGB photo as if taken ``stops`` under: its linear light times 2**-stops (sRGB transfer function)."""
+    from ghibligan.exposure import to_linear, to_srgb
+
+    return np.round(to_srgb(to_linear(rgb / 255.0) * 2.0**-stops) * 255).astype(np.uint8)
+
+
 def save_tiny_unet(path: Path, **kwargs) -> Path:
     UNetGenerator(**{"num_downs": 5, "ngf": 8, **kwargs}).save_pretrained(path)
     return path

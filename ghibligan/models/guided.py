@@ -861,8 +861,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             diffusers' ``sample_size``: `forward` does not read it.
         exposure_targets (`dict[str, float]`, *optional*): for styles whose teacher normalizes a dark photo's exposure
             (`ghibligan.exposure`: the `ghibli` teacher's ``exposure_target``), the same 99th-percentile luminance
-            target: `Cartoonizer` brightens a darker photo to it in linear light (at most 4x), draws it and darkens the
-            cartoon back. Metadata for the pipeline, like ``work_sides``.
+            target: `Cartoonizer` brightens a darker photo to it (at most 4x in linear light, highlights rolled off),
+            draws it and darkens the cartoon back. Metadata for the pipeline, like ``work_sides``.
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.

@@ -23,8 +23,8 @@ Designed from the non-photorealistic rendering literature rather than from lumin
 
 The regions are computed at ``work_side`` pixels at most and the painted image upsampled, so a 1024-px photo costs
 about the same as a 512-px one. The colour windows, the segmentation and the ink have thresholds in grey levels, so a
-dark photo (its brightest tones under ``exposure_target`` in linear light) is brightened for them, in linear light,
-and its painting darkened back by the same gain: a photo taken 2 stops under gets the regions it would have at a
+dark photo (its brightest tones under ``exposure_target`` in linear light) is brightened for them (`ghibligan.exposure`)
+and its painting darkened back by the same curve: a photo taken 2 stops under gets the regions it would have at a
 normal exposure instead of a few merged grey ones. Everything is deterministic (the segmentations' noise has fixed
 seeds).
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..exposure import MAX_EXPOSURE_GAIN, check_exposure_target, expose, exposure_gain
+from ..exposure import MAX_EXPOSURE_GAIN, brighten, check_exposure_target, darken, exposure_gain
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class GhibliConfig:
     ink_min_length: int = 12  # ink pieces whose bounding box is shorter than this are dropped (at 512 px)
     # a photo whose 99th-percentile luminance (linear light, 0-1) is below this is brightened to it for the stages
     # with thresholds, by at most `max_exposure_gain`, and the painting darkened back (`ghibligan.exposure`); 0 = off
-    exposure_target: float = 0.45
+    exposure_target: float = 0.39  # just under the darkest of ../shared/photos (0.397): none of them is changed
     max_exposure_gain: float = MAX_EXPOSURE_GAIN
 
     def __post_init__(self) -> None:
@@ -197,7 +197,7 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     work = rgb if scale == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     # a dark photo: the thresholds below see it as if it were normally exposed (`ghibligan.exposure`)
     gain = exposure_gain(work, config.exposure_target, config.max_exposure_gain)
-    work = expose(work, gain)
+    work = brighten(work, gain)
     smoothed = _surface(work, config)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)  # L in [0, 100]
     gentle = cv2.cvtColor(cv2.bilateralFilter(work, 9, 30, 6).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
@@ -214,8 +214,8 @@ def ghiblify(rgb: np.ndarray, config: GhibliConfig) -> np.ndarray:
     painted = np.clip(cv2.cvtColor(graded, cv2.COLOR_LAB2RGB), 0, 1)
     if scale != 1:
         painted = cv2.resize(painted, (width, height), interpolation=cv2.INTER_LINEAR)
-    ink = _ink(painted, config)[..., None] * config.ink_strength if config.ink_strength else None
-    painted = expose(painted, 1 / gain)  # back to the photo's own exposure
-    if ink is not None:
+    if config.ink_strength:
+        ink = _ink(painted, config)[..., None] * config.ink_strength
         painted = painted * (1 - ink) + 0.1 * ink  # near-black ink, blended
+    painted = darken(painted, gain)  # back to the photo's own exposure: the drawing of the brightened photo, darkened
     return (np.clip(painted, 0, 1) * 255 + 0.5).astype(np.uint8)
