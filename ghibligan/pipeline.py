@@ -594,10 +594,10 @@ class Cartoonizer:
                 (`work_sides`: the bundled model draws `ghibli` and `toon` at 512 px, the resolution their teachers'
                 look is defined at, and `painterly` at the photo's size), ``0`` draws every photo at its own size.
             exposure_target (`float`, *optional*): brighten a photo whose 99th-percentile luminance (linear light,
-                0-1) is below this to it, at most 4x, draw it, and darken the cartoon back by the same gain
-                (`ghibligan.exposure`). ``None`` (default) takes the model's choice for the style (`exposure_targets`:
-                the bundled model's `ghibli` 0.39, as its teacher, whose regions would merge into a few grey ones on
-                a dark photo), ``0`` draws every photo at its own exposure.
+                0-1) is below this to it (at most 4x in the shadows, highlights rolled off), draw it, and darken the
+                cartoon back by the inverse curve (`ghibligan.exposure`). ``None`` (default) takes the model's choice
+                for the style (`exposure_targets`: the bundled model's `ghibli` 0.39, as its teacher, whose regions
+                would merge into a few grey ones on a dark photo), ``0`` draws every photo at its own exposure.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
@@ -618,7 +618,8 @@ class Cartoonizer:
         pending: dict[tuple[int, int], list[int]] = {}  # size → indices of untiled images, batched together
         rgbs = [resize_to_max_side(item.rgb, max_side) for item in loaded]  # the cartoons' sizes
         drawn = [resize_to_max_side(rgb, work_side) for rgb in rgbs]  # what the generator sees
-        gains = [exposure_gain(np.asarray(rgb), exposure_target) for rgb in drawn]  # 1: exposed well enough
+        # 1: exposed well enough, or a style without a target (no copy of the image to find that out)
+        gains = [exposure_gain(np.asarray(rgb), exposure_target) if exposure_target else 1.0 for rgb in drawn]
         drawn = [
             rgb if gain == 1 else Image.fromarray(brighten(np.asarray(rgb), gain))
             for rgb, gain in zip(drawn, gains, strict=True)
