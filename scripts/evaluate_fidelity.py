@@ -153,17 +153,31 @@ def report_reproducibility(teacher_spec: str, rows, target_column: str, sigma: f
     return ceiling
 
 
+def unit_item(value: str, what: str, example: str) -> tuple[str, float]:
+    """One ``STYLE=NUMBER`` value with the number in [0, 1], ``"toon=1"`` → ``("toon", 1.0)``; ``what`` names the
+    number and ``example`` shows one in the error."""
+    style, _, number = value.partition("=")
+    try:
+        parsed = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STYLE={what.upper()} such as {example}, got {value!r}") from None
+    if not style or not 0 <= parsed <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected STYLE={what.upper()} with a {what} in [0, 1] such as {example}, got {value!r}"
+        )
+    return style, parsed
+
+
 def strength_item(value: str) -> tuple[str, float]:
     """One ``--posterize`` or ``--despeckle`` value, ``"toon=1"`` → ``("toon", 1.0)``, the strength in [0, 1]
     (argparse's ``type``)."""
-    style, _, strength = value.partition("=")
-    try:
-        number = float(strength)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected STYLE=STRENGTH such as toon=1, got {value!r}") from None
-    if not style or not 0 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"expected STYLE=STRENGTH with a strength in [0, 1], got {value!r}")
-    return style, number
+    return unit_item(value, "strength", "toon=1")
+
+
+def exposure_item(value: str) -> tuple[str, float]:
+    """One ``--exposure_target`` value, ``"ghibli=0.39"`` → ``("ghibli", 0.39)`` (argparse's ``type``; 0 removes the
+    style's target)."""
+    return unit_item(value, "target", "ghibli=0.39")
 
 
 # the export-time strengths: flag → (the generator's module, what it is, the config key that builds it)
@@ -181,21 +195,6 @@ def side_item(value: str) -> tuple[str, int]:
             f"expected STYLE=SIDE, a side in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}] px such as ghibli=512, got {value!r}"
         )
     return style, int(side)
-
-
-def exposure_item(value: str) -> tuple[str, float]:
-    """One ``--exposure_target`` value, ``"ghibli=0.39"`` → ``("ghibli", 0.39)`` (argparse's ``type``; 0 removes the
-    style's target)."""
-    style, _, target = value.partition("=")
-    try:
-        number = float(target)
-    except ValueError:
-        number = math.nan
-    if not style or not 0 <= number <= 1:
-        raise argparse.ArgumentTypeError(
-            f"expected STYLE=TARGET, a target in [0, 1] such as ghibli=0.39, got {value!r}"
-        )
-    return style, number
 
 
 def load_styles_generator(

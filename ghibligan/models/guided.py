@@ -751,35 +751,31 @@ def is_work_side(side) -> bool:
     return isinstance(side, int) and not isinstance(side, bool) and MIN_WORK_SIDE <= side <= MAX_WORK_SIDE
 
 
-def check_work_sides(work_sides, styles: Sequence[str]) -> dict[str, int]:
-    """``work_sides`` (None, or ``{style: long side}``) as a dict, or a `ValueError` naming what is wrong: it comes
-    from a config.json, which may not be trusted."""
-    if work_sides is None:
+def check_style_map(key: str, mapping, styles: Sequence[str], is_valid, wanted: str) -> dict:
+    """A config's ``{style: value}`` entry ``key`` (None: ``{}``) as a dict, or a `ValueError` naming what is wrong:
+    every name one of ``styles`` and every value passing ``is_valid`` (``wanted`` says what that is). It comes from a
+    config.json, which may not be trusted."""
+    if mapping is None:
         return {}
-    if not isinstance(work_sides, dict) or not all(
-        name in styles and is_work_side(side) for name, side in work_sides.items()
-    ):
-        raise ValueError(
-            f"`work_sides` must map some of the styles {list(styles)} to a long side in [{MIN_WORK_SIDE}, "
-            f"{MAX_WORK_SIDE}] pixels, got {str(work_sides)[:200]}."
-        )
-    return dict(work_sides)
+    if not isinstance(mapping, dict) or not all(name in styles and is_valid(value) for name, value in mapping.items()):
+        raise ValueError(f"`{key}` must map some of the styles {list(styles)} to {wanted}, got {str(mapping)[:200]}.")
+    return dict(mapping)
+
+
+def check_work_sides(work_sides, styles: Sequence[str]) -> dict[str, int]:
+    """`check_style_map` of ``work_sides``: long sides in [`MIN_WORK_SIDE`, `MAX_WORK_SIDE`] pixels."""
+    wanted = f"a long side in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}] pixels"
+    return check_style_map("work_sides", work_sides, styles, is_work_side, wanted)
 
 
 def check_exposure_targets(exposure_targets, styles: Sequence[str]) -> dict[str, float]:
-    """``exposure_targets`` (None, or ``{style: target}``, each in (0, 1]) as a dict, or a `ValueError` naming what is
-    wrong: it comes from a config.json, which may not be trusted."""
-    if exposure_targets is None:
-        return {}
-    if not isinstance(exposure_targets, dict) or not all(
-        name in styles and not isinstance(target, bool) and isinstance(target, (int, float)) and 0 < target <= 1
-        for name, target in exposure_targets.items()
-    ):
-        raise ValueError(
-            f"`exposure_targets` must map some of the styles {list(styles)} to a luminance in (0, 1], got "
-            f"{str(exposure_targets)[:200]}."
-        )
-    return {name: float(target) for name, target in exposure_targets.items()}
+    """`check_style_map` of ``exposure_targets``: luminances in (0, 1] (`ghibligan.exposure`), as floats."""
+
+    def is_target(target) -> bool:
+        return not isinstance(target, bool) and isinstance(target, (int, float)) and 0 < target <= 1
+
+    targets = check_style_map("exposure_targets", exposure_targets, styles, is_target, "a luminance in (0, 1]")
+    return {name: float(target) for name, target in targets.items()}
 
 
 class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
