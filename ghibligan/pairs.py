@@ -16,7 +16,6 @@ redone. Arguments are checked before any teacher work (`check_make_pairs_args`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -31,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .image_io import IMAGE_EXTENSIONS, ImageLoadError, load_image, resize_to_max_side
-from .photo_variants import PhotoVariation, variant_key, variant_seed, vary_photo
+from .photo_variants import PhotoVariation, stable_hash, variant_key, variant_seed, vary_photo
 
 FEATURES = datasets.Features(
     {
@@ -109,11 +108,8 @@ def photos_from_dataset(
 
 
 def split_of(key: str, validation_fraction: float) -> str:
-    """Stable train/validation assignment by the photo's key (same answer in every run).
-
-    SHA-256, not crc32: crc32 is linear, so similar keys (001.jpg, 002.jpg, ...) do not spread uniformly.
-    """
-    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 10_000
+    """Stable train/validation assignment by the photo's key (same answer in every run: `stable_hash`)."""
+    bucket = stable_hash(key) % 10_000
     return "validation" if bucket < validation_fraction * 10_000 else "train"
 
 

@@ -72,10 +72,15 @@ def variant_key(key: str, index: int) -> str:
     return f"{key}{VARIANT_SEPARATOR}{index}"
 
 
+def stable_hash(text: str) -> int:
+    """A 64-bit integer of ``text``, the same in every run and on every machine (SHA-256: Python's ``hash`` is salted
+    per process, and crc32 is linear, so similar keys such as 001.jpg, 002.jpg would not spread uniformly)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
 def variant_seed(key: str, index: int) -> np.random.Generator:
-    """The generator of variant ``index`` of the photo ``key``: a function of both only (SHA-256, as `split_of`)."""
-    digest = hashlib.sha256(variant_key(key, index).encode("utf-8")).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    """The generator of variant ``index`` of the photo ``key``: a function of both only (`stable_hash`)."""
+    return np.random.default_rng(stable_hash(variant_key(key, index)))
 
 
 def vary_photo(image: Image.Image, rng: np.random.Generator, variation: PhotoVariation | None = None) -> Image.Image:
