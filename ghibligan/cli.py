@@ -52,6 +52,7 @@ def _cartoonize(args: argparse.Namespace) -> int:
         posterize=args.posterize,
         work_side=args.work_side,
         exposure_target=args.exposure_target,
+        contour_lines=args.contour_lines,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -265,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="brighten a photo whose 99th-percentile luminance (linear light, 0-1) is below this to it (at most 4x), "
         "draw it and darken the cartoon back, so a dark photo gets the regions of a normal exposure; 0 draws every "
         "photo as it is; default: the model's choice per style (the bundled model: ghibli 0.39, as its teacher)",
+    )
+    cartoonize.add_argument(
+        "--contour_lines",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ink the photo's edges on the cartoon at the photo's size, with the toon teacher's line algorithm "
+        "(--no-contour_lines: none); default: the model's choice per style (the bundled model: toon, as its teacher)",
     )
     cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     cartoonize.add_argument(

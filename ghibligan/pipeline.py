@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .contour_lines import ContourLines, apply_ink, draw_contour_lines
 from .exposure import brighten, check_exposure_target, darken, exposure_gain
 from .image_io import (
     DEFAULT_MAX_PIXELS,
@@ -40,6 +41,7 @@ from .models.guided import (
     MAX_WORK_SIDE,
     MIN_WORK_SIDE,
     GuidedFilterGenerator,
+    check_contour_lines,
     check_exposure_targets,
     check_work_sides,
     is_work_side,
@@ -218,6 +220,11 @@ class Cartoonizer:
         self.work_sides = check_work_sides(getattr(generator, "work_sides", None), self.styles)
         # the styles that draw a dark photo at a normal exposure (`ghibligan.exposure`), checked the same way
         self.exposure_targets = check_exposure_targets(getattr(generator, "exposure_targets", None), self.styles)
+        # the styles whose teacher inks the photo's edges at the photo's size (`ghibligan.contour_lines`): drawn here
+        self.contour_lines = {
+            name: ContourLines.from_dict(settings)
+            for name, settings in check_contour_lines(getattr(generator, "contour_lines", None), self.styles).items()
+        }
         self.tile_size = tile_size
         self.auto_tile_bytes = auto_tile_bytes
         self.auto_tile_pixels = auto_tile_pixels
@@ -366,6 +373,23 @@ class Cartoonizer:
             return exposure_target
         styles = self.styles
         return self.exposure_targets.get(styles[index or 0], 0.0) if styles else 0.0
+
+    def line_settings(self, style: str | int | None = None, contour_lines: bool | None = None) -> ContourLines | None:
+        """The contour lines drawn on a cartoon in ``style`` (`ghibligan.contour_lines`), None for none: with
+        ``contour_lines`` None, the model's `contour_lines` entry for the style; False, none; True, that entry or, for
+        a style without one, the toon teacher's lines (`ContourLines()`). Raises a `ValueError` for an unknown style
+        or a ``contour_lines`` that is not None or a bool."""
+        if contour_lines is not None and not isinstance(contour_lines, bool):
+            raise ValueError(
+                "`contour_lines` must be None (the model's choice for the style), True or False, got "
+                f"{contour_lines!r}."
+            )
+        index = self.style_index(style)
+        styles = self.styles
+        lines = self.contour_lines.get(styles[index or 0]) if styles else None
+        if contour_lines is None:
+            return lines
+        return (lines or ContourLines()) if contour_lines else None
 
     def check_inputs(
         self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size=None
@@ -563,6 +587,7 @@ class Cartoonizer:
         posterize: float | None = None,
         work_side: int | None = None,
         exposure_target: float | None = None,
+        contour_lines: bool | None = None,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
@@ -598,6 +623,11 @@ class Cartoonizer:
                 cartoon back by the inverse curve (`ghibligan.exposure`). ``None`` (default) takes the model's choice
                 for the style (`exposure_targets`: the bundled model's `ghibli` 0.39, as its teacher, whose regions
                 would merge into a few grey ones on a dark photo), ``0`` draws every photo at its own exposure.
+            contour_lines (`bool`, *optional*): ink the edges of the photo on the cartoon, at the photo's size, with
+                the toon teacher's line algorithm (`ghibligan.contour_lines`), after any upsampling from the work side.
+                ``None`` (default) takes the model's choice for the style (`contour_lines`: the bundled model's `toon`,
+                as its teacher, whose one-pixel lines a model drawn at 512 px cannot place on a larger photo),
+                ``False`` draws none, ``True`` draws them in any style.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
@@ -608,6 +638,7 @@ class Cartoonizer:
         style_index = self.style_index(style)
         work_side = self.work_side(style_index, work_side)
         exposure_target = self.exposure_target(style_index, exposure_target)
+        lines = self.line_settings(style_index, contour_lines)
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         loaded: list[LoadedImage] = [
@@ -660,6 +691,9 @@ class Cartoonizer:
         for item, rgb, array, gain in zip(loaded, rgbs, outputs, gains, strict=True):
             if array.shape[:2] != (rgb.height, rgb.width):  # drawn at the work side: bilinear, as the ghibli teacher
                 array = cv2.resize(array, rgb.size, interpolation=cv2.INTER_LINEAR)
+            if lines is not None:  # the teacher's ink, found in the photo at the cartoon's size (and exposure)
+                photo = brighten(np.asarray(rgb), gain)
+                array = apply_ink(array, draw_contour_lines(photo, lines), lines.line_strength)
             array = darken(array, gain)  # back to the photo's own exposure, after the upsampling as the teacher
             if smoothing:
                 array = smooth(array, smoothing, smoothing_method)

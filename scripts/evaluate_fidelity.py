@@ -41,6 +41,7 @@ from ghibligan import Cartoonizer, load_generator
 from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, ssim, structure_metrics
 from ghibligan.models.guided import MAX_SMOOTHING_NOISE, MAX_WORK_SIDE, MIN_WORK_SIDE, is_work_side
 from ghibligan.onnx_export import export_onnx
+from ghibligan.teachers import make_teacher
 
 
 def pooled_psnr(mean_squared_error: float) -> float:
@@ -197,23 +198,46 @@ def side_item(value: str) -> tuple[str, int]:
     return style, int(side)
 
 
+def teacher_lines(parser: argparse.ArgumentParser, args) -> dict[str, dict]:
+    """``--contour_lines STYLE ...``: each style's teacher's line settings (the teacher given for it in
+    ``--teacher``, one per style in the model's order), for the model's ``contour_lines``."""
+    if not args.contour_lines:
+        return {}
+    styles = json.loads((Path(args.model) / "config.json").read_text()).get("styles") or []
+    if not args.teacher or len(args.teacher) != len(styles):
+        parser.error(f"--contour_lines takes the styles' teachers' settings: give --teacher, one per style {styles}")
+    settings = {}
+    for style in args.contour_lines:
+        if style not in styles:
+            parser.error(f"--contour_lines: the model has no style {style!r} (styles {styles})")
+        spec = args.teacher[styles.index(style)]
+        config = getattr(make_teacher(spec), "config", None) if spec.startswith("toon") else None
+        lines = config.contour_lines() if hasattr(config, "contour_lines") else None
+        if lines is None:
+            parser.error(f"--contour_lines: {style!r}'s teacher {spec} draws no contour lines")
+        settings[style] = lines.to_dict()
+    return settings
+
+
 def load_styles_generator(
     model: str,
     strengths: dict[str, dict[str, float]] | None = None,
     work_sides: dict[str, int] | None = None,
     smoothing_noise: float | None = None,
     exposure_targets: dict[str, float] | None = None,
+    contour_lines: dict[str, dict] | None = None,
 ):
     """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
     flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, the styles of
-    ``work_sides`` drawn at those long sides and the styles of ``exposure_targets`` at that exposure (both the
-    pipeline's metadata), and every style's photo smoothing raised by ``smoothing_noise`` times each photo's noise
-    variance (0: not at all); all rebuilt into its config."""
+    ``work_sides`` drawn at those long sides, the styles of ``exposure_targets`` at that exposure and the styles of
+    ``contour_lines`` inked with those line settings (the pipeline's metadata), and every style's photo smoothing
+    raised by ``smoothing_noise`` times each photo's noise variance (0: not at all); all rebuilt into its config."""
     generator = load_generator(model)
     changes = {}
     for flag, key, given in (
         ("work_side", "work_sides", work_sides),
         ("exposure_target", "exposure_targets", exposure_targets),
+        ("contour_lines", "contour_lines", contour_lines),
     ):
         if given:
             unknown = sorted(set(given) - set(generator.styles))
@@ -255,14 +279,17 @@ def evaluate_checkpoint(
     work_sides=None,
     smoothing_noise=None,
     exposure_targets=None,
+    contour_lines=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
-    export-time ``strengths``, ``work_sides``, ``smoothing_noise`` and ``exposure_targets`` of
+    export-time ``strengths``, ``work_sides``, ``smoothing_noise``, ``exposure_targets`` and ``contour_lines`` of
     `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(model, strengths, work_sides, smoothing_noise, exposure_targets)
+        generator = load_styles_generator(
+            model, strengths, work_sides, smoothing_noise, exposure_targets, contour_lines
+        )
         cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column, style)
@@ -331,6 +358,15 @@ def main() -> None:
         "config), e.g. ghibli=0.39 (the ghibli teacher's exposure_target; 0 removes it)",
     )
     parser.add_argument(
+        "--contour_lines",
+        nargs="+",
+        default=[],
+        metavar="STYLE",
+        help="a style-conditioned model: ink these styles' cartoons with their teachers' contour lines at the photo's "
+        "size, drawn by the pipeline with the teacher's own line algorithm, as the model's `contour_lines` (written to "
+        "the exported config with the teacher's line settings; needs --teacher), e.g. toon",
+    )
+    parser.add_argument(
         "--smoothing_noise",
         type=float,
         default=None,
@@ -341,6 +377,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work_sides = dict(args.work_side)
     args.exposure_targets = dict(args.exposure_target)
+    args.contour_lines_settings = teacher_lines(parser, args)
     if args.smoothing_noise is not None and not 0 <= args.smoothing_noise <= MAX_SMOOTHING_NOISE:
         parser.error(f"--smoothing_noise must be in [0, {MAX_SMOOTHING_NOISE:g}], got {args.smoothing_noise}")
     if args.teacher_noise and not args.teacher:
@@ -358,6 +395,7 @@ def main() -> None:
     changed = {
         "work_side": bool(args.work_sides),
         "exposure_target": bool(args.exposure_targets),
+        "contour_lines": bool(args.contour_lines),
         "smoothing_noise": args.smoothing_noise is not None,
     }
     for flag in [*strengths, *(flag for flag, given in changed.items() if given)]:
@@ -376,6 +414,7 @@ def main() -> None:
                     args.work_sides,
                     args.smoothing_noise,
                     args.exposure_targets,
+                    args.contour_lines_settings,
                 )
                 for style in styles
             }
@@ -440,7 +479,12 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
     generator = load_styles_generator(
-        args.model, args.strengths, args.work_sides, args.smoothing_noise, args.exposure_targets
+        args.model,
+        args.strengths,
+        args.work_sides,
+        args.smoothing_noise,
+        args.exposure_targets,
+        args.contour_lines_settings,
     )
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise, ...)

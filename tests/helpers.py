@@ -81,6 +81,7 @@ def save_tiny_style_model(
     scale: float = 0.3,
     work_sides: dict | None = None,
     exposure_targets: dict | None = None,
+    contour_lines: dict | None = None,
 ) -> Path:
     """A tiny `GuidedFilterGenerator` with random weights. Its per-style tables and output layers start at zero (every
     style the same, the output close to the photo); here they are random too, so styles differ."""
@@ -97,6 +98,7 @@ def save_tiny_style_model(
         tone_channels=8,
         work_sides=work_sides,
         exposure_targets=exposure_targets,
+        contour_lines=contour_lines,
     )
     with torch.no_grad():
         for parameter in model.parameters():

@@ -635,7 +635,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.float32).numpy()
 
 
-def _run(kernel, *args) -> np.ndarray:
+def run_kernel(kernel, *args) -> np.ndarray:
     """``kernel(*args)`` on as many threads as torch uses, one call at a time (`_LOCK`)."""
     with _LOCK:
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -646,7 +646,7 @@ def area_downsample(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(photo, size, mode="area")`` of a (B, 3, H, W) float32 CPU photo, read channels-last without a
     copy where it is stored so (as the pipeline's are) → (B, 3, h, w) float32, planar."""
     pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
-    return torch.from_numpy(_run(_area_kernel, _numpy(pixels), *size))
+    return torch.from_numpy(run_kernel(_area_kernel, _numpy(pixels), *size))
 
 
 def flatten(x: torch.Tensor, passes: Sequence[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
@@ -657,14 +657,14 @@ def flatten(x: torch.Tensor, passes: Sequence[tuple[int, int, torch.Tensor]]) ->
     radii = np.array([radius for radius, _, _ in passes], np.int64)
     dilations = np.array([dilation for _, dilation, _ in passes], np.int64)
     scales = np.ascontiguousarray(np.stack([_numpy(scale.flatten()) for _, _, scale in passes]))
-    out = _run(_flatten_kernel, _numpy(x.contiguous()), scales, radii, dilations)
+    out = run_kernel(_flatten_kernel, _numpy(x.contiguous()), scales, radii, dilations)
     return torch.from_numpy(out)
 
 
 def self_guided_coefficients(x: torch.Tensor, eps: torch.Tensor, radius: int) -> torch.Tensor:
     """`guided.guided_filter_coefficients(x, None, radius, eps)`: x (B, C, h, w) float32 on the CPU guided by itself,
     eps (B, C) → (B, 2C, h, w) float32, ``A`` then ``b``. (``F.avg_pool2d`` with clipped windows: ~10x slower.)"""
-    out = _run(_self_guided_kernel, _numpy(x.contiguous()), np.ascontiguousarray(_numpy(eps)), radius)
+    out = run_kernel(_self_guided_kernel, _numpy(x.contiguous()), np.ascontiguousarray(_numpy(eps)), radius)
     return torch.from_numpy(out)
 
 
@@ -746,7 +746,7 @@ def output_stage(
         detail_low = smoothing
     pixels = photo.permute(0, 2, 3, 1).contiguous()  # (B, H, W, 3): a view of a channels-last tensor
     jbu_scale = np.float32(0.5 / float(range_sigma) ** 2)
-    out = _run(
+    out = run_kernel(
         _output_stage_kernel,
         _numpy(pixels), _numpy(detail_low.contiguous()), _numpy(both_low.contiguous()),
         tap_offset, tap_weight, tap_count, jbu_scale,
@@ -767,7 +767,9 @@ def luma_median3(
     pixels = x.permute(0, 2, 3, 1)  # (B, H, W, 3): a view of a channels-last tensor
     if not (inplace and pixels.is_contiguous()):
         pixels = pixels.clone(memory_format=torch.contiguous_format)
-    _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), np.array(luma, np.float32), False, 32)
+    run_kernel(
+        _median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), np.array(luma, np.float32), False, 32
+    )
     return pixels.permute(0, 3, 1, 2)
 
 
@@ -779,5 +781,5 @@ def lab_finish(lab: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     if not pixels.is_contiguous():
         pixels = pixels.contiguous()
     lightness = np.array([1.0, 0.0, 0.0], np.float32)  # the median's signal: L* itself
-    _run(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), lightness, True, 32)
+    run_kernel(_median3_kernel, pixels.detach().numpy(), _numpy(strength.reshape(-1)), lightness, True, 32)
     return pixels.permute(0, 3, 1, 2)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contour_lines import ContourLines
 from . import cpu_kernels
 from .color import LUMA, lab_to_rgb, rgb_to_lab
 from .hub import GhibliganHubMixin
@@ -778,6 +779,20 @@ def check_exposure_targets(exposure_targets, styles: Sequence[str]) -> dict[str,
     return {name: float(target) for name, target in targets.items()}
 
 
+def check_contour_lines(contour_lines, styles: Sequence[str]) -> dict[str, dict]:
+    """`check_style_map` of ``contour_lines``: each style's line settings (`ghibligan.contour_lines.ContourLines`'s
+    fields), checked and completed with the defaults, as JSON-able mappings."""
+    wanted = "a mapping of line settings (ghibligan.contour_lines.ContourLines)"
+    settings = check_style_map("contour_lines", contour_lines, styles, lambda value: isinstance(value, dict), wanted)
+    checked = {}
+    for name, value in settings.items():
+        try:
+            checked[name] = ContourLines.from_dict(value).to_dict()
+        except ValueError as error:
+            raise ValueError(f"`contour_lines` of {name!r}: {error}") from None
+    return checked
+
+
 class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
     r"""Style-conditioned photo → cartoon generator: a network at ``1/scale_factor`` resolution, a trainable guided
     filter that brings its output to full resolution edge-aware by construction (Deep Guided Filter, Wu et al. 2018),
@@ -859,6 +874,10 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             (`ghibligan.exposure`: the `ghibli` teacher's ``exposure_target``), the same 99th-percentile luminance
             target: `Cartoonizer` brightens a darker photo to it (at most 4x in linear light, highlights rolled off),
             draws it and darkens the cartoon back. Metadata for the pipeline, like ``work_sides``.
+        contour_lines (`dict[str, dict]`, *optional*): for styles whose teacher inks the edges of the smoothed photo
+            at its own size (the toon teacher), its line settings (`ghibligan.contour_lines.ContourLines`' fields):
+            `Cartoonizer` draws those lines itself, with the teacher's algorithm, on the cartoon at the photo's size,
+            after any upsampling from a work side. Metadata for the pipeline, like ``work_sides``.
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.
@@ -904,6 +923,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         surface_gate: bool = False,
         work_sides: dict[str, int] | None = None,
         exposure_targets: dict[str, float] | None = None,
+        contour_lines: dict[str, dict] | None = None,
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -946,6 +966,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         self.styles = list(styles)
         self.work_sides = check_work_sides(work_sides, self.styles)
         self.exposure_targets = check_exposure_targets(exposure_targets, self.styles)
+        self.contour_lines = check_contour_lines(contour_lines, self.styles)
         self.scale_factor = scale_factor
         widths = [channels * 2**level for level in range(num_levels + 1)]
 

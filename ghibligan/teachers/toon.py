@@ -9,7 +9,7 @@ preparation:
    patch maps to the same colour in every photo, which a GAN can learn), a median filter on the levels so noise in
    shadows and on walls does not leave isolated dark blotches, and optional k-means palette snapping;
 3. **lines** — dark ink along edges of the *smoothed* image, with specks below a minimum length removed, so lines
-   follow real structure rather than texture noise.
+   follow real structure rather than texture noise (`ghibligan.contour_lines`, which a model's pipeline runs too).
 
 Then colour grading (saturation, warmth, shadow lift). Presets give named looks; any parameter can be overridden.
 The ``ghibli`` preset is a different pipeline (regions, cel shading, contour ink: see `ghibli.py`) with its own
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..contour_lines import ContourLines, apply_ink, line_mask, scaled_size, smooth_surface
 from ..image_io import ImageInput, load_image
 from .ghibli import GhibliConfig, ghiblify
 
@@ -58,6 +59,22 @@ class ToonConfig:
         if not 0 <= self.line_strength <= 1 or not 0 <= self.level_softness <= 0.5 or not 0 <= self.shadow_lift <= 1:
             raise ValueError(f"ToonConfig: line_strength, shadow_lift in [0, 1], level_softness in [0, 0.5]: {self}")
 
+    def contour_lines(self) -> ContourLines | None:
+        """The line stage's settings (`ghibligan.contour_lines`), which a model's pipeline can run itself; None
+        without lines."""
+        if not self.line_strength:
+            return None
+        return ContourLines(
+            smooth_radius=self.smooth_radius,
+            smooth_eps=self.smooth_eps,
+            bilateral_passes=self.bilateral_passes,
+            line_threshold=self.line_threshold,
+            line_min_length=self.line_min_length,
+            texture_density=self.texture_density,
+            line_width=self.line_width,
+            line_strength=self.line_strength,
+        )
+
 
 PRESETS: dict[str, ToonConfig | GhibliConfig] = {
     # Flat cel look: strong smoothing, 5 hard-ish levels, punchy colour, dark outlines.
@@ -70,21 +87,6 @@ PRESETS: dict[str, ToonConfig | GhibliConfig] = {
     # Studio-Ghibli-like: flat regions that follow objects, one soft shadow tone each, lush greens and blues, thin ink.
     "ghibli": GhibliConfig(),
 }  # fmt: skip
-
-
-def _scaled(value: int, image: np.ndarray) -> int:
-    """Scale a pixel size given for a 1024-px image to this image."""
-    return max(1, round(value * max(image.shape[:2]) / 1024))
-
-
-def _surface(rgb: np.ndarray, config: ToonConfig) -> np.ndarray:
-    smoothed = rgb
-    if config.smooth_radius > 0:
-        eps = (config.smooth_eps * 255) ** 2
-        smoothed = cv2.ximgproc.guidedFilter(rgb, rgb, _scaled(config.smooth_radius, rgb), eps)
-    for _ in range(config.bilateral_passes):
-        smoothed = cv2.bilateralFilter(smoothed, d=_scaled(7, rgb) | 1, sigmaColor=30, sigmaSpace=_scaled(5, rgb))
-    return smoothed
 
 
 def _quantize_levels(lightness: np.ndarray, levels: int, softness: float) -> np.ndarray:
@@ -120,34 +122,9 @@ def _palette(lab: np.ndarray, colors: int) -> np.ndarray:
     return centers[distances.argmin(1)].reshape(lab.shape)
 
 
-def _lines(smoothed: np.ndarray, config: ToonConfig) -> np.ndarray:
-    """Ink mask in [0, 1] along structure, not texture.
-
-    Edges are Sobel magnitudes of the luminance after a further strong guided filter; then edge pixels in regions
-    dense with edges (hair, foliage, sparks: texture) are dropped, lines are thinned, and pieces shorter than
-    ``line_min_length`` removed.
-    """
-    gray = cv2.cvtColor(smoothed, cv2.COLOR_RGB2GRAY)
-    gray = cv2.ximgproc.guidedFilter(gray, gray, _scaled(8, smoothed), (0.08 * 255) ** 2).astype(np.float32) / 255
-    gray = cv2.GaussianBlur(gray, (0, 0), sigmaX=max(1.0, _scaled(1, smoothed)))
-    magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
-    edges = cv2.ximgproc.thinning((magnitude > config.line_threshold).astype(np.uint8) * 255) // 255
-    window = _scaled(24, smoothed) | 1
-    density = cv2.blur(edges.astype(np.float32), (window, window))  # a lone line: ~1/window; texture: more
-    edges[density > config.texture_density] = 0
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(edges, connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= _scaled(config.line_min_length, smoothed)
-    keep[0] = False
-    mask = keep[labels].astype(np.uint8)
-    width = _scaled(config.line_width, smoothed)
-    if width > 1:
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width)))
-    return cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0)  # anti-aliased
-
-
 def toonify(rgb: np.ndarray, config: ToonConfig) -> np.ndarray:
     """uint8 RGB (H, W, 3) → uint8 RGB cartoon of the same size."""
-    smoothed = _surface(rgb, config)
+    smoothed = smooth_surface(rgb, config.smooth_radius, config.smooth_eps, config.bilateral_passes)
     lab = cv2.cvtColor(smoothed.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # L in [0, 100], a/b ~[-128, 127]
     if config.palette_colors:
         lab = _palette(lab, config.palette_colors)
@@ -157,12 +134,11 @@ def toonify(rgb: np.ndarray, config: ToonConfig) -> np.ndarray:
     if config.levels:
         lightness = _quantize_levels(lightness, config.levels, config.level_softness)
         if config.despeckle:
-            lightness = _despeckle(lightness, _scaled(config.despeckle, rgb) | 1)
+            lightness = _despeckle(lightness, scaled_size(config.despeckle, rgb) | 1)
     a, b = a * config.saturation + 0.3 * config.warmth, b * config.saturation + config.warmth
     out = cv2.cvtColor(np.dstack([lightness, a, b]).astype(np.float32), cv2.COLOR_LAB2RGB)
-    if config.line_strength:
-        ink = _lines(smoothed, config)[..., None] * config.line_strength
-        out = out * (1 - ink) + 0.08 * ink  # near-black ink, blended
+    if (lines := config.contour_lines()) is not None:  # edges of the smoothed photo (`ghibligan.contour_lines`)
+        out = apply_ink(out, line_mask(smoothed, lines), lines.line_strength)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
