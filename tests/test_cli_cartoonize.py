@@ -257,3 +257,29 @@ def test_exposure_target_brightens_a_dark_photo_for_ghibli_and_a_bad_one_is_one_
     err = capsys.readouterr().err
     assert err.startswith("ghibligan: error: ") and "`exposure_target`" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_contour_lines_ink_toon_by_default_and_the_flags_turn_them_off_or_on(tmp_path):
+    """--contour_lines: the bundled model inks `toon` with its teacher's lines by default (the same as
+    --contour_lines), --no-contour_lines draws none, and --contour_lines adds them to `ghibli`, which has none."""
+    from ghibligan.contour_lines import ContourLines, draw_contour_lines
+
+    photo = photo_like(640, 480)
+    for x0, y0, color in ((60, 50, (230, 210, 60)), (350, 200, (40, 60, 150))):
+        photo[y0 : y0 + 200, x0 : x0 + 220] = color  # flat shapes with clean borders: lines at this size
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert (draw_contour_lines(photo, ContourLines()) > 0.2).mean() > 0.005
+    outputs = {}
+    for name, extra in (
+        ("default", []),
+        ("on", ["--contour_lines"]),
+        ("off", ["--no-contour_lines"]),
+        ("ghibli", ["--style", "ghibli"]),
+        ("ghibli on", ["--style", "ghibli", "--contour_lines"]),
+    ):
+        out = tmp_path / f"{name}.png"
+        assert main(["cartoonize", str(tmp_path / "photo.png"), "-o", str(out), "--style", "toon", *extra]) == 0
+        outputs[name] = np.asarray(Image.open(out), dtype=np.int16)
+    assert np.array_equal(outputs["default"], outputs["on"])
+    assert outputs["default"].sum() < outputs["off"].sum()  # the ink darkens
+    assert outputs["ghibli on"].sum() < outputs["ghibli"].sum()

@@ -1,0 +1,97 @@
+"""Cost of the contour lines (`ghibligan.contour_lines`): the bundled model's `toon` with and without its lines, and
+the line stage alone, fast (the pipeline's) against OpenCV's (the teacher's), interleaved in one run.
+
+For each size (512², 1024², 3840×2160; photo-like images from ``bench_inference.photo``) the minimum time of
+``Cartoonizer(image, style="toon")`` with its defaults (``dtype="auto"``, drawn at 512 px and upsampled on larger
+photos, the lines found at the photo's size up to `MAX_LINE_SIDE`) and with ``contour_lines=False``; then
+`draw_contour_lines` fast and with OpenCV's guided filters and thinning (``fast=False``, what the teacher runs), and the
+thinning alone on the same photo's edge band. The minimum, not the median: a shared machine only ever adds time.
+
+    python benchmarks/bench_contour_lines.py --repeats 9     # prints a Markdown table for BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from datetime import date
+
+import cv2
+import numpy as np
+import torch
+from bench_inference import photo  # the same deterministic photo-like image (benchmarks/ is on sys.path)
+
+from ghibligan import Cartoonizer
+from ghibligan.contour_lines import ContourLines, draw_contour_lines, scaled_size, smooth_surface, thin
+
+SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
+
+
+def min_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up (compiles the kernels on a first run)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def edge_band(rgb: np.ndarray, lines: ContourLines) -> np.ndarray:
+    """The thresholded edge band the line stage thins, for timing the thinning alone."""
+    smoothed = smooth_surface(rgb, lines.smooth_radius, lines.smooth_eps, lines.bilateral_passes)
+    gray = cv2.cvtColor(smoothed, cv2.COLOR_RGB2GRAY)
+    gray = cv2.ximgproc.guidedFilter(gray, gray, scaled_size(8, rgb), (0.08 * 255) ** 2).astype(np.float32) / 255
+    gray = cv2.GaussianBlur(gray, (0, 0), sigmaX=max(1.0, scaled_size(1, rgb)))
+    magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    return (magnitude > lines.line_threshold).astype(np.uint8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per configuration (minimum reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch / OpenCV CPU threads (2, the target machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    pipe = Cartoonizer.from_pretrained()  # the defaults a user gets
+    pipe.set_progress_bar_config(disable=True)
+    lines = pipe.line_settings("toon") or ContourLines()
+    rows = []
+    for width, height in SIZES:
+        image = photo(width, height)
+        rgb = np.asarray(image)
+        band = edge_band(rgb, lines)
+        repeats = args.repeats if width < 2000 else max(1, args.repeats // 3)
+        row = {
+            "toon": min_ms(lambda image=image: pipe(image, style="toon"), repeats),
+            "toon, no lines": min_ms(lambda image=image: pipe(image, style="toon", contour_lines=False), repeats),
+            "lines": min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines), repeats),
+            "lines, OpenCV": min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines, fast=False), max(1, repeats // 3)),
+            "lines, OpenCV, full size": min_ms(
+                lambda rgb=rgb: draw_contour_lines(rgb, lines, fast=False, max_side=None), 1
+            ),
+            "thinning": min_ms(lambda band=band: thin(band), repeats),
+            "thinning, OpenCV": min_ms(lambda band=band: thin(band, fast=False), max(1, repeats // 3)),
+        }
+        rows.append((f"{width}×{height}", row))
+        print(f"{width}×{height}", {k: round(v, 1) for k, v in row.items()}, flush=True)
+
+    machine = f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    print(f"\n## Contour lines — {date.today()} — {machine}\n")
+    print(f"Command: `python benchmarks/bench_contour_lines.py --repeats {args.repeats} --threads {args.threads}`\n")
+    keys = list(rows[0][1])
+    print("| size | " + " | ".join(f"{key} (ms)" for key in keys) + " | lines / OpenCV's | thinning / OpenCV's |")
+    print("|---" * (len(keys) + 3) + "|")
+    for size, row in rows:
+        cells = " | ".join(f"{row[key]:.1f}" for key in keys)
+        print(
+            f"| {size} | {cells} | {row['lines'] / row['lines, OpenCV']:.2f}× | "
+            f"{row['thinning'] / row['thinning, OpenCV']:.2f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
