@@ -20,7 +20,8 @@
 #      estimated from the targets
 #   3. held-out fidelity to each teacher, then export (fp16 safetensors + model card with per-style metrics), the
 #      posterizing styles (toon, painterly) at full posterizer strength and toon at full median strength, as their
-#      teachers, ghibli and toon drawn at 512 px on larger photos, the photo smoothing raised by each photo's noise
+#      teachers, ghibli and toon drawn at 512 px on larger photos, toon's contour lines drawn by the pipeline at the
+#      photo's size with its teacher's line algorithm, the photo smoothing raised by each photo's noise
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHOTOS=${1:-../shared/photos}
@@ -50,29 +51,33 @@ settles at part strength, which left `painterly` at 0.84x of its teacher's flat 
 sits on the edge of a level, their borders can fall on the other side of the teacher's. A full-resolution median of
 L* takes out the one-level specks the toon teacher's own median removes (for `toon` at full strength, as its teacher:
 trained, it settled at 0.79, which left `toon` at 0.89-0.91x of its teacher's flat share); a loss on the
-distribution of edge strengths gives every style its teacher's gradient energy and `toon` most of its teacher's
-contour lines (ink F-score 0.89). It is one seed of one recipe: seed 1, evaluated the same way, gave 61.4 / 87.7 /
-86.8 % (flat share 0.90 / 0.95 / 0.92x). On photos other than these 8 the numbers move: a model of the same recipe
-trained on 36 photos and scored on 13 others gave 53.2 / 86.4 / 87.0 % (flat share 0.93 / 0.95 / 0.95x), and this
-model on the 4 CC0 examples of the Space 46.7 / 88.5 / 91.7 %: `ghibli`'s error removed depends on the photo more
-than the other styles' do.
+distribution of edge strengths gives every style its teacher's gradient energy. `toon`'s contour lines are not the
+network's: the pipeline draws them at the photo's size with the toon teacher's own line algorithm (`contour_lines` in
+config.json; ghibligan/contour_lines.py), ink F-score 0.91 (0.89 drawn by the network alone, 87.5 % of the error
+removed). It is one seed of one recipe: seed 1, evaluated the same way without the lines, gave 61.4 / 87.7 / 86.8 %
+(flat share 0.90 / 0.95 / 0.92x). On photos other than these 8 the numbers move: a model of the same recipe trained
+on 36 photos and scored on 13 others gave 53.2 / 86.4 / 87.0 % without the lines (flat share 0.93 / 0.95 / 0.95x),
+and this model on the 4 CC0 examples of the Space 46.7 / 93.7 / 91.7 %: `ghibli`'s error removed depends on the photo
+more than the other styles' do.
 
 **Larger photos.** These numbers are at 512 px, the size it was trained at. On larger photos the model draws `ghibli`
 and `toon` at 512 px and upsamples the cartoon (`work_sides` in config.json; `work_side=0` draws at the photo's own
 size): the ghibli teacher paints its regions at 512 px itself, and drawn at full size the model's regions and levels
 are half its teachers' size in pixels. Against the teachers run on the same 8 photos at 1024 px (`dtype="auto"`),
 error removed / flat share / gradient energy: `ghibli` 71.4 % / 0.95x / 1.10x (57.6 % / 0.95x / 1.59x drawn at full
-size), `toon` 72.5 % / 0.89x / 0.87x (59.0 % / 0.90x / 1.28x), `painterly`, drawn at full size as its teacher keeps
-the photo's own detail, 86.9 % / 0.91x / 1.11x. The toon teacher draws contour lines at 1024 px that it drops at
-512 px (its texture filter is stricter at small sizes); the model, taught at 512 px, draws few of them (ink F-score
-0.07 at 1024 px).
+size), `toon` 85.6 % / 0.87x / 0.99x (at 768 px 85.0 % / 0.88x / 0.97x), `painterly`, drawn at full size as its
+teacher keeps the photo's own detail, 86.9 % / 0.91x / 1.11x. The toon teacher thins its contour lines to one pixel at
+any size, so it inks a 1024-px photo and leaves a 512-px one nearly bare; the network, taught at 512 px and drawing
+`toon` there, cannot place them, so the pipeline draws them at the photo's size with the teacher's own algorithm
+(without them: 72.5 % / 0.89x / 0.87x at 1024 px, ink F-score 0.06; with them 0.75).
 
 **Noisy, dark and hazy photos.** The photo smoothing's ε grows with each photo's own noise (`smoothing_noise` 5 in
 config.json), so high-ISO grain is smoothed away as the teachers do instead of drawn as speckles: on the same 8 photos
-with noise of σ 10 grey levels, `toon` 84.3 % / 0.92x / 0.95x and `painterly` 81.7 % / 0.87x / 0.97x (83.6 % / 0.84x
-and 78.1 % / 0.66x without it). Other conditions, error removed for ghibli / toon / painterly
-(`scripts/photo_conditions.py`): 2 stops darker 58.7 / 89.2 / 90.5 %, 1 stop brighter 58.8 / 86.5 / 79.7 %, a 40 %
-haze 59.1 / 81.8 / 92.6 %, JPEG quality 20 62.2 / 88.0 / 87.6 %. A photo darker than any it was trained on (its
+with noise of σ 10 grey levels, `toon` 85.7 % / 0.91x / 0.96x and `painterly` 81.7 % / 0.87x / 0.97x (83.6 % / 0.84x
+and 78.1 % / 0.66x without it, `toon` without its contour lines). Other conditions, error removed for ghibli / toon /
+painterly (`scripts/photo_conditions.py`): 2 stops darker 58.7 / 90.7 / 90.5 %, 1 stop brighter 58.8 / 88.2 / 79.7 %,
+a 40 % haze 59.1 / 90.5 / 92.6 % (`toon` 81.8 % before its lines were drawn by the pipeline), JPEG quality 20 62.2 /
+89.7 / 87.6 %. A photo darker than any it was trained on (its
 99th-percentile luminance under 0.39 in linear light) is drawn in `ghibli` as its teacher draws it: brightened, at
 most 4x, drawn, and the cartoon darkened back (`exposure_targets` in config.json; `exposure_target=0` turns it off).
 Without it the teacher's fixed colour thresholds merged a dark photo into a few grey regions and the model scored
@@ -82,7 +87,8 @@ NOTES_END
     python scripts/evaluate_fidelity.py --model "$WORK/model" --pairs "$WORK/pairs" --split validation \
         --export ghibligan/pretrained/ghibli-styles --teacher "${STYLES_TEACHERS[@]}" --notes "$NOTES" \
         --posterize "${STYLES_POSTERIZE[@]}" --despeckle "${STYLES_DESPECKLE[@]}" --work_side "${STYLES_WORK_SIDES[@]}" \
-        --smoothing_noise "$STYLES_SMOOTHING_NOISE" --exposure_target "${STYLES_EXPOSURE_TARGETS[@]}"
+        --smoothing_noise "$STYLES_SMOOTHING_NOISE" --exposure_target "${STYLES_EXPOSURE_TARGETS[@]}" \
+        --contour_lines "${STYLES_CONTOUR_LINES[@]}"
     exit 0
 elif [ "$MODEL" != toon-painterly-unet ]; then
     echo "MODEL must be toon-painterly-unet or ghibli-styles, got '$MODEL'" >&2

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from ghibligan import Cartoonizer, GuidedFilterGenerator, UNetGenerator, load_generator
 from ghibligan.models.presets import build_generator
 from ghibligan.pipeline import DEFAULT_MODEL_NAME, auto_dtype, bundled_model_path
+from ghibligan.teachers.toon import PRESETS
 
 from .helpers import photo_like
 
@@ -46,7 +47,9 @@ def test_bundled_model_is_its_preset_and_survives_a_save_round_trip(tmp_path, na
     assert shipped.pop("work_sides", None) == ({"ghibli": 512, "toon": 512} if guided else None)
     assert shipped.pop("smoothing_noise", None) == (5.0 if guided else None)
     assert shipped.pop("exposure_targets", None) == ({"ghibli": 0.39} if guided else None)  # its teacher's target
-    exported = ("work_sides", "smoothing_noise", "exposure_targets")
+    toon_lines = {"toon": PRESETS["toon"].contour_lines().to_dict()}  # its teacher's line settings
+    assert shipped.pop("contour_lines", None) == (toon_lines if guided else None)
+    exported = ("work_sides", "smoothing_noise", "exposure_targets", "contour_lines")
     assert shipped == {k: v for k, v in preset_config.items() if k not in exported}  # the preset builds what ships
     stored = load_file(path / "model.safetensors")
     assert set(stored) == set(model.state_dict())
