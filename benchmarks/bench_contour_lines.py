@@ -1,11 +1,12 @@
 """Cost of the contour lines (`ghibligan.contour_lines`): the bundled model's `toon` with and without its lines, and
-the line stage alone, fast (the pipeline's) against OpenCV's (the teacher's), interleaved in one run.
+the line stage alone, the pipeline's against the teacher's (OpenCV's guided filters), interleaved in one run.
 
 For each size (512², 1024², 3840×2160; photo-like images from ``bench_inference.photo``) the minimum time of
 ``Cartoonizer(image, style="toon")`` with its defaults (``dtype="auto"``, drawn at 512 px and upsampled on larger
 photos, the lines found at the photo's size up to `MAX_LINE_SIDE`) and with ``contour_lines=False``; then
-`draw_contour_lines` fast and with OpenCV's guided filters and thinning (``fast=False``, what the teacher runs), and the
-thinning alone on the same photo's edge band. The minimum, not the median: a shared machine only ever adds time.
+`draw_contour_lines` fast and with OpenCV's guided filters (``fast=False``, what the teacher runs; it thins with the
+fast kernel too, which gives OpenCV's skeleton bit for bit), and the thinning alone, fast and OpenCV's, on the same
+photo's edge band. The minimum, not the median: a shared machine only ever adds time.
 
     python benchmarks/bench_contour_lines.py --repeats 9     # prints a Markdown table for BENCHMARKS.md
 """
@@ -27,6 +28,7 @@ from ghibligan import Cartoonizer
 from ghibligan.contour_lines import ContourLines, draw_contour_lines, scaled_size, smooth_surface, thin
 
 SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
+TEACHER = "lines, teacher's"
 
 
 def min_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -69,8 +71,8 @@ def main() -> None:
             "toon": min_ms(lambda image=image: pipe(image, style="toon"), repeats),
             "toon, no lines": min_ms(lambda image=image: pipe(image, style="toon", contour_lines=False), repeats),
             "lines": min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines), repeats),
-            "lines, OpenCV": min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines, fast=False), max(1, repeats // 3)),
-            "lines, OpenCV, full size": min_ms(
+            TEACHER: min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines, fast=False), max(1, repeats // 3)),
+            "lines, teacher's, full size": min_ms(
                 lambda rgb=rgb: draw_contour_lines(rgb, lines, fast=False, max_side=None), 1
             ),
             "thinning": min_ms(lambda band=band: thin(band), repeats),
@@ -83,12 +85,12 @@ def main() -> None:
     print(f"\n## Contour lines — {date.today()} — {machine}\n")
     print(f"Command: `python benchmarks/bench_contour_lines.py --repeats {args.repeats} --threads {args.threads}`\n")
     keys = list(rows[0][1])
-    print("| size | " + " | ".join(f"{key} (ms)" for key in keys) + " | lines / OpenCV's | thinning / OpenCV's |")
+    print("| size | " + " | ".join(f"{key} (ms)" for key in keys) + " | lines / teacher's | thinning / OpenCV's |")
     print("|---" * (len(keys) + 3) + "|")
     for size, row in rows:
         cells = " | ".join(f"{row[key]:.1f}" for key in keys)
         print(
-            f"| {size} | {cells} | {row['lines'] / row['lines, OpenCV']:.2f}× | "
+            f"| {size} | {cells} | {row['lines'] / row[TEACHER]:.2f}× | "
             f"{row['thinning'] / row['thinning, OpenCV']:.2f}× |"
         )
 

@@ -9,14 +9,13 @@ teacher inks a 1024-px photo (1.1 % of its pixels) and leaves a 512-px one nearl
 photos at 1024 px the lines hold 38 % of the error of a model that draws the toon look at 512 px and upsamples it,
 and no model that draws at 512 px can place a one-pixel line at 1024. So the pipeline draws the lines itself, after the
 upsampling, at the photo's size (`Cartoonizer`, from a model's ``contour_lines``), with the teacher's own algorithm:
-`draw_contour_lines` is the teacher's line stage, and the teacher calls it.
+`smooth_surface` and `line_mask` are the teacher's stages, and the teacher calls them.
 
-Two implementations of the three slow steps, which give the same lines: OpenCV's (``fast=False``, what the teachers
-run, so their pairs do not change), and one for the pipeline (``fast=True``): the guided filters as OpenCV's box
-filters and the same arithmetic per pixel (compiled by numba; within one grey level of OpenCV's in ~1e-5 of the
-pixels), and the thinning bit-parallel (64 pixels a machine word, every Zhang-Suen condition a Boolean formula, rows
-whose neighbourhood has settled skipped; the same skeleton as ``cv2.ximgproc.thinning``, tests/test_contour_lines.py).
-Without numba the pipeline runs OpenCV's.
+The slow steps are reimplemented for speed (compiled by numba; without it OpenCV's run). The thinning is bit-parallel
+(64 pixels a machine word, every Zhang-Suen condition a Boolean formula, rows whose neighbourhood has settled
+skipped) and gives ``cv2.ximgproc.thinning``'s skeleton bit for bit, so the teacher runs it too. The guided filters
+are fused kernels of OpenCV's arithmetic, within one grey level of OpenCV's in ~1e-5 of the pixels: the pipeline runs
+them (``fast=True``), the teacher OpenCV's (``fast=False``), so its pairs do not change (tests/test_contour_lines.py).
 
     >>> lines = ContourLines()                    # the toon teacher's settings
     >>> mask = draw_contour_lines(rgb, lines)     # (H, W) float32 in [0, 1]
@@ -108,7 +107,7 @@ def line_mask(smoothed: np.ndarray, lines: ContourLines, fast: bool = False) -> 
     gray = _guided_filter(gray, scaled_size(8, smoothed), (0.08 * 255) ** 2, fast).astype(np.float32) / 255
     gray = cv2.GaussianBlur(gray, (0, 0), sigmaX=max(1.0, scaled_size(1, smoothed)))
     magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
-    edges = thin((magnitude > lines.line_threshold).astype(np.uint8), fast)
+    edges = thin((magnitude > lines.line_threshold).astype(np.uint8))  # exact either way: the fast one, always
     window = scaled_size(24, smoothed) | 1
     density = cv2.blur(edges.astype(np.float32), (window, window))  # a lone line: ~1/window; texture: more
     edges[density > lines.texture_density] = 0
