@@ -15,30 +15,19 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from collections.abc import Callable
 from datetime import date
 
 import cv2
 import numpy as np
 import torch
 from bench_inference import photo  # the same deterministic photo-like image (benchmarks/ is on sys.path)
+from bench_student import min_ms  # the minimum of repeated calls after a warm-up
 
 from ghibligan import Cartoonizer
 from ghibligan.contour_lines import ContourLines, draw_contour_lines, scaled_size, smooth_surface, thin
 
 SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
 TEACHER = "lines, teacher's"
-
-
-def min_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (compiles the kernels on a first run)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
 
 
 def edge_band(rgb: np.ndarray, lines: ContourLines) -> np.ndarray:

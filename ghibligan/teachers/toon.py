@@ -22,7 +22,7 @@ The ``ghibli`` preset is a different pipeline (regions, cel shading, contour ink
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -60,20 +60,11 @@ class ToonConfig:
             raise ValueError(f"ToonConfig: line_strength, shadow_lift in [0, 1], level_softness in [0, 0.5]: {self}")
 
     def contour_lines(self) -> ContourLines | None:
-        """The line stage's settings (`ghibligan.contour_lines`), which a model's pipeline can run itself; None
-        without lines."""
+        """The line stage's settings (`ghibligan.contour_lines.ContourLines`, whose fields are this config's of the
+        same names), which a model's pipeline can run itself; None without lines."""
         if not self.line_strength:
             return None
-        return ContourLines(
-            smooth_radius=self.smooth_radius,
-            smooth_eps=self.smooth_eps,
-            bilateral_passes=self.bilateral_passes,
-            line_threshold=self.line_threshold,
-            line_min_length=self.line_min_length,
-            texture_density=self.texture_density,
-            line_width=self.line_width,
-            line_strength=self.line_strength,
-        )
+        return ContourLines(**{field.name: getattr(self, field.name) for field in fields(ContourLines)})
 
 
 PRESETS: dict[str, ToonConfig | GhibliConfig] = {
