@@ -11,7 +11,8 @@ and no model that draws at 512 px can place a one-pixel line at 1024. So the pip
 upsampling, at the photo's size (`Cartoonizer`, from a model's ``contour_lines``), with the teacher's own algorithm:
 `smooth_surface` and `line_mask` are the teacher's stages, and the teacher calls them.
 
-The slow steps are reimplemented for speed (compiled by numba; without it OpenCV's run). The thinning is bit-parallel
+The slow steps are reimplemented for speed (compiled by numba on first use, ~13 s on 2 cores, then cached on disk;
+without numba OpenCV's run). The thinning is bit-parallel
 (64 pixels a machine word, every Zhang-Suen condition a Boolean formula, rows whose neighbourhood has settled
 skipped) and gives ``cv2.ximgproc.thinning``'s skeleton bit for bit, so the teacher runs it too. The guided filters
 are fused kernels of OpenCV's arithmetic, within one grey level of OpenCV's in ~1e-5 of the pixels: the pipeline runs
