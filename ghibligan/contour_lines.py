@@ -15,8 +15,12 @@ The slow steps are reimplemented for speed (compiled by numba on first use, ~13 
 without numba OpenCV's run). The thinning is bit-parallel
 (64 pixels a machine word, every Zhang-Suen condition a Boolean formula, rows whose neighbourhood has settled
 skipped) and gives ``cv2.ximgproc.thinning``'s skeleton bit for bit, so the teacher runs it too. The guided filters
-are fused kernels of OpenCV's arithmetic, within one grey level of OpenCV's in ~1e-5 of the pixels: the pipeline runs
-them (``fast=True``), the teacher OpenCV's (``fast=False``), so its pairs do not change (tests/test_contour_lines.py).
+are fused kernels of OpenCV's arithmetic (with alpha = 1 - eps Σ⁻¹, exact sums), within one grey level of OpenCV's in
+~1e-5 of the pixels at the teacher's settings: the pipeline runs them (``fast=True``), the teacher OpenCV's
+(``fast=False``), so its pairs do not change (tests/test_contour_lines.py). (On a grey photo at a small eps the colour
+covariance is near singular and OpenCV's float32 arithmetic drifts from a float64 reference by several levels; these
+kernels do not: there the pipeline's lines can differ from the teacher's.) ``GHIBLIGAN_CPU_KERNELS=0`` turns them
+off, as it does the model's kernels.
 
     >>> lines = ContourLines()                    # the toon teacher's settings
     >>> mask = draw_contour_lines(rgb, lines)     # (H, W) float32 in [0, 1]
@@ -46,8 +50,8 @@ MAX_LINE_SIDE = 2048
 @dataclass(frozen=True)
 class ContourLines:
     """The toon teacher's line settings (`ghibligan.teachers.toon.ToonConfig`'s fields of the same names). Pixel
-    sizes are for a 1024-px photo and scaled with it. A model's config.json carries them (``contour_lines``), so every
-    value is checked as untrusted input."""
+    sizes are for a 1024-px photo and scaled with it. A model's config.json carries them (``contour_lines``): read them
+    with `from_dict`, which checks them as untrusted input."""
 
     smooth_radius: int = 8  # the photo's guided filter (radius; 0: none)
     smooth_eps: float = 0.04  # its regularization, in (0-1 intensity)²
@@ -58,28 +62,25 @@ class ContourLines:
     line_width: int = 2
     line_strength: float = 0.85  # the ink's opacity
 
-    def __post_init__(self) -> None:
-        for name, low, high in (("smooth_radius", 0, 64), ("bilateral_passes", 0, 8), ("line_min_length", 1, 10_000),
-                                ("line_width", 1, 16)):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"ContourLines: `{name}` must be an integer in [{low}, {high}], got {value!r}.")
-        for name, high in (("line_threshold", 4.0), ("texture_density", 1.0),
-                           ("line_strength", 1.0)):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
-                raise ValueError(f"ContourLines: `{name}` must be a number in (0, {high}], got {value!r}.")
-        eps = self.smooth_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
-            raise ValueError(f"ContourLines: `smooth_eps` must be a number in [0, 1], got {eps!r}.")
-
     @classmethod
     def from_dict(cls, settings) -> ContourLines:
-        """From a config's mapping (e.g. a config.json's): unknown keys and bad values are a `ValueError`."""
+        """From an untrusted mapping (a config.json's): unknown keys, wrong types and values out of these bounds are
+        a `ValueError`. (Built directly, e.g. from a teacher's config, the values are taken as they are.)"""
         names = {field.name for field in fields(cls)}
         if not isinstance(settings, dict) or not set(settings) <= names:
             raise ValueError(f"ContourLines: expected a mapping of some of {sorted(names)}, got {str(settings)[:200]}.")
-        return cls(**settings)
+        lines = cls(**settings)
+        for name, low, high in (("smooth_radius", 0, 64), ("bilateral_passes", 0, 8), ("line_min_length", 1, 10_000),
+                                ("line_width", 1, 16)):  # fmt: skip
+            value = getattr(lines, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"ContourLines: `{name}` must be an integer in [{low}, {high}], got {value!r}.")
+        for name, low, high in (("smooth_eps", 0.0, 1.0), ("line_threshold", 1e-6, 4.0), ("texture_density", 1e-6, 1.0),
+                                ("line_strength", 1e-6, 1.0)):  # fmt: skip
+            value = getattr(lines, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"ContourLines: `{name}` must be a number in [{low:g}, {high:g}], got {value!r}.")
+        return lines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,11 +144,13 @@ def draw_contour_lines(
 def apply_ink(image: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarray:
     """``image`` (uint8 RGB, or float RGB in [0, 1]) with near-black ink blended in by ``mask`` × ``strength``; the
     same dtype out (float: float32). A uint8 image is blended only where there is ink (a few percent of a photo)."""
+    if image.ndim != 3 or image.shape[2] != 3 or np.shape(mask) != image.shape[:2]:
+        raise ValueError(f"apply_ink: an (H, W, 3) image and an (H, W) mask, got {image.shape} and {np.shape(mask)}.")
     ink = mask.astype(np.float32, copy=False) * np.float32(strength)
     if image.dtype != np.uint8:
         ink = ink[..., None]
         return (image * (1 - ink) + INK_LEVEL * ink).astype(np.float32)
-    if numba is not None and image.flags.c_contiguous:
+    if _kernels_enabled() and image.flags.c_contiguous:
         return _ink_kernel(image, np.ascontiguousarray(ink))
     inked = ink > 0
     weight = ink[inked][:, None]
@@ -160,7 +163,7 @@ def apply_ink(image: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarra
 def thin(binary: np.ndarray, fast: bool = True) -> np.ndarray:
     """Zhang-Suen thinning of a 0/1 (or 0/nonzero) uint8 image, as ``cv2.ximgproc.thinning`` (the image's border
     pixels are never removed) → uint8 0/1."""
-    if not fast or numba is None or sys.byteorder != "little" or min(binary.shape) < 3:
+    if not fast or not _kernels_enabled() or sys.byteorder != "little" or min(binary.shape) < 3:
         return cv2.ximgproc.thinning((binary != 0).astype(np.uint8) * 255) // 255
     height, width = binary.shape
     words = -(-width // 64)
@@ -175,6 +178,15 @@ def thin(binary: np.ndarray, fast: bool = True) -> np.ndarray:
     return np.unpackbits(thinned.view(np.uint8), axis=1, count=width, bitorder="little")
 
 
+def _kernels_enabled() -> bool:
+    """numba installed and the CPU kernels not turned off (``GHIBLIGAN_CPU_KERNELS=0``, `cpu_kernels.disabled`)."""
+    if numba is None:
+        return False
+    from .models import cpu_kernels  # (here: the models import this module)
+
+    return cpu_kernels.enabled()
+
+
 def _check_rgb(rgb: np.ndarray) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(
@@ -185,7 +197,8 @@ def _check_rgb(rgb: np.ndarray) -> None:
 
 def _guided_filter(image: np.ndarray, radius: int, eps: float, fast: bool) -> np.ndarray:
     """``cv2.ximgproc.guidedFilter(image, image, radius, eps)`` of a uint8 gray or RGB image (``eps`` in (0-255)²)."""
-    if not fast or numba is None or min(image.shape[:2]) <= 2 * radius + 1:
+    # (eps under one grey level squared: a near-singular covariance, where the kernel's 1 - eps Σ⁻¹ loses precision)
+    if not fast or not _kernels_enabled() or eps < 1 or min(image.shape[:2]) <= 2 * radius + 1:
         return cv2.ximgproc.guidedFilter(image, image, radius, eps)
     from .models.cpu_kernels import run_kernel
 

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from ghibligan import Cartoonizer, ImageLoadError, load_image
+from ghibligan.contour_lines import apply_ink, draw_contour_lines
 from ghibligan.image_io import resize_to_max_side
 from ghibligan.models.limits import DEFAULT_MAX_PARAMETERS, ResourceLimitError
 
@@ -99,6 +100,9 @@ class ModelRegistry:
             # one small image through it now, so the first visitor waits for neither oneDNN's set-up nor the fused
             # CPU kernels' compile (seconds on a fresh install, then cached on disk)
             cartoonizer.generate_uint8(np.zeros((1, 64, 64, 3), np.uint8))
+            if cartoonizer.contour_lines:  # and the contour lines' kernels, for the styles that draw them
+                warm = np.zeros((64, 64, 3), np.uint8)
+                apply_ink(warm, draw_contour_lines(warm, next(iter(cartoonizer.contour_lines.values()))), 0.5)
         except Exception as error:  # any failure: kept and reported once, the Space keeps serving the others
             self._fail(name, f"{type(error).__name__}: {error}")
             return

@@ -159,3 +159,18 @@ def test_the_pipeline_inks_a_style_with_its_teachers_lines_at_the_photos_size(li
     )
     with pytest.raises(ValueError, match="`contour_lines` must be None"):
         pipe(photo, style="toon", contour_lines="yes")
+
+
+@needs_numba
+def test_a_zero_eps_takes_opencvs_filter_and_a_teachers_lenient_settings_still_draw():
+    """eps 0 (allowed: no regularization) would divide zero by zero in a flat window: it takes OpenCV's filter, so a
+    flat photo stays itself. A teacher's own config is not held to the untrusted bounds (line_min_length 0 draws as
+    1 did, and numpy scalars are fine); `apply_ink` refuses a mask of another size."""
+    flat = np.full((64, 64, 3), 255, np.uint8)
+    flat[20:40, 20:40] = (10, 200, 30)
+    assert np.array_equal(_guided_filter(flat, 2, 0.0, fast=True), cv2.ximgproc.guidedFilter(flat, flat, 2, 0.0))
+    lenient = dataclasses.replace(PRESETS["toon"], line_min_length=0, smooth_radius=np.int64(8))
+    assert np.array_equal(toonify(structured_photo(), lenient), toonify(structured_photo(),
+                          dataclasses.replace(PRESETS["toon"], line_min_length=1)))  # fmt: skip
+    with pytest.raises(ValueError, match="apply_ink"):
+        apply_ink(flat, np.zeros((64, 65), np.float32), 0.85)

@@ -87,6 +87,11 @@ def available() -> bool:
     return numba is not None
 
 
+def enabled() -> bool:
+    """Whether the kernels may run at all: numba installed, and neither ``GHIBLIGAN_CPU_KERNELS=0`` nor `disabled`."""
+    return _enabled and numba is not None
+
+
 def usable(x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether a stage may run its kernel on ``x``: numba installed and enabled, ``x`` on the CPU, nothing for autograd
     to record (the kernels have no backward: grad mode off, or neither ``x`` nor ``others``, the stage's other inputs
