@@ -801,20 +801,28 @@ def test_photo_smoothing_starts_as_the_smoothed_photo_and_learns():
 
 
 def test_noise_variance_measures_noise_and_not_texture_or_edges():
-    """Immerkær's estimate in the flattest tenth of the blocks: Gaussian noise of σ in the luma of a photo of smooth
-    ramps, a sharp edge and fine stripes comes out as σ², and the same photo without the noise as nearly nothing;
-    colour noise independent per channel as its luma's, 0.67σ."""
+    """Immerkær's estimate in the flattest tenth of the blocks, capped by the chroma's: colour noise independent per
+    channel in a photo of smooth ramps, a sharp edge and fine stripes comes out as its luma's variance (0.67σ), the
+    same photo without the noise as nearly nothing; texture everywhere, in the luminance, as nearly nothing too (the
+    luma alone read it as strong noise), and with noise on it as at most the chroma's; grain the same in every channel
+    is taken for texture."""
     generator = torch.Generator().manual_seed(0)
     y, x = torch.meshgrid(torch.linspace(-0.6, 0.6, 160), torch.linspace(-0.5, 0.5, 240), indexing="ij")
     clean = (x + 0.3 * y).expand(2, 3, -1, -1).clone()  # smooth ramps
     clean[..., 100:, :] -= 0.4  # a step edge
     clean[..., :60, :80] += 0.3 * torch.sign(torch.sin(torch.arange(80.0) * 2.0))  # stripes two pixels wide
     for sigma in (0.01, 0.02, 0.05):
-        noisy = clean + sigma * torch.randn((2, 1, 160, 240), generator=generator)  # grey noise
-        assert noise_variance(noisy).sqrt().tolist() == pytest.approx([sigma, sigma], rel=0.1)
         noisy = clean + sigma * torch.randn(clean.shape, generator=generator)  # colour noise
         assert noise_variance(noisy).sqrt().tolist() == pytest.approx([0.67 * sigma] * 2, rel=0.1)
+        grey = clean + sigma * torch.randn((2, 1, 160, 240), generator=generator)  # the same in every channel
+        assert noise_variance(grey).max().sqrt() < 0.1 * sigma
     assert noise_variance(clean).max().sqrt() < 0.002  # a tenth of a grey level
+    carving = 0.3 * torch.randn((1, 1, 160, 240), generator=generator)  # texture in every block, in the luminance
+    carving = F.avg_pool2d(carving, 3, stride=1, padding=1) + torch.tensor([0.1, 0.0, -0.1])[None, :, None, None]
+    assert noise_variance(carving).sqrt() < 0.002
+    # noise on that texture: the luma's estimate holds both, the cap the chroma's noise (σ, where the luma's is 0.67σ)
+    noisy_carving = carving + 0.02 * torch.randn((1, 3, 160, 240), generator=generator)
+    assert 0.67 * 0.02 < noise_variance(noisy_carving).sqrt() < 1.1 * 0.02
     small = noise_variance(0.05 * torch.randn(3, 3, 5, 7))  # smaller than one block: one block
     assert small.shape == (3,) and (small > (0.3 * 0.05) ** 2).all() and (small < (3 * 0.05) ** 2).all()
     assert noise_variance(torch.zeros(1, 3, 1, 1)).tolist() == [0.0]
