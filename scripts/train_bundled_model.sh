@@ -39,7 +39,7 @@ if [ "$MODEL" = ghibli-styles ]; then
     read -r -d '' STYLES_NOTES <<'NOTES_END' || true
 **What it does not do yet.** It reaches its targets (85 % of the error removed, 0.9x the teacher's flat share,
 gradient energy within 10 %) for `toon` and `painterly` on these 8 photos; `ghibli` now meets the flat-share and
-gradient-energy ones (0.91x, 1.06x) but removes 61.3 % of the error, not 85 %. Its teacher paints regions of a graph
+gradient-energy ones (0.90x, 1.06x) but removes 61.3 % of the error, not 85 %. Its teacher paints regions of a graph
 segmentation, averaged over eight runs so that its borders no longer move with noise below one grey level (the
 teacher reproduces 96 % of its own output from a copy of the photo with such noise); the model flattens its
 half-resolution surface into plateaus (3 bilateral passes, then 6 dilated 3x3 passes that reach as far as the
