@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
+from .image_io import check_uint8_rgb
+
 try:
     import numba
     from numba import njit, prange
@@ -129,7 +131,7 @@ def draw_contour_lines(
     """The toon teacher's ink for a uint8 RGB photo (H, W, 3), at its size: (H, W) float32 in [0, 1]. A photo whose
     long side is over ``max_side`` has its lines found on a copy of that side (area-downscaled; every size in the
     stage scales with it) and the mask upsampled (None: at any size, as the teacher)."""
-    _check_rgb(rgb)
+    check_uint8_rgb(rgb)
     height, width = rgb.shape[:2]
     scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
     small = rgb
@@ -185,14 +187,6 @@ def _kernels_enabled() -> bool:
     from .models import cpu_kernels  # (here: the models import this module)
 
     return cpu_kernels.enabled()
-
-
-def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(
-            f"expected a uint8 RGB array (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} of shape "
-            f"{getattr(rgb, 'shape', None)}."
-        )
 
 
 def _guided_filter(image: np.ndarray, radius: int, eps: float, fast: bool) -> np.ndarray:

@@ -22,6 +22,8 @@ import math
 import cv2
 import numpy as np
 
+from .image_io import check_uint8_rgb
+
 MAX_EXPOSURE_GAIN = 4.0  # two stops: a darker photo is brightened only this much
 MEASURE_SIDE = 128  # the percentile is taken on the photo area-downsampled to this long side
 LINEAR_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709 luminance of linear RGB
@@ -49,19 +51,11 @@ def check_exposure_target(target) -> float:
     return float(target)
 
 
-def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(
-            f"expected a uint8 RGB array (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} of shape "
-            f"{getattr(rgb, 'shape', None)}."
-        )
-
-
 def exposure_gain(rgb: np.ndarray, target: float, max_gain: float = MAX_EXPOSURE_GAIN) -> float:
     """The gain of `brighten` that brings the 99th-percentile luminance (linear light) of a uint8 RGB image (H, W, 3)
     to ``target`` (0-1): 1 for a photo already that bright (or ``target`` 0), at most ``max_gain``. Measured on the
     image area-downsampled to `MEASURE_SIDE`, so a photo and its downscaled copy get (nearly) the same gain."""
-    _check_rgb(rgb)
+    check_uint8_rgb(rgb)
     if not target or rgb.size == 0:
         return 1.0
     height, width = rgb.shape[:2]

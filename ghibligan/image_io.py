@@ -35,6 +35,16 @@ class LoadedImage:
     name: str
 
 
+def check_uint8_rgb(rgb: np.ndarray) -> None:
+    """A `ValueError` unless ``rgb`` is a uint8 RGB array (H, W, 3), what the per-photo stages (exposure, contour
+    lines) take."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"expected a uint8 RGB array (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} of shape "
+            f"{getattr(rgb, 'shape', None)}."
+        )
+
+
 def _to_8bit_rgb(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """Any PIL mode → (RGB, alpha or None). 16-bit and float images are rescaled, not clipped."""
     if image.mode == "P":

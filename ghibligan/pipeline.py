@@ -221,8 +221,8 @@ class Cartoonizer:
         # the styles that draw a dark photo at a normal exposure (`ghibligan.exposure`), checked the same way
         self.exposure_targets = check_exposure_targets(getattr(generator, "exposure_targets", None), self.styles)
         # the styles whose teacher inks the photo's edges at the photo's size (`ghibligan.contour_lines`): drawn here
-        self.contour_lines = {
-            name: ContourLines.from_dict(settings)
+        self.contour_lines = {  # (checked and completed by check_contour_lines)
+            name: ContourLines(**settings)
             for name, settings in check_contour_lines(getattr(generator, "contour_lines", None), self.styles).items()
         }
         self.tile_size = tile_size
@@ -350,11 +350,8 @@ class Cartoonizer:
         style), or None for the photo's own size: ``work_side`` if given (0: the photo's own size), else the model's
         `work_sides` entry for the style. Raises a `ValueError` for an unknown style or a bad ``work_side``."""
         self.check_work_side(work_side)
-        index = self.style_index(style)
-        if work_side is not None:
-            return work_side or None
-        styles = self.styles
-        return self.work_sides.get(styles[index or 0]) if styles else None
+        choice = self._model_choice(self.work_sides, style)
+        return choice if work_side is None else (work_side or None)
 
     def exposure_target(self, style: str | int | None = None, exposure_target: float | None = None) -> float:
         """The 99th-percentile luminance (linear light) a darker photo is brightened to before it is drawn in
@@ -368,11 +365,8 @@ class Cartoonizer:
                     f"`exposure_target` must be None (the model's choice for the style), 0 (off) or a luminance in "
                     f"(0, 1], got {exposure_target!r}."
                 ) from None
-        index = self.style_index(style)
-        if exposure_target is not None:
-            return exposure_target
-        styles = self.styles
-        return self.exposure_targets.get(styles[index or 0], 0.0) if styles else 0.0
+        choice = self._model_choice(self.exposure_targets, style, 0.0)
+        return choice if exposure_target is None else exposure_target
 
     def line_settings(self, style: str | int | None = None, contour_lines: bool | None = None) -> ContourLines | None:
         """The contour lines drawn on a cartoon in ``style`` (`ghibligan.contour_lines`), None for none: with
@@ -384,12 +378,18 @@ class Cartoonizer:
                 "`contour_lines` must be None (the model's choice for the style), True or False, got "
                 f"{contour_lines!r}."
             )
-        index = self.style_index(style)
-        styles = self.styles
-        lines = self.contour_lines.get(styles[index or 0]) if styles else None
+        lines = self._model_choice(self.contour_lines, style)
         if contour_lines is None:
             return lines
         return (lines or ContourLines()) if contour_lines else None
+
+    def _model_choice(self, choices: dict, style: str | int | None, default=None):
+        """The model's per-style metadata ``choices`` (`work_sides`, ...) for ``style`` (a name, an index or None:
+        the first style), ``default`` for a style it does not name or a model without styles; a `ValueError` for an
+        unknown style."""
+        index = self.style_index(style)
+        styles = self.styles
+        return choices.get(styles[index or 0], default) if styles else default
 
     def check_inputs(
         self, max_side, tile, tile_overlap, smoothing, smoothing_method, batch_size, tile_batch_size=None
