@@ -53,6 +53,7 @@ def _cartoonize(args: argparse.Namespace) -> int:
         work_side=args.work_side,
         exposure_target=args.exposure_target,
         contour_lines=args.contour_lines,
+        joint_upsampling=args.joint_upsampling,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -273,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ink the photo's edges on the cartoon at the photo's size, with the toon teacher's line algorithm "
         "(--no-contour_lines: none); default: the model's choice per style (the bundled model: toon, as its teacher)",
+    )
+    cartoonize.add_argument(
+        "--joint_upsampling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bring a cartoon drawn at the work side to the photo's size by joint bilateral upsampling guided by the "
+        "photo, so its borders stay as crisp as the photo's edges (--no-joint_upsampling: bilinear); default: the "
+        "model's choice per style (the bundled model: toon, whose teacher draws at the photo's size)",
     )
     cartoonize.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     cartoonize.add_argument(

@@ -125,22 +125,37 @@ def line_mask(smoothed: np.ndarray, lines: ContourLines, fast: bool = False) -> 
     return cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0)  # anti-aliased
 
 
+def line_surface(rgb: np.ndarray, lines: ContourLines, fast: bool = True, max_side: int | None = MAX_LINE_SIDE):
+    """The photo smoothed as the toon teacher smooths it before it finds its lines (`smooth_surface`), uint8 RGB at
+    the size the lines are found at: the photo's, or a copy of long side ``max_side`` for a larger one (None: any
+    size, as the teacher). The pipeline also guides its upsampling by it (`ghibligan.upsampling`)."""
+    check_uint8_rgb(rgb)
+    height, width = rgb.shape[:2]
+    small = rgb
+    if max_side is not None and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return smooth_surface(small, lines.smooth_radius, lines.smooth_eps, lines.bilateral_passes, fast)
+
+
 def draw_contour_lines(
-    rgb: np.ndarray, lines: ContourLines, fast: bool = True, max_side: int | None = MAX_LINE_SIDE
+    rgb: np.ndarray,
+    lines: ContourLines,
+    fast: bool = True,
+    max_side: int | None = MAX_LINE_SIDE,
+    smoothed: np.ndarray | None = None,
 ) -> np.ndarray:
     """The toon teacher's ink for a uint8 RGB photo (H, W, 3), at its size: (H, W) float32 in [0, 1]. A photo whose
     long side is over ``max_side`` has its lines found on a copy of that side (area-downscaled; every size in the
-    stage scales with it) and the mask upsampled (None: at any size, as the teacher)."""
+    stage scales with it) and the mask upsampled (None: at any size, as the teacher). ``smoothed``: the photo's
+    `line_surface`, where the caller has it already."""
     check_uint8_rgb(rgb)
     height, width = rgb.shape[:2]
-    scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
-    small = rgb
-    if scale < 1:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    smoothed = smooth_surface(small, lines.smooth_radius, lines.smooth_eps, lines.bilateral_passes, fast)
+    if smoothed is None:
+        smoothed = line_surface(rgb, lines, fast, max_side)
     mask = line_mask(smoothed, lines, fast)
-    return mask if scale == 1 else cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
+    return mask if mask.shape == (height, width) else cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def apply_ink(image: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarray:

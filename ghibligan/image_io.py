@@ -35,12 +35,13 @@ class LoadedImage:
     name: str
 
 
-def check_uint8_rgb(rgb: np.ndarray) -> None:
+def check_uint8_rgb(rgb: np.ndarray, name: str = "") -> None:
     """A `ValueError` unless ``rgb`` is a uint8 RGB array (H, W, 3), what the per-photo stages (exposure, contour
-    lines) take."""
+    lines, upsampling) take; ``name`` says which argument in the message."""
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(
-            f"expected a uint8 RGB array (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} of shape "
+            f"expected {f'`{name}` as ' if name else ''}a uint8 RGB array (H, W, 3), got "
+            f"{getattr(rgb, 'dtype', type(rgb))} of shape "
             f"{getattr(rgb, 'shape', None)}."
         )
 

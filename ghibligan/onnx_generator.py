@@ -112,6 +112,7 @@ class OnnxGenerator:
         self.work_sides = self.config.get("work_sides")  # the style → long side the pipeline draws at (it checks them)
         self.exposure_targets = self.config.get("exposure_targets")  # style → exposure target (the pipeline checks)
         self.contour_lines = self.config.get("contour_lines")  # style → line settings (the pipeline checks)
+        self.joint_upsampling = self.config.get("joint_upsampling")  # style → upsampling range σ (the pipeline checks)
         inputs = self.session.get_inputs()
         self.input_names = [node.name for node in inputs]
         self.in_channels = int(inputs[0].shape[1]) if isinstance(inputs[0].shape[1], int) else 3

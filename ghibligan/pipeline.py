@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .contour_lines import ContourLines, apply_ink, draw_contour_lines
+from .contour_lines import ContourLines, apply_ink, draw_contour_lines, line_surface
 from .exposure import brighten, check_exposure_target, darken, exposure_gain
 from .image_io import (
     DEFAULT_MAX_PIXELS,
@@ -43,6 +43,7 @@ from .models.guided import (
     GuidedFilterGenerator,
     check_contour_lines,
     check_exposure_targets,
+    check_joint_upsampling,
     check_work_sides,
     is_work_side,
 )
@@ -50,6 +51,7 @@ from .models.hub import GhibliganHubMixin
 from .models.limits import ResourceLimitError, build_on_meta, estimate_activation_bytes
 from .onnx_generator import OnnxGenerator
 from .tiling import tiled_apply
+from .upsampling import DEFAULT_UPSAMPLING_SIGMA, joint_bilateral_upsample
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL_NAME = "ghibli-styles"
@@ -225,6 +227,8 @@ class Cartoonizer:
             name: ContourLines(**settings)
             for name, settings in check_contour_lines(getattr(generator, "contour_lines", None), self.styles).items()
         }
+        # the styles drawn at a work side whose cartoon is upsampled edge-aware (`ghibligan.upsampling`), checked too
+        self.joint_upsampling = check_joint_upsampling(getattr(generator, "joint_upsampling", None), self.styles)
         self.tile_size = tile_size
         self.auto_tile_bytes = auto_tile_bytes
         self.auto_tile_pixels = auto_tile_pixels
@@ -373,15 +377,44 @@ class Cartoonizer:
         ``contour_lines`` None, the model's `contour_lines` entry for the style; False, none; True, that entry or, for
         a style without one, the toon teacher's lines (`ContourLines()`). Raises a `ValueError` for an unknown style
         or a ``contour_lines`` that is not None or a bool."""
-        if contour_lines is not None and not isinstance(contour_lines, bool):
+        return self._switched_choice("contour_lines", contour_lines, self.contour_lines, style, ContourLines())
+
+    def upsampling_sigma(self, style: str | int | None = None, joint_upsampling: bool | None = None) -> float | None:
+        """The range σ (grey levels) of the joint bilateral upsampling that brings a cartoon drawn at a work side in
+        ``style`` to the photo's size (`ghibligan.upsampling`), None for bilinear: with ``joint_upsampling`` None,
+        the model's `joint_upsampling` entry for the style; False, bilinear; True, that entry or, for a style without
+        one, `DEFAULT_UPSAMPLING_SIGMA`. Raises a `ValueError` for an unknown style or a ``joint_upsampling`` that is
+        not None or a bool."""
+        return self._switched_choice(
+            "joint_upsampling", joint_upsampling, self.joint_upsampling, style, DEFAULT_UPSAMPLING_SIGMA
+        )
+
+    def _switched_choice(self, name: str, switch: bool | None, choices: dict, style: str | int | None, default):
+        """A per-style pipeline stage a caller can switch: with ``switch`` None the model's ``choices`` entry for
+        ``style`` (None: not drawn); False, None; True, that entry or, for a style without one, ``default``. A
+        `ValueError` for a ``switch`` that is not None or a bool (``name`` says which argument) or an unknown style."""
+        if switch is not None and not isinstance(switch, bool):
             raise ValueError(
-                "`contour_lines` must be None (the model's choice for the style), True or False, got "
-                f"{contour_lines!r}."
+                f"`{name}` must be None (the model's choice for the style), True or False, got {switch!r}."
             )
-        lines = self._model_choice(self.contour_lines, style)
-        if contour_lines is None:
-            return lines
-        return (lines or ContourLines()) if contour_lines else None
+        choice = self._model_choice(choices, style)
+        if switch is None:
+            return choice
+        return (choice or default) if switch else None
+
+    @staticmethod
+    def _upsample(
+        cartoon: np.ndarray, size: tuple[int, int], photo: np.ndarray | None, smoothed: np.ndarray | None,
+        sigma: float | None,
+    ) -> np.ndarray:  # fmt: skip
+        """A cartoon drawn at the work side → ``size`` (width, height): bilinear, as the ghibli teacher upsamples
+        (``sigma`` None), else joint bilateral upsampling guided by the photo, or by its smoothed copy where the line
+        stage made one at this size (the photo's fine texture then does not fray the borders)."""
+        if sigma is None:
+            return cv2.resize(cartoon, size, interpolation=cv2.INTER_LINEAR)
+        guide = smoothed if smoothed is not None and smoothed.shape == photo.shape else photo
+        guide_low = cv2.resize(guide, (cartoon.shape[1], cartoon.shape[0]), interpolation=cv2.INTER_AREA)
+        return joint_bilateral_upsample(cartoon, guide_low, guide, sigma)
 
     def _model_choice(self, choices: dict, style: str | int | None, default=None):
         """The model's per-style metadata ``choices`` (`work_sides`, ...) for ``style`` (a name, an index or None:
@@ -588,6 +621,7 @@ class Cartoonizer:
         work_side: int | None = None,
         exposure_target: float | None = None,
         contour_lines: bool | None = None,
+        joint_upsampling: bool | None = None,
     ) -> list[Image.Image]:
         r"""Cartoonize one image or a list of them.
 
@@ -628,6 +662,12 @@ class Cartoonizer:
                 ``None`` (default) takes the model's choice for the style (`contour_lines`: the bundled model's `toon`,
                 as its teacher, whose one-pixel lines a model drawn at 512 px cannot place on a larger photo),
                 ``False`` draws none, ``True`` draws them in any style.
+            joint_upsampling (`bool`, *optional*): bring a cartoon drawn at the work side to the photo's size by
+                joint bilateral upsampling guided by the photo (`ghibligan.upsampling`: borders as crisp as the
+                photo's edges) instead of bilinear. ``None`` (default) takes the model's choice for the style
+                (`joint_upsampling`: the bundled model's `toon`, whose teacher draws crisp levels at the photo's size;
+                `ghibli` stays bilinear, as its teacher upsamples its 512-px painting), ``True`` upsamples any style
+                so, ``False`` none.
 
         Returns:
             `list[PIL.Image.Image]`: one cartoon per input, at the (possibly ``max_side``-reduced) input size, RGBA
@@ -639,6 +679,7 @@ class Cartoonizer:
         work_side = self.work_side(style_index, work_side)
         exposure_target = self.exposure_target(style_index, exposure_target)
         lines = self.line_settings(style_index, contour_lines)
+        sigma = self.upsampling_sigma(style_index, joint_upsampling)
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         loaded: list[LoadedImage] = [
@@ -689,11 +730,16 @@ class Cartoonizer:
 
         cartoons = []
         for item, rgb, array, gain in zip(loaded, rgbs, outputs, gains, strict=True):
-            if array.shape[:2] != (rgb.height, rgb.width):  # drawn at the work side: bilinear, as the ghibli teacher
-                array = cv2.resize(array, rgb.size, interpolation=cv2.INTER_LINEAR)
-            if lines is not None:  # the teacher's ink, found in the photo at the cartoon's size (and exposure)
+            upsampled = array.shape[:2] != (rgb.height, rgb.width)  # drawn at the work side
+            photo = smoothed = None
+            if lines is not None or (upsampled and sigma is not None):  # the photo at the cartoon's size and exposure
                 photo = brighten(np.asarray(rgb), gain)
-                array = apply_ink(array, draw_contour_lines(photo, lines), lines.line_strength)
+            if lines is not None:  # the toon teacher's smoothing, for its lines (and the upsampling's guide)
+                smoothed = line_surface(photo, lines)
+            if upsampled:
+                array = self._upsample(array, rgb.size, photo, smoothed, sigma)
+            if lines is not None:  # the teacher's ink, found in the photo at the cartoon's size (and exposure)
+                array = apply_ink(array, draw_contour_lines(photo, lines, smoothed=smoothed), lines.line_strength)
             array = darken(array, gain)  # back to the photo's own exposure, after the upsampling as the teacher
             if smoothing:
                 array = smooth(array, smoothing, smoothing_method)

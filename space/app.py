@@ -47,6 +47,7 @@ from ghibligan import Cartoonizer, ImageLoadError, load_image
 from ghibligan.contour_lines import apply_ink, draw_contour_lines
 from ghibligan.image_io import resize_to_max_side
 from ghibligan.models.limits import DEFAULT_MAX_PARAMETERS, ResourceLimitError
+from ghibligan.upsampling import joint_bilateral_upsample
 
 BUNDLED = "bundled"
 EXAMPLES = Path(__file__).parent / "examples"
@@ -103,6 +104,9 @@ class ModelRegistry:
             if cartoonizer.contour_lines:  # and the contour lines' kernels, for the styles that draw them
                 warm = np.zeros((64, 64, 3), np.uint8)
                 apply_ink(warm, draw_contour_lines(warm, next(iter(cartoonizer.contour_lines.values()))), 0.5)
+            if cartoonizer.joint_upsampling:  # and the edge-aware upsampling's, for the styles drawn with it
+                joint_bilateral_upsample(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8),
+                                         np.zeros((64, 64, 3), np.uint8), 24.0)  # fmt: skip
         except Exception as error:  # any failure: kept and reported once, the Space keeps serving the others
             self._fail(name, f"{type(error).__name__}: {error}")
             return

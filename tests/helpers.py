@@ -82,6 +82,7 @@ def save_tiny_style_model(
     work_sides: dict | None = None,
     exposure_targets: dict | None = None,
     contour_lines: dict | None = None,
+    joint_upsampling: dict | None = None,
 ) -> Path:
     """A tiny `GuidedFilterGenerator` with random weights. Its per-style tables and output layers start at zero (every
     style the same, the output close to the photo); here they are random too, so styles differ."""
@@ -99,6 +100,7 @@ def save_tiny_style_model(
         work_sides=work_sides,
         exposure_targets=exposure_targets,
         contour_lines=contour_lines,
+        joint_upsampling=joint_upsampling,
     )
     with torch.no_grad():
         for parameter in model.parameters():

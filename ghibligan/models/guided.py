@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contour_lines import ContourLines
+from ..upsampling import MAX_SIGMA, MIN_SIGMA, is_sigma
 from . import cpu_kernels
 from .color import LUMA, lab_to_rgb, rgb_to_lab
 from .hub import GhibliganHubMixin
@@ -779,6 +780,13 @@ def check_exposure_targets(exposure_targets, styles: Sequence[str]) -> dict[str,
     return {name: float(target) for name, target in targets.items()}
 
 
+def check_joint_upsampling(joint_upsampling, styles: Sequence[str]) -> dict[str, float]:
+    """`check_style_map` of ``joint_upsampling``: range σs in [`MIN_SIGMA`, `MAX_SIGMA`] grey levels, as floats."""
+    wanted = f"a range sigma in [{MIN_SIGMA:g}, {MAX_SIGMA:g}] grey levels"
+    sigmas = check_style_map("joint_upsampling", joint_upsampling, styles, is_sigma, wanted)
+    return {name: float(sigma) for name, sigma in sigmas.items()}
+
+
 def check_contour_lines(contour_lines, styles: Sequence[str]) -> dict[str, dict]:
     """`check_style_map` of ``contour_lines``: each style's line settings (`ghibligan.contour_lines.ContourLines`'s
     fields), checked and completed with the defaults, as JSON-able mappings."""
@@ -878,6 +886,11 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             at its own size (the toon teacher), its line settings (`ghibligan.contour_lines.ContourLines`' fields):
             `Cartoonizer` draws those lines itself, with the teacher's algorithm, on the cartoon at the photo's size,
             after any upsampling from a work side. Metadata for the pipeline, like ``work_sides``.
+        joint_upsampling (`dict[str, float]`, *optional*): for styles drawn at a work side whose teacher draws at
+            the photo's own size (the toon teacher's crisp levels), a range σ in grey levels: `Cartoonizer` brings
+            the cartoon to the photo's size by joint bilateral upsampling guided by the photo
+            (`ghibligan.upsampling`) instead of bilinear, so its borders stay as sharp as the photo's edges. Metadata
+            for the pipeline, like ``work_sides``.
 
     At initialisation the network outputs its input and the guide map and tone head are the identity, so the model is
     a guided filter of the photo by itself: an edge-preserving smoothing, close to the identity.
@@ -924,6 +937,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         work_sides: dict[str, int] | None = None,
         exposure_targets: dict[str, float] | None = None,
         contour_lines: dict[str, dict] | None = None,
+        joint_upsampling: dict[str, float] | None = None,
     ):
         super().__init__()
         if isinstance(styles, str) or not styles or not all(isinstance(s, str) and s for s in styles):
@@ -967,6 +981,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         self.work_sides = check_work_sides(work_sides, self.styles)
         self.exposure_targets = check_exposure_targets(exposure_targets, self.styles)
         self.contour_lines = check_contour_lines(contour_lines, self.styles)
+        self.joint_upsampling = check_joint_upsampling(joint_upsampling, self.styles)
         self.scale_factor = scale_factor
         widths = [channels * 2**level for level in range(num_levels + 1)]
 
