@@ -42,6 +42,7 @@ from ghibligan.metrics import flat_share, gradient_energy, palette_size, psnr, s
 from ghibligan.models.guided import MAX_SMOOTHING_NOISE, MAX_WORK_SIDE, MIN_WORK_SIDE, is_work_side
 from ghibligan.onnx_export import export_onnx
 from ghibligan.teachers import make_teacher
+from ghibligan.upsampling import MAX_SIGMA, MIN_SIGMA, is_sigma
 
 
 def pooled_psnr(mean_squared_error: float) -> float:
@@ -198,6 +199,22 @@ def side_item(value: str) -> tuple[str, int]:
     return style, int(side)
 
 
+def sigma_item(value: str) -> tuple[str, float]:
+    """One ``--joint_upsampling`` value, ``"toon=24"`` → ``("toon", 24.0)``, a range σ in grey levels (argparse's
+    ``type``; 0 removes the style's)."""
+    style, _, number = value.partition("=")
+    try:
+        sigma = float(number)
+    except ValueError:
+        sigma = -1.0
+    if not style or not (sigma == 0 or is_sigma(sigma)):
+        raise argparse.ArgumentTypeError(
+            f"expected STYLE=SIGMA, a sigma in [{MIN_SIGMA:g}, {MAX_SIGMA:g}] grey levels (0: none) such as toon=24, "
+            f"got {value!r}"
+        )
+    return style, sigma
+
+
 def teacher_lines(parser: argparse.ArgumentParser, args) -> dict[str, dict]:
     """``--contour_lines STYLE ...``: each style's teacher's line settings (the teacher given for it in
     ``--teacher``, one per style in the model's order), for the model's ``contour_lines``."""
@@ -226,11 +243,13 @@ def load_styles_generator(
     smoothing_noise: float | None = None,
     exposure_targets: dict[str, float] | None = None,
     contour_lines: dict[str, dict] | None = None,
+    joint_upsampling: dict[str, float] | None = None,
 ):
     """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
     flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, the styles of
-    ``work_sides`` drawn at those long sides, the styles of ``exposure_targets`` at that exposure and the styles of
-    ``contour_lines`` inked with those line settings (the pipeline's metadata), and every style's photo smoothing
+    ``work_sides`` drawn at those long sides, the styles of ``exposure_targets`` at that exposure, the styles of
+    ``contour_lines`` inked with those line settings and the styles of ``joint_upsampling`` upsampled from their work
+    side with that range σ (the pipeline's metadata), and every style's photo smoothing
     raised by ``smoothing_noise`` times each photo's noise variance (0: not at all); all rebuilt into its config."""
     generator = load_generator(model)
     changes = {}
@@ -238,6 +257,7 @@ def load_styles_generator(
         ("work_side", "work_sides", work_sides),
         ("exposure_target", "exposure_targets", exposure_targets),
         ("contour_lines", "contour_lines", contour_lines),
+        ("joint_upsampling", "joint_upsampling", joint_upsampling),
     ):
         if given:
             unknown = sorted(set(given) - set(generator.styles))
@@ -280,15 +300,17 @@ def evaluate_checkpoint(
     smoothing_noise=None,
     exposure_targets=None,
     contour_lines=None,
+    joint_upsampling=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
-    export-time ``strengths``, ``work_sides``, ``smoothing_noise``, ``exposure_targets`` and ``contour_lines`` of
+    export-time ``strengths``, ``work_sides``, ``smoothing_noise``, ``exposure_targets``, ``contour_lines`` and
+    ``joint_upsampling`` of
     `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
         generator = load_styles_generator(
-            model, strengths, work_sides, smoothing_noise, exposure_targets, contour_lines
+            model, strengths, work_sides, smoothing_noise, exposure_targets, contour_lines, joint_upsampling
         )
         cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
@@ -367,6 +389,16 @@ def main() -> None:
         "the exported config with the teacher's line settings; needs --teacher), e.g. toon",
     )
     parser.add_argument(
+        "--joint_upsampling",
+        nargs="+",
+        type=sigma_item,
+        default=[],
+        metavar="STYLE=SIGMA",
+        help="a style-conditioned model: bring these styles' cartoons from their work side to the photo's size by "
+        "joint bilateral upsampling guided by the photo, with this range sigma in grey levels, instead of bilinear, as "
+        "the model's `joint_upsampling` (written to the exported config; 0 removes it), e.g. toon=24",
+    )
+    parser.add_argument(
         "--smoothing_noise",
         type=float,
         default=None,
@@ -377,6 +409,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work_sides = dict(args.work_side)
     args.exposure_targets = dict(args.exposure_target)
+    args.joint_upsampling_sigmas = dict(args.joint_upsampling)
     args.contour_lines_settings = teacher_lines(parser, args)
     if args.smoothing_noise is not None and not 0 <= args.smoothing_noise <= MAX_SMOOTHING_NOISE:
         parser.error(f"--smoothing_noise must be in [0, {MAX_SMOOTHING_NOISE:g}], got {args.smoothing_noise}")
@@ -396,6 +429,7 @@ def main() -> None:
         "work_side": bool(args.work_sides),
         "exposure_target": bool(args.exposure_targets),
         "contour_lines": bool(args.contour_lines),
+        "joint_upsampling": bool(args.joint_upsampling_sigmas),
         "smoothing_noise": args.smoothing_noise is not None,
     }
     for flag in [*strengths, *(flag for flag, given in changed.items() if given)]:
@@ -415,6 +449,7 @@ def main() -> None:
                     args.smoothing_noise,
                     args.exposure_targets,
                     args.contour_lines_settings,
+                    args.joint_upsampling_sigmas,
                 )
                 for style in styles
             }
@@ -485,6 +520,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         args.smoothing_noise,
         args.exposure_targets,
         args.contour_lines_settings,
+        args.joint_upsampling_sigmas,
     )
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise, ...)

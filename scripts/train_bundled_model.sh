@@ -63,13 +63,16 @@ the photo more than the other styles' do.
 **Larger photos.** These numbers are at 512 px, the size it was trained at. On larger photos the model draws `ghibli`
 and `toon` at 512 px and upsamples the cartoon (`work_sides` in config.json; `work_side=0` draws at the photo's own
 size): the ghibli teacher paints its regions at 512 px itself, and drawn at full size the model's regions and levels
-are half its teachers' size in pixels. Against the teachers run on the same 8 photos at 1024 px (`dtype="auto"`),
-error removed / flat share / gradient energy: `ghibli` 71.4 % / 0.95x / 1.10x (57.6 % / 0.95x / 1.59x drawn at full
-size), `toon` 85.6 % / 0.86x / 1.00x (at 768 px 85.1 % / 0.87x / 0.97x), `painterly`, drawn at full size as its
-teacher keeps the photo's own detail, 86.5 % / 0.90x / 1.12x. The toon teacher thins its contour lines to one pixel at
-any size, so it inks a 1024-px photo and leaves a 512-px one nearly bare; the network, taught at 512 px and drawing
-`toon` there, cannot place them, so the pipeline draws them at the photo's size with the teacher's own algorithm
-(without them: 72.5 % / 0.89x / 0.87x at 1024 px, ink F-score 0.06; with them 0.75).
+are half its teachers' size in pixels. `ghibli` is upsampled bilinearly, as its teacher upsamples its painting; `toon`,
+whose teacher draws crisp levels at the photo's own size, by joint bilateral upsampling guided by the photo smoothed as
+its teacher smooths it (`joint_upsampling` in config.json; ghibligan/upsampling.py), so its borders stay as sharp as
+the photo's edges. Against the teachers run on the same 8 photos at 1024 px (`dtype="auto"`), error removed / flat
+share / gradient energy: `ghibli` 71.4 % / 0.95x / 1.11x (57.6 % / 0.95x / 1.59x drawn at full size), `toon` 85.6 % /
+0.90x / 1.03x (0.86x upsampled bilinearly; at 768 px 85.1 % / 0.91x / 1.00x, bilinearly 0.87x), `painterly`, drawn
+at full size as its teacher keeps the photo's own detail, 86.4 % / 0.90x / 1.12x. The toon teacher thins its contour
+lines to one pixel at any size, so it inks a 1024-px photo and leaves a 512-px one nearly bare; the network, taught at
+512 px and drawing `toon` there, cannot place them, so the pipeline draws them at the photo's size with the teacher's
+own algorithm (without them: 72.5 % / 0.89x / 0.87x at 1024 px, ink F-score 0.06; with them 0.77).
 
 **Noisy, dark and hazy photos.** The photo smoothing's ε grows with each photo's own noise (`smoothing_noise` 5 in
 config.json), so high-ISO grain is smoothed away as the teachers do instead of drawn as speckles: on the same 8 photos
@@ -90,7 +93,7 @@ NOTES_END
         --export ghibligan/pretrained/ghibli-styles --teacher "${STYLES_TEACHERS[@]}" --notes "$NOTES" \
         --posterize "${STYLES_POSTERIZE[@]}" --despeckle "${STYLES_DESPECKLE[@]}" --work_side "${STYLES_WORK_SIDES[@]}" \
         --smoothing_noise "$STYLES_SMOOTHING_NOISE" --exposure_target "${STYLES_EXPOSURE_TARGETS[@]}" \
-        --contour_lines "${STYLES_CONTOUR_LINES[@]}"
+        --contour_lines "${STYLES_CONTOUR_LINES[@]}" --joint_upsampling "${STYLES_JOINT_UPSAMPLING[@]}"
     exit 0
 elif [ "$MODEL" != toon-painterly-unet ]; then
     echo "MODEL must be toon-painterly-unet or ghibli-styles, got '$MODEL'" >&2

@@ -49,7 +49,9 @@ def test_bundled_model_is_its_preset_and_survives_a_save_round_trip(tmp_path, na
     assert shipped.pop("exposure_targets", None) == ({"ghibli": 0.39} if guided else None)  # its teacher's target
     toon_lines = {"toon": PRESETS["toon"].contour_lines().to_dict()}  # its teacher's line settings
     assert shipped.pop("contour_lines", None) == (toon_lines if guided else None)
-    exported = ("work_sides", "smoothing_noise", "exposure_targets", "contour_lines")
+    # toon brought from its work side edge-aware, as its teacher draws crisp levels at the photo's size
+    assert shipped.pop("joint_upsampling", None) == ({"toon": 24.0} if guided else None)
+    exported = ("work_sides", "smoothing_noise", "exposure_targets", "contour_lines", "joint_upsampling")
     assert shipped == {k: v for k, v in preset_config.items() if k not in exported}  # the preset builds what ships
     stored = load_file(path / "model.safetensors")
     assert set(stored) == set(model.state_dict())

@@ -283,3 +283,34 @@ def test_contour_lines_ink_toon_by_default_and_the_flags_turn_them_off_or_on(tmp
     assert np.array_equal(outputs["default"], outputs["on"])
     assert outputs["default"].sum() < outputs["off"].sum()  # the ink darkens
     assert outputs["ghibli on"].sum() < outputs["ghibli"].sum()
+
+
+def test_joint_upsampling_is_toons_default_and_the_flags_turn_it_off_or_on(tmp_path):
+    """--joint_upsampling: the bundled model brings `toon` from its 512-px work side edge-aware by default (the same
+    as --joint_upsampling), --no-joint_upsampling upsamples bilinearly, and --joint_upsampling makes `ghibli`'s
+    upsampling edge-aware too; the edge-aware cartoon has fewer in-between pixels along the borders."""
+    photo = photo_like(1024, 768)
+    for x0, y0, color in ((100, 90, (230, 210, 60)), (560, 330, (40, 60, 150))):
+        photo[y0 : y0 + 301, x0 : x0 + 333] = color  # flat shapes with sharp borders at odd positions
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    outputs = {}
+    for name, extra in (
+        ("default", []),
+        ("on", ["--joint_upsampling"]),
+        ("off", ["--no-joint_upsampling"]),
+        ("ghibli", ["--style", "ghibli"]),
+        ("ghibli on", ["--style", "ghibli", "--joint_upsampling"]),
+    ):
+        out = tmp_path / f"{name}.png"
+        args = ["cartoonize", str(tmp_path / "photo.png"), "-o", str(out), "--style", "toon", "--no-contour_lines"]
+        assert main([*args, *extra]) == 0
+        outputs[name] = np.asarray(Image.open(out), dtype=np.int16)
+    assert np.array_equal(outputs["default"], outputs["on"])
+    assert not np.array_equal(outputs["default"], outputs["off"])
+    assert not np.array_equal(outputs["ghibli"], outputs["ghibli on"])
+
+    def ramp(image: np.ndarray) -> float:  # the mean gradient across the shapes' left borders: a ramp is weaker
+        rows = slice(120, 360)
+        return float(np.abs(np.diff(image[rows, 96:106].sum(-1), axis=1)).max(1).mean())
+
+    assert ramp(outputs["default"]) > 1.2 * ramp(outputs["off"])

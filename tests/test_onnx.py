@@ -341,6 +341,7 @@ def test_bundled_model_runs_on_onnxruntime_like_torch(caplog):
     # the pipeline's metadata travels in the file: ghibli drawn at 512 px, and a dark photo at a normal exposure
     assert onnx_pipe.work_sides == torch_pipe.work_sides and onnx_pipe.exposure_targets == {"ghibli": 0.39}
     assert onnx_pipe.contour_lines == torch_pipe.contour_lines and set(onnx_pipe.contour_lines) == {"toon"}
+    assert onnx_pipe.joint_upsampling == torch_pipe.joint_upsampling == {"toon": 24.0}
     dark = underexposed(image, 2)
     got = np.asarray(onnx_pipe(dark, style="ghibli")[0], dtype=int)
     assert np.abs(got - np.asarray(torch_pipe(dark, style="ghibli")[0], dtype=int)).max() <= 2
