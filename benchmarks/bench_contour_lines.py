@@ -1,12 +1,15 @@
-"""Cost of the contour lines (`ghibligan.contour_lines`): the bundled model's `toon` with and without its lines, and
-the line stage alone, the pipeline's against the teacher's (OpenCV's guided filters), interleaved in one run.
+"""Cost of `toon`'s pipeline stages: the contour lines (`ghibligan.contour_lines`) and the edge-aware upsampling from
+the work side (`ghibligan.upsampling`). The bundled model's `toon` with and without its lines and with bilinear
+upsampling, the line stage alone, the pipeline's against the teacher's (OpenCV's guided filters), and the joint
+bilateral upsampling of a 512-px cartoon against OpenCV's bilinear resize, interleaved in one run.
 
 For each size (512², 1024², 3840×2160; photo-like images from ``bench_inference.photo``) the minimum time of
 ``Cartoonizer(image, style="toon")`` with its defaults (``dtype="auto"``, drawn at 512 px and upsampled on larger
 photos, the lines found at the photo's size up to `MAX_LINE_SIDE`) and with ``contour_lines=False``; then
 `draw_contour_lines` fast and with OpenCV's guided filters (``fast=False``, what the teacher runs; it thins with the
-fast kernel too, which gives OpenCV's skeleton bit for bit), and the thinning alone, fast and OpenCV's, on the same
-photo's edge band. The minimum, not the median: a shared machine only ever adds time.
+fast kernel too, which gives OpenCV's skeleton bit for bit), the thinning alone, fast and OpenCV's, on the same
+photo's edge band, and the upsampling of the photo's 512-px cartoon to its size (none at 512²). The minimum, not the
+median: a shared machine only ever adds time.
 
     python benchmarks/bench_contour_lines.py --repeats 9     # prints a Markdown table for BENCHMARKS.md
 """
@@ -25,6 +28,8 @@ from bench_student import min_ms  # the minimum of repeated calls after a warm-u
 
 from ghibligan import Cartoonizer
 from ghibligan.contour_lines import ContourLines, draw_contour_lines, scaled_size, smooth_surface, thin
+from ghibligan.image_io import resize_to_max_side
+from ghibligan.upsampling import DEFAULT_UPSAMPLING_SIGMA, joint_bilateral_upsample
 
 SIZES = [(512, 512), (1024, 1024), (3840, 2160)]
 TEACHER = "lines, teacher's"
@@ -56,9 +61,14 @@ def main() -> None:
         rgb = np.asarray(image)
         band = edge_band(rgb, lines)
         repeats = args.repeats if width < 2000 else max(1, args.repeats // 3)
+        cartoon = np.asarray(pipe(resize_to_max_side(image, 512), style="toon", contour_lines=False)[0])
+        guide_low = cv2.resize(rgb, (cartoon.shape[1], cartoon.shape[0]), interpolation=cv2.INTER_AREA)
+        sigma = pipe.upsampling_sigma("toon") or DEFAULT_UPSAMPLING_SIGMA
+        upsampled = cartoon.shape != rgb.shape
         row = {
             "toon": min_ms(lambda image=image: pipe(image, style="toon"), repeats),
             "toon, no lines": min_ms(lambda image=image: pipe(image, style="toon", contour_lines=False), repeats),
+            "toon, bilinear": min_ms(lambda image=image: pipe(image, style="toon", joint_upsampling=False), repeats),
             "lines": min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines), repeats),
             TEACHER: min_ms(lambda rgb=rgb: draw_contour_lines(rgb, lines, fast=False), max(1, repeats // 3)),
             "lines, teacher's, full size": min_ms(
@@ -66,6 +76,16 @@ def main() -> None:
             ),
             "thinning": min_ms(lambda band=band: thin(band), repeats),
             "thinning, OpenCV": min_ms(lambda band=band: thin(band, fast=False), max(1, repeats // 3)),
+            "joint upsampling": min_ms(
+                lambda c=cartoon, g=guide_low, rgb=rgb, s=sigma: joint_bilateral_upsample(c, g, rgb, s), repeats
+            )
+            if upsampled
+            else float("nan"),
+            "bilinear upsampling": min_ms(
+                lambda c=cartoon, size=image.size: cv2.resize(c, size, interpolation=cv2.INTER_LINEAR), repeats
+            )
+            if upsampled
+            else float("nan"),
         }
         rows.append((f"{width}×{height}", row))
         print(f"{width}×{height}", {k: round(v, 1) for k, v in row.items()}, flush=True)
@@ -77,7 +97,7 @@ def main() -> None:
     print("| size | " + " | ".join(f"{key} (ms)" for key in keys) + " | lines / teacher's | thinning / OpenCV's |")
     print("|---" * (len(keys) + 3) + "|")
     for size, row in rows:
-        cells = " | ".join(f"{row[key]:.1f}" for key in keys)
+        cells = " | ".join("–" if np.isnan(row[key]) else f"{row[key]:.1f}" for key in keys)
         print(
             f"| {size} | {cells} | {row['lines'] / row[TEACHER]:.2f}× | "
             f"{row['thinning'] / row['thinning, OpenCV']:.2f}× |"
