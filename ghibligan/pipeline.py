@@ -498,16 +498,28 @@ class Cartoonizer:
             )
         return max(1, max_activation_bytes // needed)
 
-    def _generate(self, batch: torch.Tensor, style: int | None = None, posterize: float | None = None) -> torch.Tensor:
+    def _generate(
+        self,
+        batch: torch.Tensor,
+        style: int | None = None,
+        posterize: float | None = None,
+        photo_side: int | None = None,
+    ) -> torch.Tensor:
         """(B, 3, H, W) float in [-1, 1] on any device, a style index or None, a posterizer strength or None →
-        (B, 3, H, W) in [-1, 1], left on the device (the one place the generator runs)."""
+        (B, 3, H, W) in [-1, 1], left on the device (the one place the generator runs). ``photo_side``: the whole
+        photo's long side where ``batch`` holds tiles of it, for a generator whose drawing depends on the photo's size
+        (`GuidedFilterGenerator`'s ``photo_side``); others (an ONNX graph) see the tile's size."""
         batch = batch.to(self.device, self.input_dtype).contiguous(memory_format=torch.channels_last)
         styles = None  # style-less models take no style; style models use their first
         if style is not None:
-            styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)  # (B,)
+            styles = torch.full((batch.shape[0],), style, dtype=torch.long, device=batch.device)
+        options = {}
         if posterize is not None:
-            strengths = torch.full((batch.shape[0],), float(posterize), device=batch.device)  # (B,)
-            return self.generator(batch, styles, posterize=strengths)
+            options["posterize"] = torch.full((batch.shape[0],), float(posterize), device=batch.device)  # (B,)
+        if photo_side is not None and isinstance(self.generator, GuidedFilterGenerator):
+            options["photo_side"] = photo_side
+        if options:
+            return self.generator(batch, styles, **options)
         return self.generator(batch) if styles is None else self.generator(batch, styles)
 
     # -- the batched uint8 path: one H2D copy of uint8, pre/post-processing on the device, one D2H copy of uint8 --
@@ -578,7 +590,7 @@ class Cartoonizer:
         """One (H, W, 3) uint8 image in overlapping ``tile`` squares, ``tile_batch_size`` tiles per generator pass,
         blended on the device (`ghibligan.tiling.tiled_apply`), every tile in ``style``; returns (H, W, 3) uint8 on
         the CPU."""
-        generate = functools.partial(self._generate, style=style, posterize=posterize)
+        generate = functools.partial(self._generate, style=style, posterize=posterize, photo_side=max(image.shape[:2]))
         pixels = uint8_to_model_input(self._upload_uint8(image[None]), torch.float32)[0]  # (3, H, W) on the device
         result = tiled_apply(generate, pixels, tile, overlap, batch_size=tile_batch_size)  # (3, H, W) float32
         return model_output_to_uint8(result[None])[0].cpu().numpy()

@@ -87,9 +87,9 @@ def test_tile_batches_respect_max_activation_bytes(cartoonizer, monkeypatch):
     passes = []
     generate = cartoonizer._generate
 
-    def counting(batch, style=None, posterize=None):
+    def counting(batch, style=None, posterize=None, photo_side=None):
         passes.append(len(batch))
-        return generate(batch, style, posterize)
+        return generate(batch, style, posterize, photo_side)
 
     monkeypatch.setattr(cartoonizer, "_generate", counting)
     image = photo_like(203, 151, seed=7)

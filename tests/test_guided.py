@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ghibligan.models import cpu_kernels
 from ghibligan.models.color import lab_to_rgb, rgb_to_lab
 from ghibligan.models.guided import (
+    MAX_SMOOTHING_SCALE,
     MIN_EPS,
     GuidedFilter,
     GuidedFilterGenerator,
@@ -28,6 +29,8 @@ from ghibligan.models.guided import (
     row_slices,
 )
 from ghibligan.models.noise import noise_variance
+
+from .helpers import photo_like
 
 STYLES = ["toon", "painterly"]
 
@@ -798,6 +801,40 @@ def test_photo_smoothing_starts_as_the_smoothed_photo_and_learns():
             GuidedFilterGenerator(styles=STYLES, **kwargs)
     with pytest.raises(ValueError, match="photo_smoothing"):
         GuidedFilterGenerator(styles=STYLES, photo_detail=True, photo_smoothing=-1)
+
+
+def test_the_photo_smoothing_grows_with_a_photo_larger_than_its_reference_side():
+    """``smoothing_reference_side``: ε (noise term included) times the photo's long side over the reference, from 1 to
+    `MAX_SMOOTHING_SCALE`; a photo at or under the reference is drawn as without it, a larger one smoother (less of its
+    fine texture: the teachers' windows grow with the photo), the same in torch and in the fused CPU kernels."""
+    kwargs = dict(styles=STYLES, upsampler="joint_bilateral", photo_detail=True, photo_smoothing=1, smoothing_noise=5.0)
+    plain = trained_like(GuidedFilterGenerator(**kwargs)).eval()
+    scaled = GuidedFilterGenerator(**kwargs, smoothing_reference_side=64).eval()  # 32 low-resolution pixels
+    scaled.load_state_dict(plain.state_dict())
+    smoother, style = scaled.photo_smoother, torch.tensor([1])
+    for (height, width), factor in (((20, 32), 1.0), ((30, 24), 1.0), ((20, 48), 1.5), ((20, 60), 1.875),
+                                    ((90, 20), MAX_SMOOTHING_SCALE)):  # fmt: skip
+        low = torch.rand(1, 3, height, width) * 2 - 1
+        assert smoother.size_scale(low).item() == pytest.approx(factor)
+        torch.testing.assert_close(smoother.eps(style, low), plain.photo_smoother.eps(style, low) * factor)
+    texture = torch.from_numpy(photo_like(64, 48)).permute(2, 0, 1).float().div(127.5).sub(1)[None]
+    texture = texture + 0.15 * torch.sin(torch.arange(64.0) * 2.0)  # fine stripes: texture the smoothing removes
+    large = F.interpolate(texture, scale_factor=2, mode="bilinear")  # 128 px: twice the reference
+    with torch.inference_mode():
+        assert torch.equal(scaled(texture, style), plain(texture, style))
+        smoother_out, plain_out = scaled(large, style), plain(large, style)
+        with cpu_kernels.disabled():
+            torch.testing.assert_close(scaled(large, style), smoother_out, atol=2 / 255, rtol=0)
+        low = F.interpolate(large, scale_factor=0.5, mode="area")
+        smoothed, smoothed_plain = smoother(low, large, style), plain.photo_smoother(low, large, style)
+    assert not torch.equal(smoother_out, plain_out)
+    energy = lambda x: x.diff(dim=-1).abs().mean().item()  # noqa: E731
+    assert energy(smoothed) < 0.9 * energy(smoothed_plain)
+    for side in (True, -1, 63, 20000, 512.0, "512"):
+        with pytest.raises(ValueError, match="smoothing_reference_side"):
+            GuidedFilterGenerator(**kwargs, smoothing_reference_side=side)
+    with pytest.raises(ValueError, match="smoothing_reference_side"):
+        GuidedFilterGenerator(styles=STYLES, smoothing_reference_side=512)  # without photo smoothing
 
 
 def test_noise_variance_measures_noise_and_not_texture_or_edges():

@@ -104,6 +104,7 @@ MODELS = {
         photo_detail=True,
         photo_smoothing=1,
         smoothing_noise=50.0,  # ε raised by each photo's noise: a sort of its blocks in the graph
+        smoothing_reference_side=400,  # and by its size (x1, x1.14, x2 at SIZES): sums of ones in the graph
     ),
 }
 

@@ -128,6 +128,9 @@ def guided_filter_coefficients(
 
 
 MAX_SMOOTHING_NOISE = 1000.0  # bound on `smoothing_noise` from a config (5 is the bundled model's)
+# on a photo larger than `smoothing_reference_side`, the photo smoothing's ε grows with the long side up to this many
+# times: the largest scale measured (1024-px photos against a 512-px reference; ../shared/photos are at most 1024 px)
+MAX_SMOOTHING_SCALE = 2.0
 
 
 class PhotoSmoother(nn.Module):
@@ -149,34 +152,62 @@ class PhotoSmoother(nn.Module):
     ``bilinear(A) · photo + bilinear(b)``.
     """
 
-    def __init__(self, num_styles: int, radius: int = 1, eps: float = 1e-2, noise_gain: float = 0.0):
+    def __init__(
+        self, num_styles: int, radius: int = 1, eps: float = 1e-2, noise_gain: float = 0.0, reference_side: float = 0.0
+    ):
         super().__init__()
         self.radius = radius
+        self.reference_side = reference_side  # of the low-resolution photo; 0: ε whatever the photo's size
         self.log_eps = nn.Embedding(num_styles, 3)  # log ε per style and channel
         nn.init.constant_(self.log_eps.weight, math.log(eps))
         self.noise_gain = nn.Embedding(num_styles, 1) if noise_gain else None  # ε's share of the noise, per style
         if self.noise_gain is not None:
             nn.init.constant_(self.noise_gain.weight, noise_gain)
 
-    def eps(self, style: torch.Tensor, photo_low: torch.Tensor | None = None) -> torch.Tensor:
+    def eps(
+        self, style: torch.Tensor, photo_low: torch.Tensor | None = None, low_side: float | None = None
+    ) -> torch.Tensor:
         """ε (B, 3, 1, 1) float32 of each image's style, at least `MIN_EPS`; raised by each photo's noise when the
         smoother has a ``noise_gain`` and ``photo_low`` is given."""
         eps = self.log_eps(style).float().exp().clamp_min(MIN_EPS)
         if self.noise_gain is not None and photo_low is not None:
             gain = self.noise_gain(style).float().clamp_min(0.0).clamp_max(MAX_SMOOTHING_NOISE)  # (B, 1)
             eps = eps + gain * noise_variance(photo_low)[:, None]
+        if self.reference_side and photo_low is not None:
+            eps = eps * self.size_scale(photo_low, low_side)
         return eps[:, :, None, None]
 
-    def coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style, photo_low))
+    def size_scale(self, photo_low: torch.Tensor, low_side: float | None = None) -> torch.Tensor:
+        """How much ε grows on this photo: its long side over `reference_side`, in [1, `MAX_SMOOTHING_SCALE`], a
+        float32 scalar. The window is fixed in pixels, so on a larger photo it holds less of the scene's variation
+        and a fixed ε smooths less than the teachers, whose windows grow with the photo. ``low_side``: the whole
+        photo's long side at low resolution where ``photo_low`` is a tile of it; else ``photo_low``'s own, computed
+        from tensors (the sizes as sums of ones), so the exported graph takes it at any size without a branch on the
+        size."""
+        if low_side is not None:
+            side = torch.tensor(float(low_side), device=photo_low.device)
+        else:
+            ones = photo_low.new_ones(()).float().expand(photo_low.shape[-2:])  # (h, w), no memory
+            side = torch.maximum(ones[:, 0].sum(), ones[0].sum())
+        return (side / self.reference_side).clamp(1.0, MAX_SMOOTHING_SCALE)
 
-    def fused_coefficients(self, photo_low: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def coefficients(
+        self, photo_low: torch.Tensor, style: torch.Tensor, low_side: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return guided_filter_coefficients(photo_low, None, self.radius, self.eps(style, photo_low, low_side))
+
+    def fused_coefficients(
+        self, photo_low: torch.Tensor, style: torch.Tensor, low_side: float | None = None
+    ) -> torch.Tensor:
         """``A`` and ``b`` as one (B, 6, h, w) tensor, by `cpu_kernels.self_guided_coefficients` (float32 on the CPU,
         no autograd), for `cpu_kernels.output_stage`."""
-        return cpu_kernels.self_guided_coefficients(photo_low, self.eps(style, photo_low)[:, :, 0, 0], self.radius)
+        eps = self.eps(style, photo_low, low_side)[:, :, 0, 0]
+        return cpu_kernels.self_guided_coefficients(photo_low, eps, self.radius)
 
-    def forward(self, photo_low: torch.Tensor, photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        a, b = self.coefficients(photo_low, style)
+    def forward(
+        self, photo_low: torch.Tensor, photo: torch.Tensor, style: torch.Tensor, low_side: float | None = None
+    ) -> torch.Tensor:
+        a, b = self.coefficients(photo_low, style, low_side)
         ab = torch.cat([a, b], dim=1).to(photo.dtype)
         a, b = F.interpolate(ab, size=photo.shape[-2:], mode="bilinear", align_corners=False).chunk(2, dim=1)
         return torch.addcmul(b, a, photo)  # (B, 3, H, W)
@@ -862,6 +893,12 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             many times its estimated noise variance (`noise_variance`, the initial gain; learned per style), so a
             noisy photo's grain is smoothed away as the teachers do while a clean photo's fine texture stays. 0
             disables it.
+        smoothing_reference_side (`int`, *optional*, defaults to 0): with `photo_smoothing`, the long side (pixels)
+            of the photos its ε was learned at: on a larger photo ε grows in proportion to its long side, up to
+            `MAX_SMOOTHING_SCALE` times (the teachers' windows grow with the photo; the model's are fixed in pixels,
+            so at a fixed ε a larger photo keeps more of its texture than the teachers do). A tile of a larger photo
+            is scaled by the photo's size where `forward` is given its ``photo_side`` (`Cartoonizer` does), by its own
+            otherwise (an exported graph). 0 disables it.
         despeckle (`int`, *optional*, defaults to 0): window radius of a full-resolution median of the output's luma
             after the posterizer (`LumaDespeckle`, a learned strength per style, 0 at initialisation), against
             one-level islands a few pixels wide; 0 disables it.
@@ -930,6 +967,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         photo_smoothing: int = 0,
         smoothing_eps: float = 1e-2,
         smoothing_noise: float = 0.0,
+        smoothing_reference_side: int = 0,
         levels: int = 0,
         despeckle: int = 0,
         level_space: str = "luma",
@@ -1042,9 +1080,19 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
                 f"`smoothing_noise` must be a gain in [0, {MAX_SMOOTHING_NOISE:g}] (> 0 only with `photo_smoothing`), "
                 f"got {smoothing_noise!r}."
             )
+        off = isinstance(smoothing_reference_side, int) and not isinstance(smoothing_reference_side, bool)
+        off = off and smoothing_reference_side == 0
+        if not (off or (is_work_side(smoothing_reference_side) and photo_smoothing)):
+            raise ValueError(
+                f"`smoothing_reference_side` must be 0 or, with `photo_smoothing`, a long side in [{MIN_WORK_SIDE}, "
+                f"{MAX_WORK_SIDE}] pixels, got {smoothing_reference_side!r}."
+            )
         self.photo_smoother = None
         if photo_smoothing:
-            self.photo_smoother = PhotoSmoother(len(self.styles), photo_smoothing, smoothing_eps, smoothing_noise)
+            reference = smoothing_reference_side / scale_factor  # in the low-resolution photo's pixels
+            self.photo_smoother = PhotoSmoother(
+                len(self.styles), photo_smoothing, smoothing_eps, smoothing_noise, reference
+            )
         if self.photo_smoother is not None:
             nn.init.ones_(self.style_detail.weight)  # start as the smoothed photo
         if not isinstance(surface_gate, bool):
@@ -1116,12 +1164,18 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         return out[:, :3] + low, out[:, 3:]  # surface (B, 3, h, w), line gate (B, 0 or 1, h, w)
 
     def forward(
-        self, sample: torch.Tensor, style: torch.Tensor | None = None, posterize: torch.Tensor | None = None
+        self,
+        sample: torch.Tensor,
+        style: torch.Tensor | None = None,
+        posterize: torch.Tensor | None = None,
+        photo_side: int | None = None,
     ) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] and style indices (B,) (None: style 0) → (B, 3, H, W) in [-1, 1].
 
         ``posterize`` (B,) in [0, 1] overrides the `LevelQuantizer`'s learned strength of each image's style (0: no
-        levels, 1: hard levels; None: as learned); only for a model built with ``levels``."""
+        levels, 1: hard levels; None: as learned); only for a model built with ``levels``. ``photo_side``: the long
+        side of the whole photo where ``sample`` is a tile of it, for what depends on the photo's size (the photo
+        smoothing's `smoothing_reference_side`); None: ``sample``'s own."""
         batch, _, height, width = sample.shape
         style = self._check_style(style, batch, sample.device)
         if posterize is not None and self.level_quantizer is None:
@@ -1160,7 +1214,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             share = self.surface_share(style).to(compute)[:, None, None, None]
             surface_low = torch.lerp(photo_low, surface_low.to(compute), share)  # one pass: photo + g·(surface − photo)
         if fused:  # steps 3-5 below in one pass over the image
-            surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize)
+            surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize, photo_side)
             if self.level_space == "lab":  # L*a*b* out of the kernel: the median of L*, then RGB, in place
                 despeckle = torch.zeros(batch) if self.despeckle is None else self.despeckle.strength(style)
                 surface = cpu_kernels.lab_finish(surface, despeckle)
@@ -1176,12 +1230,14 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # 4. to full resolution, edge-aware: local linear models of the guide fitted at low resolution (guided
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
         upsample = self.surface_upsampler
+        low_side = None if photo_side is None else photo_side / self.scale_factor
         if self.photo_smoother is not None:
             # up(surface_low) + w · (smooth(photo) - up(photo_low)) in one upsampling: it is linear in its source
             weight = self.style_detail(style).to(compute)[:, :, None, None]
             change_low = surface_low.to(compute) - weight * photo_low
             surface = upsample(guide_low, change_low, guide)
-            surface = torch.addcmul(surface, weight, self.photo_smoother(photo_low, photo, style)).clamp(-1, 1)
+            smoothed = self.photo_smoother(photo_low, photo, style, low_side)
+            surface = torch.addcmul(surface, weight, smoothed).clamp(-1, 1)
         else:
             surface = upsample(guide_low, surface_low.to(compute), guide).clamp(-1, 1)
 
@@ -1250,13 +1306,15 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         surface_low: torch.Tensor,
         style: torch.Tensor,
         posterize: torch.Tensor | None,
+        photo_side: int | None = None,
     ) -> torch.Tensor:
         """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel."""
         detail = None if self.style_detail is None else self.style_detail(style).float()[:, 0]  # (B,)
         smoothing = None
         if self.photo_smoother is not None:  # up(surface_low - w · photo_low) + w · smooth(photo), as in `forward`
             surface_low = surface_low.float() - detail[:, None, None, None] * photo_low
-            smoothing = self.photo_smoother.fused_coefficients(photo_low, style)
+            low_side = None if photo_side is None else photo_side / self.scale_factor
+            smoothing = self.photo_smoother.fused_coefficients(photo_low, style, low_side)
         coring = None if self.detail_coring is None else self.coring_scale(style)
         tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
         levels = chroma = None
