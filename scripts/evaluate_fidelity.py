@@ -244,13 +244,15 @@ def load_styles_generator(
     exposure_targets: dict[str, float] | None = None,
     contour_lines: dict[str, dict] | None = None,
     joint_upsampling: dict[str, float] | None = None,
+    smoothing_reference_side: int | None = None,
 ):
     """A style-conditioned checkpoint with the export-time ``strengths`` set, ``{flag: {style: strength}}`` for the
     flags of `STRENGTHS` (e.g. ``{"posterize": {"toon": 1.0}}``), by their modules' `set_strength`, the styles of
     ``work_sides`` drawn at those long sides, the styles of ``exposure_targets`` at that exposure, the styles of
     ``contour_lines`` inked with those line settings and the styles of ``joint_upsampling`` upsampled from their work
     side with that range σ (the pipeline's metadata), and every style's photo smoothing
-    raised by ``smoothing_noise`` times each photo's noise variance (0: not at all); all rebuilt into its config."""
+    raised by ``smoothing_noise`` times each photo's noise variance (0: not at all) and, on photos larger than
+    ``smoothing_reference_side``, in proportion to their long side (0: not at all); all rebuilt into its config."""
     generator = load_generator(model)
     changes = {}
     for flag, key, given in (
@@ -268,6 +270,10 @@ def load_styles_generator(
         if getattr(generator, "photo_smoother", None) is None:
             raise SystemExit(f"--smoothing_noise: {model} has no photo smoothing (built without `photo_smoothing`)")
         changes["smoothing_noise"] = smoothing_noise
+    if smoothing_reference_side is not None:
+        if getattr(generator, "photo_smoother", None) is None:
+            raise SystemExit(f"--smoothing_reference_side: {model} has no photo smoothing (built without it)")
+        changes["smoothing_reference_side"] = smoothing_reference_side
     if changes:
         rebuilt = type(generator)(**{**generator.config, **changes})
         state = {**generator.state_dict()}  # the checkpoint's weights...
@@ -301,16 +307,24 @@ def evaluate_checkpoint(
     exposure_targets=None,
     contour_lines=None,
     joint_upsampling=None,
+    smoothing_reference_side=None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
     export-time ``strengths``, ``work_sides``, ``smoothing_noise``, ``exposure_targets``, ``contour_lines`` and
-    ``joint_upsampling`` of
+    ``joint_upsampling`` and ``smoothing_reference_side`` of
     `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
         generator = load_styles_generator(
-            model, strengths, work_sides, smoothing_noise, exposure_targets, contour_lines, joint_upsampling
+            model,
+            strengths,
+            work_sides,
+            smoothing_noise,
+            exposure_targets,
+            contour_lines,
+            joint_upsampling,
+            smoothing_reference_side,
         )
         cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
@@ -406,6 +420,15 @@ def main() -> None:
         help="a model with photo smoothing: raise its ε by GAIN times each photo's estimated noise variance, for every "
         "style (written to the exported config; 0 removes it), e.g. 5: noisy photos' grain smoothed as the teachers do",
     )
+    parser.add_argument(
+        "--smoothing_reference_side",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="a model with photo smoothing: the long side (px) its smoothing was learned at; on larger photos its ε "
+        "grows in proportion to their long side, up to 2x (written to the exported config; 0 removes it), e.g. 512 "
+        "(the pairs' --max_side): the teachers' smoothing windows grow with the photo, the model's do not",
+    )
     args = parser.parse_args()
     args.work_sides = dict(args.work_side)
     args.exposure_targets = dict(args.exposure_target)
@@ -413,6 +436,10 @@ def main() -> None:
     args.contour_lines_settings = teacher_lines(parser, args)
     if args.smoothing_noise is not None and not 0 <= args.smoothing_noise <= MAX_SMOOTHING_NOISE:
         parser.error(f"--smoothing_noise must be in [0, {MAX_SMOOTHING_NOISE:g}], got {args.smoothing_noise}")
+    if args.smoothing_reference_side is not None and not (
+        args.smoothing_reference_side == 0 or is_work_side(args.smoothing_reference_side)
+    ):
+        parser.error(f"--smoothing_reference_side must be 0 or in [{MIN_WORK_SIDE}, {MAX_WORK_SIDE}]")
     if args.teacher_noise and not args.teacher:
         parser.error("--teacher_noise needs --teacher: the teacher(s) the pairs were made with")
 
@@ -431,6 +458,7 @@ def main() -> None:
         "contour_lines": bool(args.contour_lines),
         "joint_upsampling": bool(args.joint_upsampling_sigmas),
         "smoothing_noise": args.smoothing_noise is not None,
+        "smoothing_reference_side": args.smoothing_reference_side is not None,
     }
     for flag in [*strengths, *(flag for flag, given in changed.items() if given)]:
         if not (styles and len(styles) > 1):
@@ -450,6 +478,7 @@ def main() -> None:
                     args.exposure_targets,
                     args.contour_lines_settings,
                     args.joint_upsampling_sigmas,
+                    args.smoothing_reference_side,
                 )
                 for style in styles
             }
@@ -521,6 +550,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
         args.exposure_targets,
         args.contour_lines_settings,
         args.joint_upsampling_sigmas,
+        args.smoothing_reference_side,
     )
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise, ...)

@@ -51,7 +51,12 @@ def test_bundled_model_is_its_preset_and_survives_a_save_round_trip(tmp_path, na
     assert shipped.pop("contour_lines", None) == (toon_lines if guided else None)
     # toon brought from its work side edge-aware, as its teacher draws crisp levels at the photo's size
     assert shipped.pop("joint_upsampling", None) == ({"toon": 24.0} if guided else None)
-    exported = ("work_sides", "smoothing_noise", "exposure_targets", "contour_lines", "joint_upsampling")
+    # its photo smoothing grows on photos larger than the 512 px it learned at
+    assert shipped.pop("smoothing_reference_side", None) == (512 if guided else None)
+    exported = (
+        "work_sides", "smoothing_noise", "exposure_targets", "contour_lines", "joint_upsampling",
+        "smoothing_reference_side",
+    )  # fmt: skip
     assert shipped == {k: v for k, v in preset_config.items() if k not in exported}  # the preset builds what ships
     stored = load_file(path / "model.safetensors")
     assert set(stored) == set(model.state_dict())
