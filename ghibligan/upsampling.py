@@ -18,6 +18,8 @@ The kernel is compiled by numba on first use (cached on disk) and runs both core
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .image_io import check_uint8_rgb
@@ -37,8 +39,9 @@ _NUMPY_ROWS = 256  # rows per band of the numpy path (4 taps × 3 channels of fl
 
 
 def is_sigma(value) -> bool:
-    """A range σ a config may hold: a number (not a bool) in [`MIN_SIGMA`, `MAX_SIGMA`] grey levels."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and MIN_SIGMA <= value <= MAX_SIGMA
+    """A range σ a config may hold: a real number (not a bool) in [`MIN_SIGMA`, `MAX_SIGMA`] grey levels."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return real and MIN_SIGMA <= value <= MAX_SIGMA
 
 
 def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +61,8 @@ def joint_bilateral_upsample(image: np.ndarray, guide_low: np.ndarray, guide: np
     uint8. A large ``sigma`` gives the bilinear resize; a small one follows every edge of the guide, texture too."""
     for name, array in (("image", image), ("guide_low", guide_low), ("guide", guide)):
         check_uint8_rgb(array, name)
+    if min(image.shape[:2]) == 0 or min(guide.shape[:2]) == 0:
+        raise ValueError(f"`image` and `guide` must not be empty, got shapes {image.shape} and {guide.shape}.")
     if guide_low.shape != image.shape:
         raise ValueError(f"`guide_low` must have `image`'s shape {image.shape}, got {guide_low.shape}.")
     if not is_sigma(sigma):
@@ -65,7 +70,7 @@ def joint_bilateral_upsample(image: np.ndarray, guide_low: np.ndarray, guide: np
     (height, width), (low_height, low_width) = guide.shape[:2], image.shape[:2]
     rows, row_weights = _taps(low_height, height)
     columns, column_weights = _taps(low_width, width)
-    scale = np.float32(0.5 / sigma**2)
+    scale = np.float32(0.5 / float(sigma) ** 2)
     if _kernels_enabled():
         from .models.cpu_kernels import run_kernel  # (here: the models import this package's modules)
 

@@ -105,8 +105,11 @@ class ModelRegistry:
                 warm = np.zeros((64, 64, 3), np.uint8)
                 apply_ink(warm, draw_contour_lines(warm, next(iter(cartoonizer.contour_lines.values()))), 0.5)
             if cartoonizer.joint_upsampling:  # and the edge-aware upsampling's, for the styles drawn with it
-                joint_bilateral_upsample(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8),
-                                         np.zeros((64, 64, 3), np.uint8), 24.0)  # fmt: skip
+                read_only = np.zeros((64, 64, 3), np.uint8)
+                read_only.flags.writeable = False  # a guide read from a PIL image is: numba compiles both kinds
+                low = np.zeros((32, 32, 3), np.uint8)
+                for guide in (np.zeros((64, 64, 3), np.uint8), read_only):
+                    joint_bilateral_upsample(low, low, guide, 24)
         except Exception as error:  # any failure: kept and reported once, the Space keeps serving the others
             self._fail(name, f"{type(error).__name__}: {error}")
             return

@@ -809,6 +809,9 @@ def test_the_photo_smoothing_grows_with_a_photo_larger_than_its_reference_side()
     fine texture: the teachers' windows grow with the photo), the same in torch and in the fused CPU kernels."""
     kwargs = dict(styles=STYLES, upsampler="joint_bilateral", photo_detail=True, photo_smoothing=1, smoothing_noise=5.0)
     plain = trained_like(GuidedFilterGenerator(**kwargs)).eval()
+    with torch.no_grad():
+        plain.photo_smoother.log_eps.weight.fill_(math.log(0.02))  # as strong as the stripes: the scale shows
+        plain.style_detail.weight.fill_(1.0)  # the smoothed photo drawn in full
     scaled = GuidedFilterGenerator(**kwargs, smoothing_reference_side=64).eval()  # 32 low-resolution pixels
     scaled.load_state_dict(plain.state_dict())
     smoother, style = scaled.photo_smoother, torch.tensor([1])
@@ -822,14 +825,23 @@ def test_the_photo_smoothing_grows_with_a_photo_larger_than_its_reference_side()
     large = F.interpolate(texture, scale_factor=2, mode="bilinear")  # 128 px: twice the reference
     with torch.inference_mode():
         assert torch.equal(scaled(texture, style), plain(texture, style))
-        smoother_out, plain_out = scaled(large, style), plain(large, style)
+        fused, fused_plain = scaled(large, style), plain(large, style)
         with cpu_kernels.disabled():
-            torch.testing.assert_close(scaled(large, style), smoother_out, atol=2 / 255, rtol=0)
+            torch_path, torch_plain = scaled(large, style), plain(large, style)
         low = F.interpolate(large, scale_factor=0.5, mode="area")
         smoothed, smoothed_plain = smoother(low, large, style), plain.photo_smoother(low, large, style)
-    assert not torch.equal(smoother_out, plain_out)
+        # a tile of a photo twice its size (`photo_side`, which the pipeline passes) is smoothed as that photo
+        tile = large[..., :48, :64]
+        as_photo = scaled(tile, style, photo_side=128)
+        as_itself, own_side = scaled(tile, style), scaled(tile, style, photo_side=64)
+    effect = (torch_path - torch_plain).abs().max().item()
+    assert effect > 4 / 255 and (fused - fused_plain).abs().max().item() > 4 / 255
+    assert (fused - torch_path).abs().max().item() < effect / 4  # the kernels take the same scale as torch
     energy = lambda x: x.diff(dim=-1).abs().mean().item()  # noqa: E731
     assert energy(smoothed) < 0.9 * energy(smoothed_plain)
+    assert torch.equal(as_itself, own_side) and (as_photo - as_itself).abs().max().item() > 4 / 255
+    crop = low[..., :24, :32]  # its own scale 1; as a tile of a 64-pixel (low-resolution) photo, 2
+    torch.testing.assert_close(smoother.eps(style, crop, low_side=64), 2 * plain.photo_smoother.eps(style, crop))
     for side in (True, -1, 63, 20000, 512.0, "512"):
         with pytest.raises(ValueError, match="smoothing_reference_side"):
             GuidedFilterGenerator(**kwargs, smoothing_reference_side=side)

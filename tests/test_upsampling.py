@@ -107,11 +107,19 @@ def test_the_kernel_and_the_numpy_path_agree():
          "sigma"),
         ((np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((16, 16, 3), np.uint8),
           float("nan")), "sigma"),
+        ((np.zeros((0, 8, 3), np.uint8), np.zeros((0, 8, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), 24), "empty"),
+        ((np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((16, 0, 3), np.uint8), 24), "empty"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_refused(arguments, match):
     with pytest.raises(ValueError, match=match):
         joint_bilateral_upsample(*arguments)
+
+
+def test_a_numpy_scalar_sigma_is_a_sigma():
+    image, guide = np.zeros((8, 8, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)
+    for sigma in (np.float32(3.5), np.int64(24)):
+        assert joint_bilateral_upsample(image, image, guide, sigma).shape == (16, 16, 3)
 
 
 @pytest.mark.parametrize("setting", [{"toon": 0}, {"toon": 300}, {"toon": "24"}, {"toon": True}, {"anime": 24}, [24]])

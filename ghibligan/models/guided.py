@@ -1230,7 +1230,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # 4. to full resolution, edge-aware: local linear models of the guide fitted at low resolution (guided
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
         upsample = self.surface_upsampler
-        low_side = None if photo_side is None else photo_side / self.scale_factor
+        low_side = None if photo_side is None else -(-photo_side // self.scale_factor)  # ceil, as `low_size`
         if self.photo_smoother is not None:
             # up(surface_low) + w · (smooth(photo) - up(photo_low)) in one upsampling: it is linear in its source
             weight = self.style_detail(style).to(compute)[:, :, None, None]
@@ -1313,7 +1313,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         smoothing = None
         if self.photo_smoother is not None:  # up(surface_low - w · photo_low) + w · smooth(photo), as in `forward`
             surface_low = surface_low.float() - detail[:, None, None, None] * photo_low
-            low_side = None if photo_side is None else photo_side / self.scale_factor
+            low_side = None if photo_side is None else -(-photo_side // self.scale_factor)  # ceil, as `low_size`
             smoothing = self.photo_smoother.fused_coefficients(photo_low, style, low_side)
         coring = None if self.detail_coring is None else self.coring_scale(style)
         tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
