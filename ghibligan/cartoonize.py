@@ -276,20 +276,25 @@ def _write_video(
     With ``num_workers`` > 0, frames are decoded and encoded in background threads while the generator runs."""
     if not can_write_video(job.target.suffix):
         raise WriteError(f"{job.target}: this OpenCV build cannot write {job.target.suffix} videos.")
-    with _sigint_blocked():  # FFmpeg's decoder threads start here
-        capture = cv2.VideoCapture(str(job.source))
-    if not capture.isOpened():
-        raise ImageLoadError(f"{job.source}: not a video that OpenCV can read.")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) or None  # from the header: a truncated file keeps it
-    fourcc = VIDEO_FOURCCS[job.target.suffix.lower()]
-    with _sigint_blocked():  # ... and the encoder's here
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    capture = writer = reader = encoder = None
     frames_done = 0
-    reader = ThreadPoolExecutor(1, thread_name_prefix="read", initializer=_block_sigint_in_thread)
-    encoder = ThreadPoolExecutor(1, thread_name_prefix="write", initializer=_block_sigint_in_thread)
+    # Everything opened is closed in the `finally`, also on a Ctrl-C that arrives while a stream opens: SIGINT is
+    # blocked then, so its KeyboardInterrupt is raised the moment the block ends, and outside the `try` the capture and
+    # the writer were left for the interpreter's shutdown to close (a suspect for an FFmpeg assertion, exit -6 instead
+    # of 130, seen once in a loaded CI run of tests/test_cartoonize_faults.py)
     try:
+        with _sigint_blocked():  # FFmpeg's decoder threads start here
+            capture = cv2.VideoCapture(str(job.source))
+        if not capture.isOpened():
+            raise ImageLoadError(f"{job.source}: not a video that OpenCV can read.")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) or None  # from the header: a truncated file keeps it
+        fourcc = VIDEO_FOURCCS[job.target.suffix.lower()]
+        with _sigint_blocked():  # ... and the encoder's here
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        reader = ThreadPoolExecutor(1, thread_name_prefix="read", initializer=_block_sigint_in_thread)
+        encoder = ThreadPoolExecutor(1, thread_name_prefix="write", initializer=_block_sigint_in_thread)
         if not writer.isOpened():
             raise WriteError(f"{job.target}: OpenCV cannot open a {fourcc} video writer at {tmp}.")
 
@@ -329,10 +334,12 @@ def _write_video(
     finally:
         # Join the threads again before closing what they use: a Ctrl-C during the `with` block's own join would
         # otherwise release the capture under a read still running (a crash, not an exit).
-        reader.shutdown(wait=True, cancel_futures=True)
-        encoder.shutdown(wait=True, cancel_futures=True)
-        capture.release()
-        writer.release()
+        for pool in (reader, encoder):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        for stream in (capture, writer):
+            if stream is not None:
+                stream.release()
     if frames_done == 0:
         raise ImageLoadError(f"{job.source}: the video has no readable frames.")
     written = _frame_count(tmp)

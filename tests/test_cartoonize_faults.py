@@ -278,6 +278,52 @@ def test_a_bad_device_is_refused_before_loading(tmp_path, model):
 # -- Ctrl-C ------------------------------------------------------------------------------------------------------------
 
 
+def test_a_ctrl_c_while_the_writer_opens_still_closes_the_capture_and_the_writer(tmp_path, model, monkeypatch):
+    """SIGINT is blocked while a stream opens, so its KeyboardInterrupt is raised the moment the block ends: the
+    capture and the writer opened by then are released by the cartoonizer, not left for the interpreter's shutdown."""
+    import contextlib
+
+    import ghibligan.cartoonize as module
+
+    released, opened, blocks = [], [], []
+
+    def recording(factory):
+        def make(*args):
+            stream = factory(*args)
+            opened.append(stream)
+            return stream
+
+        return make
+
+    class Stream:  # a cv2 stream that records its release
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def release(self):
+            released.append(self)
+            self.inner.release()
+
+    job = Job(write_video(tmp_path / "clip.mp4"), tmp_path / "toon.mp4")
+    capture, writer = cv2.VideoCapture, cv2.VideoWriter
+    monkeypatch.setattr(module.cv2, "VideoCapture", recording(lambda *a: Stream(capture(*a))))
+    monkeypatch.setattr(module.cv2, "VideoWriter", recording(lambda *a: Stream(writer(*a))))
+
+    @contextlib.contextmanager
+    def interrupted_after_the_writer():
+        yield
+        blocks.append(None)
+        if len(blocks) == 2:  # the writer's block: a Ctrl-C that arrived while it opened
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_sigint_blocked", interrupted_after_the_writer)
+    with pytest.raises(KeyboardInterrupt):
+        module._write_video(Cartoonizer.from_pretrained(model, device="cpu"), job, tmp_path / ".tmp-toon.mp4", 2)
+    assert len(opened) >= 2 and all(stream in released for stream in opened)  # (and the probes of can_write_video)
+
+
 def test_ctrl_c_ends_with_exit_code_130_and_leaves_no_temporary_file(tmp_path, model):
     source = write_video(tmp_path / "long.mp4", frames=600, size=(160, 120))
     target = tmp_path / "out" / "toon.mp4"
