@@ -44,16 +44,6 @@ def is_sigma(value) -> bool:
     return real and MIN_SIGMA <= value <= MAX_SIGMA
 
 
-def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The two source indices (out, 2) int64 and weights (out, 2) float32 of each output pixel of a bilinear resize
-    ``in_size`` → ``out_size``, as ``cv2.resize(..., INTER_LINEAR)`` samples them (half-pixel centres, clamped)."""
-    source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    first = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
-    second = np.minimum(first + 1, in_size - 1)
-    fraction = np.clip(source - first, 0.0, 1.0).astype(np.float32)
-    return np.stack([first, second], 1), np.stack([1 - fraction, fraction], 1)
-
-
 def joint_bilateral_upsample(image: np.ndarray, guide_low: np.ndarray, guide: np.ndarray, sigma: float) -> np.ndarray:
     """Upsample ``image`` (h, w, 3) uint8, drawn from ``guide_low`` (h, w, 3) uint8, to the size of ``guide``
     (H, W, 3) uint8, the same picture at full size: each pixel the mix of the 2×2 drawn pixels around it by their
@@ -67,13 +57,13 @@ def joint_bilateral_upsample(image: np.ndarray, guide_low: np.ndarray, guide: np
         raise ValueError(f"`guide_low` must have `image`'s shape {image.shape}, got {guide_low.shape}.")
     if not is_sigma(sigma):
         raise ValueError(f"`sigma` must be a number in [{MIN_SIGMA:g}, {MAX_SIGMA:g}] grey levels, got {sigma!r}.")
+    from .models.cpu_kernels import resize_taps, run_kernel  # (here: the models import this module)
+
     (height, width), (low_height, low_width) = guide.shape[:2], image.shape[:2]
-    rows, row_weights = _taps(low_height, height)
-    columns, column_weights = _taps(low_width, width)
+    rows, row_weights = resize_taps(low_height, height)  # OpenCV's INTER_LINEAR taps, as the model's upsampling
+    columns, column_weights = resize_taps(low_width, width)
     scale = np.float32(0.5 / float(sigma) ** 2)
     if _kernels_enabled():
-        from .models.cpu_kernels import run_kernel  # (here: the models import this package's modules)
-
         arrays = [np.ascontiguousarray(a) for a in (image, guide_low, guide)]
         return run_kernel(_upsample_kernel, *arrays, rows, row_weights, columns, column_weights, scale)
     out = np.empty((height, width, 3), np.uint8)

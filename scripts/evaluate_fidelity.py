@@ -266,14 +266,11 @@ def load_styles_generator(
             if unknown:
                 raise SystemExit(f"--{flag}: {model} has no style {unknown[0]!r} (styles {generator.styles})")
             changes[key] = {name: value for name, value in {**getattr(generator, key), **given}.items() if value}
-    if smoothing_noise is not None:
-        if getattr(generator, "photo_smoother", None) is None:
-            raise SystemExit(f"--smoothing_noise: {model} has no photo smoothing (built without `photo_smoothing`)")
-        changes["smoothing_noise"] = smoothing_noise
-    if smoothing_reference_side is not None:
-        if getattr(generator, "photo_smoother", None) is None:
-            raise SystemExit(f"--smoothing_reference_side: {model} has no photo smoothing (built without it)")
-        changes["smoothing_reference_side"] = smoothing_reference_side
+    for key, given in (("smoothing_noise", smoothing_noise), ("smoothing_reference_side", smoothing_reference_side)):
+        if given is not None:
+            if getattr(generator, "photo_smoother", None) is None:
+                raise SystemExit(f"--{key}: {model} has no photo smoothing (built without `photo_smoothing`)")
+            changes[key] = given
     if changes:
         rebuilt = type(generator)(**{**generator.config, **changes})
         state = {**generator.state_dict()}  # the checkpoint's weights...
@@ -295,37 +292,35 @@ def load_styles_generator(
     return generator
 
 
+def export_settings(args) -> dict:
+    """The command line's export-time settings as `load_styles_generator`'s keyword arguments, for the evaluation and
+    the export alike."""
+    return {
+        "strengths": args.strengths,
+        "work_sides": args.work_sides,
+        "smoothing_noise": args.smoothing_noise,
+        "exposure_targets": args.exposure_targets,
+        "contour_lines": args.contour_lines_settings,
+        "joint_upsampling": args.joint_upsampling_sigmas,
+        "smoothing_reference_side": args.smoothing_reference_side,
+    }
+
+
 def evaluate_checkpoint(
     model: str,
     dtype: str,
     rows,
     style: str | None = None,
     target_column="target_image",
-    strengths=None,
-    work_sides=None,
-    smoothing_noise=None,
-    exposure_targets=None,
-    contour_lines=None,
-    joint_upsampling=None,
-    smoothing_reference_side=None,
+    settings: dict | None = None,
 ) -> dict:
     """Load a checkpoint into the pipeline users run (drawing ``style``, for a style-conditioned one, with the
-    export-time ``strengths``, ``work_sides``, ``smoothing_noise``, ``exposure_targets``, ``contour_lines`` and
-    ``joint_upsampling`` and ``smoothing_reference_side`` of
-    `load_styles_generator` set), evaluate it on ``rows`` against ``target_column`` and print the summary."""
+    export-time ``settings`` of `load_styles_generator`, its keyword arguments: `export_settings`), evaluate it on
+    ``rows`` against ``target_column`` and print the summary."""
     if style is None:
         cartoonizer = Cartoonizer.from_pretrained(model, device="cpu", dtype=dtype)
     else:
-        generator = load_styles_generator(
-            model,
-            strengths,
-            work_sides,
-            smoothing_noise,
-            exposure_targets,
-            contour_lines,
-            joint_upsampling,
-            smoothing_reference_side,
-        )
+        generator = load_styles_generator(model, **(settings or {}))
         cartoonizer = Cartoonizer(generator, device="cpu", dtype=dtype)
     cartoonizer.set_progress_bar_config(disable=True)
     metrics = evaluate(cartoonizer, rows, target_column, style)
@@ -466,20 +461,7 @@ def main() -> None:
     if styles and len(styles) > 1:
         metrics = {
             "styles": {
-                style: evaluate_checkpoint(
-                    args.model,
-                    args.dtype,
-                    rows,
-                    style,
-                    style,
-                    strengths,
-                    args.work_sides,
-                    args.smoothing_noise,
-                    args.exposure_targets,
-                    args.contour_lines_settings,
-                    args.joint_upsampling_sigmas,
-                    args.smoothing_reference_side,
-                )
+                style: evaluate_checkpoint(args.model, args.dtype, rows, style, style, export_settings(args))
                 for style in styles
             }
         }
@@ -542,16 +524,7 @@ def export_styles(args, styles: list[str], metrics: dict) -> None:
     teachers = args.teacher or [None] * len(styles)
     if len(teachers) != len(styles):
         raise SystemExit(f"--teacher: give one teacher per style {styles}, got {teachers}")
-    generator = load_styles_generator(
-        args.model,
-        args.strengths,
-        args.work_sides,
-        args.smoothing_noise,
-        args.exposure_targets,
-        args.contour_lines_settings,
-        args.joint_upsampling_sigmas,
-        args.smoothing_reference_side,
-    )
+    generator = load_styles_generator(args.model, **export_settings(args))
     training = json.loads((Path(args.model) / "training_args.json").read_text())
     config = generator.config  # the checkpoint's, with what the export changes (work_sides, smoothing_noise, ...)
     architecture = ", ".join(f"{k}={v!r}" for k, v in config.items() if not k.startswith("_"))

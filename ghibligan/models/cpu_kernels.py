@@ -673,7 +673,7 @@ def self_guided_coefficients(x: torch.Tensor, eps: torch.Tensor, radius: int) ->
     return torch.from_numpy(out)
 
 
-def _resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The two source indices and weights of each output pixel of a bilinear resize ``in_size`` → ``out_size``
     (``F.interpolate(..., align_corners=False)`` given a size): (out, 2) int64 and (out, 2) float32."""
     ratio = in_size / out_size
@@ -730,8 +730,8 @@ def output_stage(
         for t, (offset, weight) in enumerate(phase_taps):
             tap_offset[phase, t], tap_weight[phase, t] = offset, weight
     both_low = torch.nn.functional.pad(torch.cat([surface_low, photo_low], 1), (1, 1, 1, 1), mode="replicate")
-    up_rows, up_row_weights = _resize_taps(low_height, height)
-    up_cols, up_col_weights = _resize_taps(low_width, width)
+    up_rows, up_row_weights = resize_taps(low_height, height)
+    up_cols, up_col_weights = resize_taps(low_width, width)
     if tone is None:
         empty = np.zeros((batch, 0, 3), np.float32)
         tone_arrays = (empty, np.zeros((batch, 0), np.float32), np.zeros((batch, 0, 0), np.float32))

@@ -1080,8 +1080,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
                 f"`smoothing_noise` must be a gain in [0, {MAX_SMOOTHING_NOISE:g}] (> 0 only with `photo_smoothing`), "
                 f"got {smoothing_noise!r}."
             )
-        off = isinstance(smoothing_reference_side, int) and not isinstance(smoothing_reference_side, bool)
-        off = off and smoothing_reference_side == 0
+        off = type(smoothing_reference_side) is int and smoothing_reference_side == 0  # (not a bool)
         if not (off or (is_work_side(smoothing_reference_side) and photo_smoothing)):
             raise ValueError(
                 f"`smoothing_reference_side` must be 0 or, with `photo_smoothing`, a long side in [{MIN_WORK_SIDE}, "
@@ -1189,6 +1188,8 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         net_dtype = self.conv_in.weight.dtype
         photo = sample.to(compute)  # (no copy in float32 or off CPU)
         fused = self._runs_cpu_kernels(photo)  # on CPU without autograd: numba kernels for the per-pixel stages
+        # the whole photo's long side at low resolution where `sample` is a tile of it (ceil, as `low_size` below)
+        low_side = None if photo_side is None else -(-photo_side // self.scale_factor)
 
         # 1. downsample (area averaging: pixel i covers [i·H/h, (i+1)·H/h), matching bilinear upsampling below)
         # ceil(H / s), (H + s - 1) // s: the exported graph divides integers by truncation, so no negative operands
@@ -1214,7 +1215,7 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
             share = self.surface_share(style).to(compute)[:, None, None, None]
             surface_low = torch.lerp(photo_low, surface_low.to(compute), share)  # one pass: photo + g·(surface − photo)
         if fused:  # steps 3-5 below in one pass over the image
-            surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize, photo_side)
+            surface = self._output_stage_kernel(photo, photo_low, surface_low, style, posterize, low_side)
             if self.level_space == "lab":  # L*a*b* out of the kernel: the median of L*, then RGB, in place
                 despeckle = torch.zeros(batch) if self.despeckle is None else self.despeckle.strength(style)
                 surface = cpu_kernels.lab_finish(surface, despeckle)
@@ -1230,7 +1231,6 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         # 4. to full resolution, edge-aware: local linear models of the guide fitted at low resolution (guided
         # filter), or each pixel a mix of the low-resolution samples around it that look like it (joint bilateral)
         upsample = self.surface_upsampler
-        low_side = None if photo_side is None else -(-photo_side // self.scale_factor)  # ceil, as `low_size`
         if self.photo_smoother is not None:
             # up(surface_low) + w · (smooth(photo) - up(photo_low)) in one upsampling: it is linear in its source
             weight = self.style_detail(style).to(compute)[:, :, None, None]
@@ -1306,14 +1306,14 @@ class GuidedFilterGenerator(nn.Module, GhibliganHubMixin):
         surface_low: torch.Tensor,
         style: torch.Tensor,
         posterize: torch.Tensor | None,
-        photo_side: int | None = None,
+        low_side: int | None = None,
     ) -> torch.Tensor:
-        """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel."""
+        """Steps 3-5 of `forward` (joint bilateral upsampling, detail, tone head, posterizer) by the fused kernel;
+        ``low_side`` as `PhotoSmoother.size_scale`'s."""
         detail = None if self.style_detail is None else self.style_detail(style).float()[:, 0]  # (B,)
         smoothing = None
         if self.photo_smoother is not None:  # up(surface_low - w · photo_low) + w · smooth(photo), as in `forward`
             surface_low = surface_low.float() - detail[:, None, None, None] * photo_low
-            low_side = None if photo_side is None else -(-photo_side // self.scale_factor)  # ceil, as `low_size`
             smoothing = self.photo_smoother.fused_coefficients(photo_low, style, low_side)
         coring = None if self.detail_coring is None else self.coring_scale(style)
         tone = None if self.tone_head is None else self.tone_head.folded_weights(style)
